@@ -1,0 +1,62 @@
+"""FastAPI dependencies: settings, a database session per request, the caller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth import Principal, Unauthorized, decode_access_token
+from app.errors import AppError
+from app.settings import Settings
+from app.state import AppState
+from app.storage import Storage
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.vocalborn
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+def get_storage(state: StateDep) -> Storage:
+    return state.storage
+
+
+async def get_session(state: StateDep) -> AsyncIterator[AsyncSession]:
+    """One session per request; services commit their own unit of work."""
+    async with state.sessions() as session:
+        yield session
+
+
+def current_user(
+    state: StateDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("Missing bearer token")
+    return decode_access_token(credentials.credentials, state.settings)
+
+
+def require_admin(user: Annotated[Principal, Depends(current_user)]) -> Principal:
+    if not user.is_admin:
+        raise AppError(403, "forbidden", "Administrator role required")
+    return user
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+UserDep = Annotated[Principal, Depends(current_user)]
+AdminDep = Annotated[Principal, Depends(require_admin)]

@@ -1,0 +1,113 @@
+"""Practice sessions and recordings: the part of the platform the queue needs to run alone."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import Request
+
+from app.auth import Principal, Unauthorized
+from app.errors import NotFound
+from app.practice.models import PracticeRecord, PracticeSession
+from app.practice.upload import receive_audio
+from app.settings import Settings
+from app.storage import Storage
+
+
+async def create_session(
+    session: AsyncSession, user: Principal, title: str | None
+) -> PracticeSession:
+    practice = PracticeSession(user_id=user.user_id, title=title)
+    session.add(practice)
+    try:
+        await session.commit()
+    except IntegrityError as exc:  # the token's subject is not a known user
+        raise Unauthorized("Unknown user") from exc
+    await session.refresh(practice)
+    return practice
+
+
+async def get_owned_session(
+    session: AsyncSession, user: Principal, session_id: uuid.UUID
+) -> PracticeSession:
+    practice = await session.scalar(
+        select(PracticeSession).where(
+            PracticeSession.practice_session_id == session_id,
+            PracticeSession.user_id == user.user_id,
+        )
+    )
+    if practice is None:
+        raise NotFound("Practice session")
+    return practice
+
+
+async def list_records(session: AsyncSession, session_id: uuid.UUID) -> list[PracticeRecord]:
+    rows = await session.scalars(
+        select(PracticeRecord)
+        .where(PracticeRecord.practice_session_id == session_id)
+        .order_by(PracticeRecord.created_at, PracticeRecord.practice_record_id)
+    )
+    return list(rows)
+
+
+async def get_owned_record(
+    session: AsyncSession, user: Principal, record_id: uuid.UUID
+) -> PracticeRecord:
+    record = await session.scalar(
+        select(PracticeRecord)
+        .join(PracticeSession)
+        .where(
+            PracticeRecord.practice_record_id == record_id,
+            PracticeSession.user_id == user.user_id,
+        )
+    )
+    if record is None:
+        raise NotFound("Practice record")
+    return record
+
+
+async def upload_record(
+    session: AsyncSession,
+    storage: Storage,
+    settings: Settings,
+    user: Principal,
+    session_id: uuid.UUID,
+    request: Request,
+) -> PracticeRecord:
+    await get_owned_session(session, user, session_id)
+    stem = storage.new_key(user.user_id, "").rstrip(".")
+    async with receive_audio(
+        request, storage, stem, settings.max_audio_file_size, settings.supported_audio_formats
+    ) as stored:
+        record = PracticeRecord(
+            practice_session_id=session_id,
+            audio_storage_key=stored.key,
+            audio_content_type=stored.audio_type.content_type,
+            audio_size_bytes=stored.size,
+            audio_duration_seconds=await _duration(storage, stored.key),
+        )
+        session.add(record)
+        await session.commit()
+    await session.refresh(record)
+    return record
+
+
+async def _duration(storage: Storage, key: str) -> float | None:
+    """Best effort: libsndfile reads WAV, FLAC, OGG and MP3 headers; others stay unknown."""
+    path = storage.local_path(key)
+    if path is None:
+        return None
+
+    def probe() -> float | None:
+        import soundfile
+
+        try:
+            return float(soundfile.info(str(path)).duration)
+        except Exception:
+            return None
+
+    return await asyncio.to_thread(probe)

@@ -1,0 +1,118 @@
+"""Configuration, read from the environment (names follow the seed's `.env`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+WEAK_SECRETS = frozenset(
+    {"secret", "changeme", "change-me", "password", "jwt-secret", "your_jwt_secret", "dev", "test"}
+)
+MIN_SECRET_BYTES = 32
+LENIENT_ENVIRONMENTS = frozenset({"development", "test"})
+
+
+def asyncpg_url(url: str) -> str:
+    """`postgresql://…` (as servers and pgserver print it) → SQLAlchemy's asyncpg dialect."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url
+
+
+class InsecureConfiguration(RuntimeError):
+    """The settings are not safe to serve requests with."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    environment: Literal["development", "test", "staging", "production"] = "production"
+    database_url: str = "postgresql+asyncpg://localhost/vocalborn"
+    database_pool_size: int = 20
+    redis_url: str = "redis://localhost:6379/0"
+    storage_dir: Path = Path("var/storage")
+
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_private_key: str | None = None
+    jwt_algorithm: str = "HS256"
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+
+    ai_service_url: str = "http://127.0.0.1:8001"
+    ai_service_api_key: str | None = None
+
+    max_audio_file_size: int = 52_428_800
+    supported_audio_formats: Annotated[tuple[str, ...], NoDecode] = ("mp3", "wav", "m4a", "aac")
+
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "text"
+
+    # Task lifecycle; every duration is a setting so that tests can shrink time.
+    lease_seconds: float = Field(30.0, gt=0)
+    job_timeout_seconds: float = Field(300.0, gt=0)
+    ai_deadline_seconds: float = Field(240.0, gt=0)
+    ai_connect_timeout_seconds: float = Field(5.0, gt=0)
+    reconcile_interval_seconds: float = Field(30.0, gt=0)
+    crash_loop_limit: int = Field(3, ge=1)
+    retry_base_network_seconds: float = 30.0
+    retry_base_timeout_seconds: float = 60.0
+    retry_base_ai_service_seconds: float = 30.0
+    retry_base_resource_seconds: float = 30.0
+    retry_max_delay_seconds: float = 600.0
+    breaker_failure_threshold: int = Field(5, ge=1)
+    breaker_cooldown_seconds: float = Field(30.0, gt=0)
+    worker_max_jobs: int = Field(50, ge=1)
+    worker_poll_delay_seconds: float = Field(0.2, gt=0)
+    worker_name: str | None = None
+    cleanup_retention_days: int = Field(7, ge=1)
+
+    @field_validator("supported_audio_formats", mode="before")
+    @classmethod
+    def _split_formats(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_driver(cls, value: str) -> str:
+        return asyncpg_url(value)
+
+    @property
+    def jwt_verification_key(self) -> str | None:
+        if self.jwt_algorithm.startswith("HS"):
+            return self.jwt_secret
+        return self.jwt_public_key
+
+    @property
+    def jwt_signing_key(self) -> str | None:
+        if self.jwt_algorithm.startswith("HS"):
+            return self.jwt_secret
+        return self.jwt_private_key
+
+    def check_serving_security(self) -> None:
+        """Refuse to serve outside development with a missing or weak JWT key."""
+        key = self.jwt_verification_key
+        if key is None:
+            raise InsecureConfiguration(
+                f"JWT_{'SECRET' if self.jwt_algorithm.startswith('HS') else 'PUBLIC_KEY'} "
+                f"is not set (JWT_ALGORITHM={self.jwt_algorithm})"
+            )
+        if self.environment in LENIENT_ENVIRONMENTS or not self.jwt_algorithm.startswith("HS"):
+            return
+        if key.lower() in WEAK_SECRETS or len(key.encode()) < MIN_SECRET_BYTES:
+            raise InsecureConfiguration(
+                f"JWT_SECRET is weak: use at least {MIN_SECRET_BYTES} random bytes "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+            )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,108 @@
+"""Recording storage behind a small async, chunked interface.
+
+The local backend keeps files under STORAGE_DIR; blocking file I/O runs in threads so the
+event loop never waits on the disk. An S3-compatible backend can implement the same protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO, Protocol
+
+CHUNK_SIZE = 256 * 1024
+
+
+class StorageUnavailable(Exception):
+    """The storage backend could not be reached or written (a `resource` error)."""
+
+
+class AudioWriter(Protocol):
+    key: str
+    size: int
+
+    async def write(self, chunk: bytes) -> None: ...
+
+
+class Storage(Protocol):
+    def new_key(self, owner: uuid.UUID, extension: str) -> str: ...
+
+    def writer(self, key: str) -> contextlib.AbstractAsyncContextManager[AudioWriter]: ...
+
+    def read(self, key: str, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    def local_path(self, key: str) -> Path | None: ...
+
+
+class _LocalWriter:
+    def __init__(self, key: str, handle: IO[bytes]) -> None:
+        self.key = key
+        self.size = 0
+        self._handle = handle
+
+    async def write(self, chunk: bytes) -> None:
+        await asyncio.to_thread(self._handle.write, chunk)
+        self.size += len(chunk)
+
+
+class LocalStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def new_key(self, owner: uuid.UUID, extension: str) -> str:
+        return f"recordings/{owner}/{uuid.uuid4().hex}.{extension}"
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"storage key escapes the storage root: {key!r}")
+        return path
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+    @contextlib.asynccontextmanager
+    async def writer(self, key: str) -> AsyncIterator[AudioWriter]:
+        """Write to a temporary name and rename on success; delete it on any failure."""
+        path = self._path(key)
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+            handle = await asyncio.to_thread(open, partial, "xb")
+        except OSError as exc:
+            raise StorageUnavailable(str(exc)) from exc
+        try:
+            yield _LocalWriter(key, handle)
+            await asyncio.to_thread(handle.close)
+            await asyncio.to_thread(os.replace, partial, path)
+        except BaseException:
+            await asyncio.to_thread(handle.close)
+            await asyncio.to_thread(partial.unlink, missing_ok=True)
+            raise
+
+    async def read(self, key: str, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+        try:
+            handle = await asyncio.to_thread(open, self._path(key), "rb")
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StorageUnavailable(str(exc)) from exc
+        try:
+            while chunk := await asyncio.to_thread(handle.read, chunk_size):
+                yield chunk
+        finally:
+            await asyncio.to_thread(handle.close)
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
+
+    async def exists(self, key: str) -> bool:
+        return await asyncio.to_thread(self._path(key).exists)

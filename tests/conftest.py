@@ -1,0 +1,160 @@
+"""Test harness: a real PostgreSQL and a real Redis, started here unless the environment
+names them (TEST_DATABASE_URL / TEST_REDIS_URL), stopped by PID at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app import migrate
+from app.auth import issue_access_token
+from app.embedded import EmbeddedPostgres, EmbeddedRedis, ensure_database
+from app.main import create_app
+from app.settings import Settings, asyncpg_url
+from app.users.models import Role
+
+TABLES = (
+    "ai_analysis_results",
+    "ai_analysis_tasks",
+    "practice_records",
+    "practice_sessions",
+    "users",
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis | None]:
+    """The embedded Redis (tests may stop and restart it); None when TEST_REDIS_URL is set."""
+    if os.environ.get("TEST_REDIS_URL"):
+        yield None
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: EmbeddedRedis | None) -> str:
+    return redis_server.url if redis_server else os.environ["TEST_REDIS_URL"]
+
+
+@pytest.fixture(scope="session")
+async def database_url(postgres_server_url: str) -> str:
+    url = asyncpg_url(await ensure_database(postgres_server_url, "vocalborn_test"))
+    await asyncio.to_thread(migrate.upgrade, url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def settings(
+    database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        environment="test",
+        database_url=database_url,
+        redis_url=redis_url,
+        storage_dir=tmp_path_factory.mktemp("storage"),
+        jwt_secret=secrets.token_urlsafe(48),
+        database_pool_size=10,
+    )
+
+
+@pytest.fixture(scope="session")
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(settings.database_url, pool_size=5)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def clean(engine: AsyncEngine, settings: Settings) -> None:
+    """Every test that touches the servers starts from empty tables, Redis and storage."""
+    async with engine.begin() as connection:
+        await connection.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        await redis.flushdb()
+    finally:
+        await redis.aclose()
+    for path in sorted(Path(settings.storage_dir).rglob("*"), reverse=True):  # noqa: ASYNC240
+        path.rmdir() if path.is_dir() else path.unlink()
+
+
+@pytest.fixture
+async def app(settings: Settings, clean: None) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
+@dataclass(frozen=True)
+class ApiUser:
+    user_id: uuid.UUID
+    email: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+MakeUser = Callable[..., Awaitable[ApiUser]]
+
+
+@pytest.fixture
+def make_user(engine: AsyncEngine, settings: Settings, clean: None) -> MakeUser:
+    async def make(email: str | None = None, role: Role = Role.USER) -> ApiUser:
+        email = email or f"{uuid.uuid4().hex[:12]}@example.test"
+        async with engine.begin() as connection:
+            user_id = await connection.scalar(
+                text("INSERT INTO users (email, role) VALUES (:e, :r) RETURNING user_id"),
+                {"e": email, "r": role.value},
+            )
+        return ApiUser(user_id, email, issue_access_token(settings, user_id, role))
+
+    return make
+
+
+@pytest.fixture
+async def alice(make_user: MakeUser) -> ApiUser:
+    return await make_user("alice@example.test")
+
+
+@pytest.fixture
+async def bob(make_user: MakeUser) -> ApiUser:
+    return await make_user("bob@example.test")

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+
+import httpx
+import jwt
+import pytest
+
+from app.auth import issue_access_token
+from app.main import create_app
+from app.settings import InsecureConfiguration, Settings
+from app.users.models import Role
+from tests.conftest import ApiUser, MakeUser
+
+ME = "/api/v1/practice/sessions"
+
+
+def _b64(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+async def _expect_401(client: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, object]:
+    response = await client.post(ME, json={}, headers=headers)
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"] == "Bearer"
+    body: dict[str, object] = response.json()
+    assert body["error"]["code"] == "unauthorized"  # type: ignore[index]
+    return body
+
+
+async def test_missing_token(client: httpx.AsyncClient) -> None:
+    await _expect_401(client, {})
+
+
+async def test_malformed_token(client: httpx.AsyncClient) -> None:
+    await _expect_401(client, {"Authorization": "Bearer not.a.jwt"})
+
+
+async def test_expired_token(client: httpx.AsyncClient, settings: Settings, alice: ApiUser) -> None:
+    token = issue_access_token(settings, alice.user_id, Role.USER, ttl_seconds=-10)
+    body = await _expect_401(client, {"Authorization": f"Bearer {token}"})
+    assert "expired" in body["error"]["message"].lower()  # type: ignore[index]
+
+
+async def test_alg_none_token(client: httpx.AsyncClient, alice: ApiUser) -> None:
+    claims = {"sub": str(alice.user_id), "role": "admin", "exp": int(time.time()) + 600}
+    token = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims)}."
+    await _expect_401(client, {"Authorization": f"Bearer {token}"})
+
+
+async def test_wrongly_signed_token(client: httpx.AsyncClient, alice: ApiUser) -> None:
+    claims = {"sub": str(alice.user_id), "exp": int(time.time()) + 600}
+    token = jwt.encode(claims, "another-secret-that-is-long-enough-to-be-valid!", "HS256")
+    await _expect_401(client, {"Authorization": f"Bearer {token}"})
+
+
+async def test_token_without_exp(
+    client: httpx.AsyncClient, settings: Settings, alice: ApiUser
+) -> None:
+    token = jwt.encode({"sub": str(alice.user_id)}, settings.jwt_secret or "", "HS256")
+    await _expect_401(client, {"Authorization": f"Bearer {token}"})
+
+
+async def test_audience_and_issuer_checked_when_configured(
+    settings: Settings, alice: ApiUser
+) -> None:
+    strict = settings.model_copy(update={"jwt_audience": "vocalborn", "jwt_issuer": "platform"})
+    app = create_app(strict)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
+    ):
+        await _expect_401(client, alice.headers)  # no aud/iss claims
+        good = issue_access_token(strict, alice.user_id, Role.USER)
+        response = await client.post(ME, json={}, headers={"Authorization": f"Bearer {good}"})
+        assert response.status_code == 201
+
+
+async def test_unknown_user_cannot_create_sessions(
+    client: httpx.AsyncClient, settings: Settings, alice: ApiUser
+) -> None:
+    token = issue_access_token(settings, uuid.uuid4(), Role.USER)
+    await _expect_401(client, {"Authorization": f"Bearer {token}"})
+
+
+async def test_user_on_admin_route_is_forbidden(client: httpx.AsyncClient, alice: ApiUser) -> None:
+    response = await client.get("/api/v1/admin/users", headers=alice.headers)
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "forbidden"
+
+
+async def test_admin_lists_users(
+    client: httpx.AsyncClient, make_user: MakeUser, alice: ApiUser
+) -> None:
+    admin = await make_user("root@example.test", Role.ADMIN)
+    response = await client.get("/api/v1/admin/users", headers=admin.headers)
+    assert response.status_code == 200
+    assert {u["email"] for u in response.json()} == {"alice@example.test", "root@example.test"}
+
+
+@pytest.mark.parametrize("secret", [None, "secret", "short-but-not-listed"])
+def test_production_refuses_missing_or_weak_secret(secret: str | None) -> None:
+    settings = Settings(_env_file=None, environment="production", jwt_secret=secret)  # type: ignore[call-arg]
+    with pytest.raises(InsecureConfiguration):
+        create_app(settings)
+
+
+def test_production_accepts_a_strong_secret() -> None:
+    settings = Settings(_env_file=None, environment="production", jwt_secret="x" * 20 + "y" * 20)  # type: ignore[call-arg]
+    assert create_app(settings).title
