@@ -1,0 +1,191 @@
+"""Container sniffing and decoding to 16 kHz mono float32 (soundfile first, PyAV fallback)."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from analyzer.errors import AnalyzerError
+
+TARGET_RATE = 16_000
+MIN_DURATION = 0.05
+MEDIA_TYPES = {
+    "audio/wav": "wav",
+    "audio/x-wav": "wav",
+    "audio/wave": "wav",
+    "audio/vnd.wave": "wav",
+    "audio/mpeg": "mp3",
+    "audio/mp3": "mp3",
+    "audio/mp4": "mp4",
+    "audio/x-m4a": "mp4",
+    "audio/m4a": "mp4",
+    "audio/aac": "aac",
+    "audio/x-aac": "aac",
+    "audio/flac": "flac",
+    "audio/x-flac": "flac",
+    "audio/ogg": "ogg",
+    "application/ogg": "ogg",
+    "application/octet-stream": "sniff",
+}
+SNIFF_BYTES = 12
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    samples: FloatArray
+    sample_rate: int
+    source_sample_rate: int
+    source_channels: int
+    source_duration: float
+    container: str
+    decoder: str
+    truncated: bool
+
+    @property
+    def duration(self) -> float:
+        return float(len(self.samples)) / self.sample_rate
+
+
+def sniff(head: bytes) -> str | None:
+    """Identify the audio container from its first bytes; None if it is not audio we know."""
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if len(head) >= 8 and head[4:8] == b"ftyp":
+        return "mp4"
+    if head[:3] == b"ID3":
+        return "mp3"
+    if len(head) >= 2 and head[0] == 0xFF:
+        if head[1] in (0xF1, 0xF9):
+            return "aac"
+        if head[1] & 0xE0 == 0xE0 and head[1] & 0x06 != 0:
+            return "mp3"
+    return None
+
+
+def _wav_truncated(path: Path) -> bool:
+    """True when the WAV data chunk declares more bytes than the file holds."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        fh.seek(12)
+        while True:
+            header = fh.read(8)
+            if len(header) < 8:
+                return False
+            chunk_id, chunk_size = header[:4], struct.unpack("<I", header[4:])[0]
+            if chunk_id == b"data":
+                return chunk_size not in (0, 0xFFFFFFFF) and fh.tell() + chunk_size > size
+            fh.seek(chunk_size + (chunk_size & 1), 1)
+
+
+def _too_long(seconds: float, max_seconds: float) -> AnalyzerError:
+    return AnalyzerError(
+        422, "too_long", f"recording is {seconds:.1f} s long; the limit is {max_seconds:.0f} s"
+    )
+
+
+def _resample(mono: FloatArray, rate: int) -> FloatArray:
+    if rate == TARGET_RATE:
+        return mono
+    import parselmouth
+
+    sound = parselmouth.Sound(mono.astype(np.float64), sampling_frequency=rate)
+    resampled = sound.resample(TARGET_RATE, 30)
+    return np.asarray(resampled.values[0], dtype=np.float32)
+
+
+def _decode_soundfile(path: Path, container: str, max_seconds: float) -> DecodedAudio | None:
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+        if info.frames / max(info.samplerate, 1) > max_seconds:
+            raise _too_long(info.frames / info.samplerate, max_seconds)
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return None
+    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    truncated = container == "wav" and _wav_truncated(path)
+    return DecodedAudio(
+        samples=_resample(np.ascontiguousarray(mono), int(rate)),
+        sample_rate=TARGET_RATE,
+        source_sample_rate=int(rate),
+        source_channels=int(data.shape[1]),
+        source_duration=len(mono) / float(rate),
+        container=container,
+        decoder="soundfile",
+        truncated=truncated,
+    )
+
+
+def _decode_pyav(path: Path, container: str, max_seconds: float) -> DecodedAudio:
+    import av
+
+    chunks: list[FloatArray] = []
+    truncated = False
+    try:
+        with av.open(str(path)) as box:
+            if not box.streams.audio:
+                raise AnalyzerError(422, "undecodable_audio", "the file has no audio stream")
+            stream = box.streams.audio[0]
+            declared = float(box.duration) / 1e6 if box.duration else 0.0
+            if declared > max_seconds:
+                raise _too_long(declared, max_seconds)
+            rate = int(stream.codec_context.sample_rate or TARGET_RATE)
+            channels = int(stream.codec_context.channels or 1)
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=TARGET_RATE)
+            decoded = 0
+            try:
+                for frame in box.decode(stream):
+                    for out in resampler.resample(frame):
+                        chunks.append(out.to_ndarray().reshape(-1).astype(np.float32))
+                        decoded += out.samples
+                    if decoded > max_seconds * TARGET_RATE:
+                        raise _too_long(decoded / TARGET_RATE, max_seconds)
+            except av.error.FFmpegError:
+                if not chunks:
+                    raise
+                truncated = True
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1).astype(np.float32))
+    except av.error.FFmpegError as exc:
+        raise AnalyzerError(422, "undecodable_audio", f"could not decode audio: {exc}") from exc
+    samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    got = len(samples) / TARGET_RATE
+    if declared > 1.0 and got < 0.9 * declared:
+        truncated = True
+    return DecodedAudio(
+        samples=samples,
+        sample_rate=TARGET_RATE,
+        source_sample_rate=rate,
+        source_channels=channels,
+        source_duration=max(declared, got),
+        container=container,
+        decoder="pyav",
+        truncated=truncated,
+    )
+
+
+def decode_file(path: Path, container: str, max_seconds: float) -> DecodedAudio:
+    """Decode a spooled upload; raises AnalyzerError with a 422 code when it cannot."""
+    audio = None
+    if container in ("wav", "flac", "ogg"):
+        audio = _decode_soundfile(path, container, max_seconds)
+    if audio is None:
+        audio = _decode_pyav(path, container, max_seconds)
+    if audio.duration < MIN_DURATION:
+        raise AnalyzerError(422, "empty_audio", "the recording contains no audio samples")
+    if audio.duration > max_seconds:
+        raise _too_long(audio.duration, max_seconds)
+    if not np.all(np.isfinite(audio.samples)):
+        raise AnalyzerError(422, "undecodable_audio", "decoded audio contains invalid samples")
+    return audio

@@ -1,0 +1,34 @@
+"""Service settings, read from the environment with the ANALYZER_ prefix."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_VERSION = "reference-praat-1.0"
+
+
+def _default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+class Settings(BaseSettings):
+    """Runtime configuration (ANALYZER_API_KEY, ANALYZER_MAX_BYTES, ...)."""
+
+    model_config = SettingsConfigDict(env_prefix="ANALYZER_", extra="ignore")
+
+    api_key: SecretStr | None = None
+    max_bytes: int = Field(default=52_428_800, gt=0)
+    max_seconds: float = Field(default=600.0, gt=0)
+    min_seconds: float = Field(default=0.0, ge=0)
+    workers: int = Field(default_factory=_default_workers, ge=1)
+    queue_size: int = Field(default=2, ge=0)
+    retry_after_seconds: int = Field(default=5, ge=1)
+    model_version: str = DEFAULT_MODEL_VERSION
+
+    @property
+    def capacity(self) -> int:
+        """Analyses admitted at once: one per worker plus the waiting-queue bound."""
+        return self.workers + self.queue_size
