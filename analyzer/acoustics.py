@@ -37,7 +37,7 @@ def _finite(value: Any) -> float | None:
 
 
 def pitch_range(sound: parselmouth.Sound) -> tuple[float, float] | None:
-    """Two-pass floor/ceiling (De Looze & Hirst 2008): 0.75 x Q1 and 1.5 x Q3 of a 50-800 Hz pass."""
+    """Two-pass range (De Looze & Hirst 2008): 0.75 x Q1, 1.5 x Q3 of a 50-800 Hz pass."""
     first = sound.to_pitch_ac(
         time_step=PITCH_STEP, pitch_floor=FIRST_PASS_FLOOR, pitch_ceiling=FIRST_PASS_CEILING
     )
@@ -51,7 +51,9 @@ def pitch_range(sound: parselmouth.Sound) -> tuple[float, float] | None:
     return floor, max(ceiling, floor * 2.0)
 
 
-def _stretches(times: npt.NDArray[np.float64], voiced: npt.NDArray[np.bool_]) -> list[tuple[float, float]]:
+def _stretches(
+    times: npt.NDArray[np.float64], voiced: npt.NDArray[np.bool_]
+) -> list[tuple[float, float]]:
     """Contiguous voiced runs of the pitch track as (start, end) seconds."""
     out: list[tuple[float, float]] = []
     padded = np.concatenate([[False], voiced, [False]])

@@ -94,7 +94,9 @@ def _warnings(
     return out
 
 
-def _scores(values: dict[str, float | None], params: AnalyzeParams, sustained: bool) -> dict[str, Any]:
+def _scores(
+    values: dict[str, float | None], params: AnalyzeParams, sustained: bool
+) -> dict[str, Any]:
     if sustained:
         reason = "timing scores do not apply to a sustained vowel"
         return {"fluency_score": scoring.not_applicable(reason),

@@ -18,35 +18,58 @@ class Tip:
     en: str
 
 
-SLOW = Tip("說話速度", "speaking rate",
-           "說話速度比一般範圍慢一些，可以試著把同一個詞組的字連在一起說。",
-           "Your pace was slower than the usual range; try saying the words of a phrase together.")
-FAST = Tip("說話速度", "speaking rate",
-           "說話速度比一般範圍快，可以放慢一點，讓每個音節都清楚。",
-           "Your pace was faster than the usual range; slow down a little so every syllable is clear.")
-PAUSES = Tip("停頓", "pausing",
-             "停頓佔了比較多的時間，可以先默讀一次，再試著一口氣讀完一個詞組。",
-             "Pauses took up a large share of the time; read the sentence silently first, "
-             "then try each phrase on one breath.")
-RUNS = Tip("連續說話長度", "phrase length",
-           "每次停頓之間說的音節比較少，可以練習把短語說得長一點再換氣。",
-           "Few syllables were said between pauses; practise longer phrases before taking a breath.")
-RHYTHM_TIP = Tip("節奏", "rhythm",
-                 "音節的長短變化和一般說話節奏不太一樣，可以跟著示範錄音一起唸，感受輕重音。",
-                 "Syllable timing differed from typical connected speech; read along with a model "
-                 "recording to feel the stressed and unstressed syllables.")
-NOISE = Tip("錄音環境", "recording conditions",
-            "背景噪音偏高，下次請在安靜的地方錄音，手機離嘴巴約一個手掌的距離。",
-            "Background noise was high; next time record in a quiet room with the phone about a "
-            "hand's width from your mouth.")
-VOICE = Tip("聲音穩定度", "voice steadiness",
-            "持續母音的穩定度數值高於參考值；這不是診斷，如有疑問請與您的語言治療師討論。",
-            "Steadiness values of the sustained vowel were above reference thresholds; this is "
-            "not a diagnosis - discuss it with your speech therapist if you have concerns.")
+SLOW = Tip(
+    "說話速度",
+    "speaking rate",
+    "說話速度比一般範圍慢一些，可以試著把同一個詞組的字連在一起說。",
+    "Your pace was slower than the usual range; try saying the words of a phrase together.",
+)
+FAST = Tip(
+    "說話速度",
+    "speaking rate",
+    "說話速度比一般範圍快，可以放慢一點，讓每個音節都清楚。",
+    "Your pace was faster than the usual range; slow down a little so every syllable is clear.",
+)
+PAUSES = Tip(
+    "停頓",
+    "pausing",
+    "停頓佔了比較多的時間，可以先默讀一次，再試著一口氣讀完一個詞組。",
+    "Pauses took up a large share of the time; read the sentence silently first, "
+    "then try each phrase on one breath.",
+)
+RUNS = Tip(
+    "連續說話長度",
+    "phrase length",
+    "每次停頓之間說的音節比較少，可以練習把短語說得長一點再換氣。",
+    "Few syllables were said between pauses; practise longer phrases before taking a breath.",
+)
+RHYTHM_TIP = Tip(
+    "節奏",
+    "rhythm",
+    "音節的長短變化和一般說話節奏不太一樣，可以跟著示範錄音一起唸，感受輕重音。",
+    "Syllable timing differed from typical connected speech; read along with a model "
+    "recording to feel the stressed and unstressed syllables.",
+)
+NOISE = Tip(
+    "錄音環境",
+    "recording conditions",
+    "背景噪音偏高，下次請在安靜的地方錄音，手機離嘴巴約一個手掌的距離。",
+    "Background noise was high; next time record in a quiet room with the phone about a "
+    "hand's width from your mouth.",
+)
+VOICE = Tip(
+    "聲音穩定度",
+    "voice steadiness",
+    "持續母音的穩定度數值高於參考值；這不是診斷，如有疑問請與您的語言治療師討論。",
+    "Steadiness values of the sustained vowel were above reference thresholds; this is "
+    "not a diagnosis - discuss it with your speech therapist if you have concerns.",
+)
 GOOD_ZH = "這次的速度和停頓都在一般範圍內，請繼續保持練習。"
 GOOD_EN = "Pace and pausing were within the usual range this time; keep practising."
 VOWEL_OK_ZH = "持續母音的穩定度數值在參考範圍內，請繼續保持練習。"
-VOWEL_OK_EN = "Steadiness values of the sustained vowel were within reference ranges; keep practising."
+VOWEL_OK_EN = (
+    "Steadiness values of the sustained vowel were within reference ranges; keep practising."
+)
 NOTE_ZH = "（以上為練習建議，並非醫療診斷。）"
 NOTE_EN = "(These are practice suggestions, not a diagnosis.)"
 

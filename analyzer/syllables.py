@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,9 @@ def _runs(mask: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
-def _sounding_intervals(times: FloatArray, loud: npt.NDArray[np.bool_], step: float) -> list[Interval]:
+def _sounding_intervals(
+    times: FloatArray, loud: npt.NDArray[np.bool_], step: float
+) -> list[Interval]:
     """Sounding stretches; silent gaps shorter than MIN_PAUSE are bridged, blips dropped."""
     spans = [(float(times[a] - step / 2), float(times[b - 1] + step / 2)) for a, b in _runs(loud)]
     merged: list[Interval] = []
@@ -75,7 +78,9 @@ def _inside(t: float, spans: list[Interval]) -> bool:
     return any(start <= t <= end for start, end in spans)
 
 
-def _levels(values: FloatArray, loud: npt.NDArray[np.bool_], step: float) -> tuple[float | None, float | None]:
+def _levels(
+    values: FloatArray, loud: npt.NDArray[np.bool_], step: float
+) -> tuple[float | None, float | None]:
     """Energy-mean level of sounding frames and median level of silent frames (dB)."""
     speech = values[loud]
     quiet = values[~loud]
@@ -93,7 +98,7 @@ def analyse_timing(sound: parselmouth.Sound) -> Timing:
     threshold = max(float(np.quantile(values, 0.99)) + SILENCE_DB, float(values.min()))
     loud = values > threshold
     sounding = _sounding_intervals(times, loud, step)
-    pauses = [(a[1], b[0]) for a, b in zip(sounding[:-1], sounding[1:], strict=True)]
+    pauses = [(a[1], b[0]) for a, b in itertools.pairwise(sounding)]
     peaks = [float(times[i]) for i in _prominent_peaks(values, threshold)]
     peaks = [t for t in peaks if _inside(t, sounding)]
     nuclei = [t for t, ok in zip(peaks, _voiced_at(sound, peaks), strict=True) if ok]
@@ -136,11 +141,7 @@ def inter_syllable_intervals(timing: Timing) -> list[list[float]]:
 
 def npvi(intervals: list[list[float]]) -> float | None:
     """Normalised pairwise variability index over successive intervals (Grabe & Low 2002)."""
-    terms = [
-        abs(a - b) / ((a + b) / 2)
-        for run in intervals
-        for a, b in zip(run[:-1], run[1:], strict=True)
-    ]
+    terms = [abs(a - b) / ((a + b) / 2) for run in intervals for a, b in itertools.pairwise(run)]
     return 100.0 * float(np.mean(terms)) if len(terms) >= 3 else None
 
 

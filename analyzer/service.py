@@ -1,0 +1,155 @@
+"""Runs analyses off the event loop in a bounded process pool and reports progress."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from analyzer import pipeline
+from analyzer.errors import AnalyzerError
+from analyzer.schemas import AnalyzeParams
+from analyzer.settings import Settings
+
+T = TypeVar("T")
+Event = dict[str, Any]
+TICK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Stage:
+    step: str
+    start: int
+    end: int
+    share: float  # cumulative share of ANALYZER_MIN_SECONDS reached when the stage ends
+    message: str
+
+
+STAGES = {
+    "decoding": Stage("decoding", 0, 20, 0.2, "Decoding audio"),
+    "feature_extraction": Stage("feature_extraction", 20, 55, 0.55, "Measuring pitch and voice"),
+    "syllable_detection": Stage(
+        "syllable_detection", 55, 80, 0.8, "Detecting syllables and pauses"
+    ),
+    "scoring": Stage("scoring", 80, 92, 0.92, "Computing scores"),
+    "suggestions": Stage("suggestions", 92, 99, 1.0, "Writing suggestions"),
+}
+
+
+class Progress:
+    """Emits strictly increasing progress events, padding each stage to its share of min_seconds."""
+
+    def __init__(self, min_seconds: float) -> None:
+        self.started = time.monotonic()
+        self.min_seconds = min_seconds
+        self.last = -1
+
+    def event(self, stage: Stage, percent: int) -> Event | None:
+        if percent <= self.last:
+            return None
+        self.last = percent
+        return {
+            "event": "progress",
+            "progress": percent,
+            "step": stage.step,
+            "message": stage.message,
+        }
+
+    async def pad(self, stage: Stage) -> AsyncIterator[Event]:
+        deadline = self.started + self.min_seconds * stage.share
+        begin = self.started + self.min_seconds * (stage.share - 0.2)
+        while (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(TICK_SECONDS, remaining))
+            frac = min(1.0, (time.monotonic() - begin) / max(deadline - begin, 1e-9))
+            event = self.event(stage, stage.start + int(frac * (stage.end - stage.start - 1)))
+            if event is not None:
+                yield event
+
+
+class AnalyzerService:
+    """Owns the process pool and the admission counter (workers + queue bound)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.active = 0
+        self._pool: ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._pool = ProcessPoolExecutor(max_workers=self.settings.workers, mp_context=context)
+
+    def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def try_acquire(self) -> bool:
+        if self.active >= self.settings.capacity:
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active = max(0, self.active - 1)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._pool is None:
+            raise AnalyzerError(503, "busy", "the analyzer is not running")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except BrokenProcessPool as exc:
+            raise AnalyzerError(500, "internal_error", "an analysis worker crashed") from exc
+
+    async def _noop(self) -> None:
+        return None
+
+    def _jobs(
+        self, path: Path, container: str, params: AnalyzeParams
+    ) -> list[tuple[str, Callable[[dict[str, Any]], Awaitable[Any]]]]:
+        cfg = self.settings
+
+        def score(s: dict[str, Any]) -> Awaitable[dict[str, Any]]:
+            info = pipeline.info_of(s["decoding"])
+            voice, timing = s["feature_extraction"], s["syllable_detection"]
+            return _ready(pipeline.build_result(info, voice, timing, params, cfg.model_version, 0))
+
+        return [
+            ("decoding", lambda s: self._call(
+                pipeline.decode_stage, str(path), container, cfg.max_seconds)),
+            ("feature_extraction", lambda s: self._call(
+                pipeline.features_stage, s["decoding"].samples, s["decoding"].sample_rate)),
+            ("syllable_detection", lambda s: self._call(
+                pipeline.syllables_stage, s["decoding"].samples, s["decoding"].sample_rate)),
+            ("scoring", score),
+            ("suggestions", lambda s: self._noop()),
+        ]  # fmt: skip
+
+    async def run(self, path: Path, container: str, params: AnalyzeParams) -> AsyncIterator[Event]:
+        """Progress events, then one {"event": "result"} event; AnalyzerError on failure."""
+        progress = Progress(self.settings.min_seconds)
+        started = time.perf_counter()
+        state: dict[str, Any] = {}
+        for name, job in self._jobs(path, container, params):
+            stage = STAGES[name]
+            event = progress.event(stage, stage.start)
+            if event is not None:
+                yield event
+            state[name] = await job(state)
+            async for event in progress.pad(stage):
+                yield event
+        done = progress.event(Stage("suggestions", 100, 100, 1.0, "Done"), 100)
+        if done is not None:
+            yield done
+        result: dict[str, Any] = state["scoring"]
+        result["processing_time_seconds"] = round(time.perf_counter() - started, 3)
+        yield {"event": "result", "result": result}
+
+
+async def _ready(value: T) -> T:
+    return value
