@@ -84,7 +84,9 @@ def test_connected_speech_voice_measures_are_not_for_norms(
 def test_sentences_are_split_at_long_pauses(speech: dict[str, dict[str, Any]]) -> None:
     sentences = speech["slow_pauses"]["sentence_analyses"]
     assert len(sentences) >= 2
-    assert sum(s["syllables"] for s in sentences) == measure(speech["slow_pauses"], "syllable_count")
+    assert sum(s["syllables"] for s in sentences) == measure(
+        speech["slow_pauses"], "syllable_count"
+    )
     assert all(s["end"] > s["start"] and s["mean_f0_hz"] for s in sentences)
 
 
