@@ -37,6 +37,11 @@ class AudioInfo:
     truncated: bool
 
 
+def warm_up() -> str:
+    """Runs once per worker at start-up so the first request does not pay for imports."""
+    return str(parselmouth.PRAAT_VERSION)
+
+
 def decode_stage(path: str, container: str, max_seconds: float) -> DecodedAudio:
     return decode_file(Path(path), container, max_seconds)
 

@@ -19,7 +19,7 @@ from analyzer.settings import Settings
 
 T = TypeVar("T")
 Event = dict[str, Any]
-TICK_SECONDS = 1.0
+TICK_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -27,18 +27,20 @@ class Stage:
     step: str
     start: int
     end: int
-    share: float  # cumulative share of ANALYZER_MIN_SECONDS reached when the stage ends
+    share_start: float  # cumulative share of ANALYZER_MIN_SECONDS when the stage starts
+    share_end: float  # ... and when it ends
     message: str
 
 
 STAGES = {
-    "decoding": Stage("decoding", 0, 20, 0.2, "Decoding audio"),
-    "feature_extraction": Stage("feature_extraction", 20, 55, 0.55, "Measuring pitch and voice"),
-    "syllable_detection": Stage(
-        "syllable_detection", 55, 80, 0.8, "Detecting syllables and pauses"
-    ),
-    "scoring": Stage("scoring", 80, 92, 0.92, "Computing scores"),
-    "suggestions": Stage("suggestions", 92, 99, 1.0, "Writing suggestions"),
+    stage.step: stage
+    for stage in (
+        Stage("decoding", 0, 20, 0.0, 0.2, "Decoding audio"),
+        Stage("feature_extraction", 20, 55, 0.2, 0.55, "Measuring pitch and voice quality"),
+        Stage("syllable_detection", 55, 80, 0.55, 0.8, "Detecting syllables and pauses"),
+        Stage("scoring", 80, 92, 0.8, 0.92, "Computing scores"),
+        Stage("suggestions", 92, 99, 0.92, 1.0, "Writing suggestions"),
+    )
 }
 
 
@@ -62,8 +64,8 @@ class Progress:
         }
 
     async def pad(self, stage: Stage) -> AsyncIterator[Event]:
-        deadline = self.started + self.min_seconds * stage.share
-        begin = self.started + self.min_seconds * (stage.share - 0.2)
+        deadline = self.started + self.min_seconds * stage.share_end
+        begin = self.started + self.min_seconds * stage.share_start
         while (remaining := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(TICK_SECONDS, remaining))
             frac = min(1.0, (time.monotonic() - begin) / max(deadline - begin, 1e-9))
@@ -83,6 +85,8 @@ class AnalyzerService:
     def start(self) -> None:
         context = multiprocessing.get_context("spawn")
         self._pool = ProcessPoolExecutor(max_workers=self.settings.workers, mp_context=context)
+        for _ in range(self.settings.workers):  # start workers and import Praat ahead of use
+            self._pool.submit(pipeline.warm_up)
 
     def stop(self) -> None:
         if self._pool is not None:
@@ -143,7 +147,7 @@ class AnalyzerService:
             state[name] = await job(state)
             async for event in progress.pad(stage):
                 yield event
-        done = progress.event(Stage("suggestions", 100, 100, 1.0, "Done"), 100)
+        done = progress.event(Stage("suggestions", 100, 100, 1.0, 1.0, "Analysis complete"), 100)
         if done is not None:
             yield done
         result: dict[str, Any] = state["scoring"]
