@@ -65,7 +65,7 @@ def sniff(head: bytes) -> str | None:
     if head[:3] == b"ID3":
         return "mp3"
     if len(head) >= 2 and head[0] == 0xFF:
-        if head[1] in (0xF1, 0xF9):
+        if head[1] in (0xF0, 0xF1, 0xF8, 0xF9):
             return "aac"
         if head[1] & 0xE0 == 0xE0 and head[1] & 0x06 != 0:
             return "mp3"

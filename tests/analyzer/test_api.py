@@ -233,3 +233,25 @@ async def test_busy_service_answers_503_with_retry_after() -> None:
                 "/v1/analyze", content=body, headers={"content-type": "audio/wav"}
             )
             assert third.status_code == 200
+
+
+async def test_declared_oversize_length_is_413_before_reading() -> None:
+    async with analyzer_client(make_settings(max_bytes=1000)) as client:
+        response = await post(client, fixture_bytes("speech_fast.wav"), "audio/wav")
+        assert response.status_code == 413 and error_code(response) == "payload_too_large"
+
+
+async def test_stereo_44k_is_downmixed_and_resampled(api: httpx.AsyncClient) -> None:
+    import parselmouth
+
+    mono, rate = sf.read(io.BytesIO(fixture_bytes("speech_normal.wav")), dtype="float32")
+    upsampled = parselmouth.Sound(mono.astype(np.float64), rate).resample(44100).values[0]
+    stereo = np.stack([upsampled, 0.5 * upsampled], axis=1).astype(np.float32)
+    response = await post(api, wav_bytes(stereo, 44100), "audio/wave")
+    reference = await post(api, fixture_bytes("speech_normal.wav"), "audio/wav")
+    audio = response.json()["detailed_analysis"]["audio"]
+    assert audio["source_sample_rate"] == 44100 and audio["source_channels"] == 2
+    assert audio["analysis_sample_rate"] == 16000
+    got, want = (r.json()["detailed_analysis"]["measures"] for r in (response, reference))
+    assert abs(got["syllable_count"]["value"] - want["syllable_count"]["value"]) <= 1
+    assert got["f0_mean_hz"]["value"] == pytest.approx(want["f0_mean_hz"]["value"], rel=0.02)
