@@ -38,7 +38,7 @@ MEASURE_INFO: dict[str, tuple[str, str, str]] = {
     "isi_varco": ("percent", "100 x SD / mean of inter-syllable intervals within runs",
                   "Dellwo 2006"),
     "run_rate_cv": ("percent", "CV of articulation rate across runs of >= 3 syllables", "-"),
-    "snr_db": ("dB", "sounding-frame level minus median silent-frame level (capped at 60)", "-"),
+    "snr_db": ("dB", "sounding-frame level minus 5th-percentile frame level (capped at 60)", "-"),
     "intensity_mean_db": ("dB", "energy-mean intensity, uncalibrated (Praat dB re 2e-5)", "Praat"),
     "pitch_floor_hz": ("Hz", "second-pass floor = 0.75 x Q1 of a 50-800 Hz first pass",
                        "De Looze & Hirst 2008"),
@@ -79,7 +79,7 @@ def timing_measures(timing: syl.Timing) -> dict[str, float | None]:
     span = timing.sounding[-1][1] - timing.sounding[0][0] if timing.sounding else 0.0
     intervals = syl.inter_syllable_intervals(timing)
     snr = None
-    if timing.speech_level_db is not None and timing.noise_level_db is not None:
+    if timing.speech_level_db is not None:
         snr = min(SNR_CAP_DB, timing.speech_level_db - timing.noise_level_db)
     return {
         "duration_seconds": timing.duration,

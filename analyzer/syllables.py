@@ -15,6 +15,7 @@ MIN_PAUSE = 0.25  # silent stretches of at least this long count as pauses (Gold
 MIN_SOUNDING = 0.1
 SENTENCE_PAUSE = 0.5
 INTENSITY_FLOOR_HZ = 50.0
+NOISE_QUANTILE = 0.05
 
 Interval = tuple[float, float]
 FloatArray = npt.NDArray[np.float64]
@@ -30,7 +31,7 @@ class Timing:
     pauses: list[Interval]
     nuclei: list[float]
     speech_level_db: float | None
-    noise_level_db: float | None
+    noise_level_db: float
 
 
 def _runs(mask: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
@@ -78,15 +79,15 @@ def _inside(t: float, spans: list[Interval]) -> bool:
     return any(start <= t <= end for start, end in spans)
 
 
-def _levels(
-    values: FloatArray, loud: npt.NDArray[np.bool_], step: float
-) -> tuple[float | None, float | None]:
-    """Energy-mean level of sounding frames and median level of silent frames (dB)."""
+def _levels(values: FloatArray, loud: npt.NDArray[np.bool_]) -> tuple[float | None, float]:
+    """Energy-mean level of sounding frames, and the 5th-percentile frame level as noise floor.
+
+    The noise estimate assumes at least 5 % of the frames are not speech (lead-in, pauses);
+    on wall-to-wall speech it overestimates the noise, i.e. underestimates the SNR.
+    """
     speech = values[loud]
-    quiet = values[~loud]
     speech_db = float(10 * np.log10(np.mean(10 ** (speech / 10)))) if len(speech) else None
-    noise_db = float(np.median(quiet)) if len(quiet) * step >= 0.2 else None
-    return speech_db, noise_db
+    return speech_db, float(np.quantile(values, NOISE_QUANTILE))
 
 
 def analyse_timing(sound: parselmouth.Sound) -> Timing:
@@ -102,7 +103,7 @@ def analyse_timing(sound: parselmouth.Sound) -> Timing:
     peaks = [float(times[i]) for i in _prominent_peaks(values, threshold)]
     peaks = [t for t in peaks if _inside(t, sounding)]
     nuclei = [t for t, ok in zip(peaks, _voiced_at(sound, peaks), strict=True) if ok]
-    speech_db, noise_db = _levels(values, loud, step)
+    speech_db, noise_db = _levels(values, loud)
     return Timing(
         duration=float(sound.duration),
         threshold_db=threshold,

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from analyzer.pipeline import analyse_file
 from analyzer.schemas import AnalyzeParams
@@ -125,3 +127,15 @@ def test_child_bands_are_more_lenient_on_rate() -> None:
     child = analyse(path, speaker_age_group="child")
     assert child["fluency_score"] > adult["fluency_score"]
     assert child["detailed_analysis"]["scores"]["fluency_score"]["bands"] == "child"
+
+
+def test_noisy_speech_gets_low_snr_warning(tmp_path: Path) -> None:
+    clean, rate = sf.read(FIXTURES / "speech_normal.wav", dtype="float64")
+    active = np.sqrt(np.mean(clean[np.abs(clean) > 0.01] ** 2))
+    noisy = clean + np.random.default_rng(3).normal(0.0, active / 10 ** (5 / 20), len(clean))
+    path = tmp_path / "noisy.wav"
+    sf.write(path, noisy / np.abs(noisy).max() * 0.9, rate, subtype="PCM_16")
+    result = analyse(path)
+    codes = [w["code"] for w in result["detailed_analysis"]["warnings"]]
+    assert "low_snr" in codes
+    assert measure(result, "snr_db") < 15
