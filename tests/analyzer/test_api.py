@@ -255,3 +255,16 @@ async def test_stereo_44k_is_downmixed_and_resampled(api: httpx.AsyncClient) -> 
     got, want = (r.json()["detailed_analysis"]["measures"] for r in (response, reference))
     assert abs(got["syllable_count"]["value"] - want["syllable_count"]["value"]) <= 1
     assert got["f0_mean_hz"]["value"] == pytest.approx(want["f0_mean_hz"]["value"], rel=0.02)
+
+
+async def test_min_seconds_stretches_the_run_with_progress_lines() -> None:
+    async with analyzer_client(make_settings(min_seconds=4.0)) as client:
+        response = await post(client, fixture_bytes("speech_fast.wav"), "audio/wav", headers=NDJSON)
+    events = lines(response.text)
+    progress = [e for e in events if e["event"] == "progress"]
+    values = [e["progress"] for e in progress]
+    stage_starts = {0, 20, 55, 80, 92, 100}
+    assert values == sorted(set(values))
+    assert set(values) - stage_starts, "padding should add intermediate progress lines"
+    assert {e["step"] for e in progress} == STEPS
+    assert events[-1]["result"]["processing_time_seconds"] >= 4.0
