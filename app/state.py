@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
+from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.analysis.eta import Estimator
 from app.settings import Settings
 from app.storage import Storage
 
@@ -16,5 +17,6 @@ class AppState:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    redis: Redis
+    arq: ArqRedis  # the queue's client, also used for any other Redis access
+    estimator: Estimator
     storage: Storage

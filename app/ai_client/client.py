@@ -1,0 +1,144 @@
+"""httpx client for the AI analysis service: the recording is streamed as the request body and
+the NDJSON answer is read line by line. Errors come out as `AnalysisError` subclasses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from app.ai_client.errors import (
+    AIServiceError,
+    AnalysisError,
+    AnalysisTimeout,
+    NetworkError,
+    error_for_status,
+)
+from app.ai_client.wire import AIResult, ErrorLine, Line, ProgressLine, ResultLine
+from app.settings import Settings
+
+NDJSON = "application/x-ndjson"
+ProgressCallback = Callable[[ProgressLine], Awaitable[None]]
+QUERY_KEYS = ("language", "target_text", "analysis_type", "include_suggestions", "model_version")
+
+
+class AIClient:
+    def __init__(
+        self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        headers = {"Accept": NDJSON}
+        if settings.ai_service_api_key:
+            headers["Authorization"] = f"Bearer {settings.ai_service_api_key}"
+        self._http = httpx.AsyncClient(
+            base_url=settings.ai_service_url,
+            headers=headers,
+            transport=transport,
+            timeout=httpx.Timeout(
+                settings.ai_deadline_seconds, connect=settings.ai_connect_timeout_seconds
+            ),
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def analyze(
+        self,
+        audio: AsyncIterable[bytes],
+        content_type: str,
+        parameters: Mapping[str, Any],
+        request_id: str,
+        on_progress: ProgressCallback,
+    ) -> AIResult:
+        request = self._http.build_request(
+            "POST",
+            "/v1/analyze",
+            content=audio,
+            params=_query(parameters),
+            headers={"Content-Type": content_type, "X-Request-ID": request_id},
+        )
+        try:
+            response = await self._http.send(request, stream=True)
+            try:
+                return await _read(response, on_progress)
+            finally:
+                await response.aclose()
+        except httpx.ConnectTimeout as exc:
+            raise NetworkError(f"AI service connect timeout: {exc!r}") from exc
+        except httpx.TimeoutException as exc:
+            raise AnalysisTimeout(f"AI service timed out: {exc!r}") from exc
+        except httpx.TransportError as exc:
+            raise NetworkError(f"AI service unreachable: {exc!r}") from exc
+
+
+def _query(parameters: Mapping[str, Any]) -> dict[str, str]:
+    query = {}
+    for key in QUERY_KEYS:
+        value = parameters.get(key)
+        if value is None:
+            continue
+        query[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return query
+
+
+async def _read(response: httpx.Response, on_progress: ProgressCallback) -> AIResult:
+    if response.status_code >= 400:
+        await response.aread()
+        raise error_for_status(
+            response.status_code, _error_message(response), _retry_after(response)
+        )
+    if not response.headers.get("content-type", "").startswith(NDJSON):
+        return _parse_result(await response.aread())
+    async for raw in response.aiter_lines():
+        if not raw.strip():
+            continue
+        line = _parse_line(raw)
+        if isinstance(line, ProgressLine):
+            await on_progress(line)
+        elif isinstance(line, ResultLine):
+            return line.result
+        elif isinstance(line, ErrorLine):
+            raise error_for_status(line.error.status, line.error.message, None)
+    raise AIServiceError("AI service stream ended without a result")
+
+
+def _parse_line(raw: str) -> ProgressLine | ResultLine | ErrorLine:
+    try:
+        return Line.model_validate({"line": json.loads(raw)}).line
+    except (ValueError, ValidationError) as exc:
+        raise AIServiceError(f"Malformed line from the AI service: {exc}") from exc
+
+
+def _parse_result(body: bytes) -> AIResult:
+    try:
+        return AIResult.model_validate_json(body)
+    except ValidationError as exc:
+        raise AIServiceError(f"Malformed result from the AI service: {exc}") from exc
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error", {})
+        message = f"{error.get('code', 'error')}: {error.get('message', '')}"
+    except (ValueError, AttributeError):
+        message = response.text[:200]
+    return f"AI service answered {response.status_code} ({message})"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        return max((parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds(), 0.0)
+    except (TypeError, ValueError):
+        return None
+
+
+__all__ = ["AIClient", "AIResult", "AnalysisError", "ProgressLine"]

@@ -1,0 +1,101 @@
+"""Our port onto arq: the API and the reconciler enqueue through here, so arq stays replaceable.
+
+Jobs are serialised as JSON (never pickle). One queue, `ai_analysis`; the job id is
+`{task_id}:{attempt}`, so each attempt is a distinct arq job and the database fences them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from arq.connections import ArqRedis, RedisSettings
+from arq.constants import abort_jobs_ss, in_progress_key_prefix
+from arq.utils import timestamp_ms
+from redis.asyncio import ConnectionPool
+
+QUEUE_NAME = "ai_analysis"
+ANALYZE_FUNCTION = "analyze_recording"
+POSITION_SCAN_LIMIT = 1000
+
+
+def serialize(obj: Any) -> bytes:
+    return json.dumps(obj, default=repr, separators=(",", ":")).encode()
+
+
+def deserialize(data: bytes) -> Any:
+    return json.loads(data)
+
+
+def job_id_for(task_id: uuid.UUID | str, attempt: int) -> str:
+    return f"{task_id}:{attempt}"
+
+
+def redis_settings(url: str) -> RedisSettings:
+    settings = RedisSettings.from_dsn(url)
+    settings.conn_timeout = 2
+    settings.conn_retries = 0
+    return settings
+
+
+def connect(url: str) -> ArqRedis:
+    """A client for the queue (and any other Redis use); connects lazily, so a process can
+    start while Redis is down."""
+    pool = ConnectionPool.from_url(
+        url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=15
+    )
+    return ArqRedis(
+        connection_pool=pool,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        default_queue_name=QUEUE_NAME,
+    )
+
+
+async def enqueue_analysis(
+    pool: ArqRedis, task_id: uuid.UUID | str, attempt: int, defer_until: datetime | None = None
+) -> bool:
+    """Enqueue the analysis job; False when a job with this id already exists (arq dedup)."""
+    job = await pool.enqueue_job(
+        ANALYZE_FUNCTION,
+        str(task_id),
+        _job_id=job_id_for(task_id, attempt),
+        _queue_name=QUEUE_NAME,
+        _defer_until=defer_until,
+    )
+    return job is not None
+
+
+async def abort(pool: ArqRedis, job_id: str) -> None:
+    """Ask arq to abort the job: a running one is cancelled, a queued one never starts."""
+    async with pool.pipeline(transaction=True) as pipe:
+        pipe.zadd(abort_jobs_ss, {job_id: timestamp_ms()})
+        pipe.zadd(QUEUE_NAME, {job_id: 1}, xx=True)  # a deferred job is looked at right away
+        await pipe.execute()
+
+
+async def extend_in_progress(pool: ArqRedis, job_id: str, ttl_ms: int) -> None:
+    """Cut or extend arq's in-progress marker so a dead worker's job is retried after ttl."""
+    await pool.pexpire(in_progress_key_prefix + job_id, ttl_ms)
+
+
+async def queue_position(pool: ArqRedis, job_id: str) -> int | None:
+    """1-based position among jobs waiting to start; None when the job is not waiting."""
+    score = await pool.zscore(QUEUE_NAME, job_id)
+    if score is None or await pool.exists(in_progress_key_prefix + job_id):
+        return None
+    ahead = await pool.zrangebyscore(QUEUE_NAME, "-inf", score, start=0, num=POSITION_SCAN_LIMIT)
+    others = [member for member in ahead if member.decode() != job_id]
+    if not others:
+        return 1
+    async with pool.pipeline(transaction=False) as pipe:
+        for member in others:
+            pipe.exists(in_progress_key_prefix + member.decode())
+        running = await pipe.execute()
+    return 1 + sum(1 for is_running in running if not is_running)
+
+
+async def queued_count(pool: ArqRedis) -> int:
+    return int(await pool.zcard(QUEUE_NAME))

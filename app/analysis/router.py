@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, status
+
+from app.analysis import service, submit
+from app.analysis.schemas import (
+    AnalysisResultOut,
+    SessionStatusOut,
+    SessionSubmitted,
+    SubmitRequest,
+    SubmittedTask,
+    TaskStatusOut,
+)
+from app.deps import SessionDep, StateDep, UserDep
+
+router = APIRouter(prefix="/tasks/analysis", tags=["analysis"])
+
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
+]
+
+
+def get_submitter(state: StateDep) -> submit.Submitter:
+    return submit.Submitter(arq=state.arq, estimator=state.estimator)
+
+
+SubmitterDep = Annotated[submit.Submitter, Depends(get_submitter)]
+
+
+@router.post(
+    "/submit",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SubmittedTask | SessionSubmitted,
+)
+async def submit_analysis(
+    body: SubmitRequest,
+    user: UserDep,
+    session: SessionDep,
+    submitter: SubmitterDep,
+    idempotency_key: IdempotencyKey = None,
+) -> SubmittedTask | SessionSubmitted:
+    if body.practice_record_id is not None:
+        return await submit.submit_record(
+            session, submitter, user, body.practice_record_id, body.parameters, idempotency_key
+        )
+    assert body.practice_session_id is not None
+    tasks = await submit.submit_session(
+        session, submitter, user, body.practice_session_id, body.parameters, idempotency_key
+    )
+    return SessionSubmitted(practice_session_id=body.practice_session_id, tasks=tasks)
+
+
+@router.get("/session/{session_id}/status", response_model=SessionStatusOut)
+async def session_status(
+    session_id: uuid.UUID, user: UserDep, session: SessionDep, state: StateDep
+) -> SessionStatusOut:
+    return await service.get_session_status(session, state.arq, state.estimator, user, session_id)
+
+
+@router.get("/{task_id}/status", response_model=TaskStatusOut)
+async def task_status(
+    task_id: uuid.UUID, user: UserDep, session: SessionDep, state: StateDep
+) -> TaskStatusOut:
+    return await service.get_status(session, state.arq, state.estimator, user, task_id)
+
+
+@router.get("/{task_id}/result", response_model=AnalysisResultOut)
+async def task_result(task_id: uuid.UUID, user: UserDep, session: SessionDep) -> AnalysisResultOut:
+    return await service.get_result(session, user, task_id)
+
+
+@router.delete("/{task_id}", status_code=status.HTTP_202_ACCEPTED, response_model=TaskStatusOut)
+async def cancel_task(
+    task_id: uuid.UUID, user: UserDep, session: SessionDep, state: StateDep
+) -> TaskStatusOut:
+    return await service.cancel(session, state.arq, state.estimator, user, task_id)

@@ -1,0 +1,130 @@
+"""Reading and cancelling analysis tasks. Every lookup is filtered by owner: another user's id
+answers exactly like an unknown one."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from arq.connections import ArqRedis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.analysis import queue, status
+from app.analysis.eta import Estimator
+from app.analysis.schemas import AnalysisResultOut, SessionStatusOut, TaskStatusOut
+from app.auth import Principal
+from app.errors import AppError, NotFound
+
+log = logging.getLogger(__name__)
+
+RESULT = text(
+    """
+    SELECT t.status, t.completed_at, r.*
+    FROM ai_analysis_tasks t LEFT JOIN ai_analysis_results r ON r.task_id = t.task_id
+    WHERE t.task_id = :task_id AND t.user_id = :user_id
+    """
+)
+
+CANCEL = text(
+    """
+    WITH cancelled AS (
+        UPDATE ai_analysis_tasks SET
+            status = CASE WHEN status = 'processing' THEN status ELSE 'cancelled' END,
+            current_step = CASE WHEN status = 'processing' THEN current_step ELSE 'cancelled' END,
+            completed_at = CASE WHEN status = 'processing' THEN NULL ELSE now() END,
+            cancel_requested_at = coalesce(cancel_requested_at, now()),
+            next_attempt_at = NULL,
+            updated_at = now()
+        WHERE task_id = :task_id AND (user_id = :user_id OR CAST(:admin AS boolean))
+          AND status IN ('pending', 'processing', 'retry')
+        RETURNING task_id, status, attempt, job_id, practice_record_id
+    ), released AS (
+        UPDATE practice_records r SET record_status = 'recorded', updated_at = now()
+        FROM cancelled c
+        WHERE c.status = 'cancelled' AND r.practice_record_id = c.practice_record_id
+    )
+    SELECT task_id, status, attempt, job_id FROM cancelled
+    """
+)
+
+
+def _owner(user: Principal, task_id: uuid.UUID) -> dict[str, object]:
+    return {"task_id": task_id, "user_id": user.user_id, "admin": user.is_admin}
+
+
+async def get_status(
+    session: AsyncSession,
+    arq: ArqRedis,
+    estimator: Estimator,
+    user: Principal,
+    task_id: uuid.UUID,
+    *,
+    as_admin: bool = False,
+) -> TaskStatusOut:
+    params = _owner(user, task_id) | {"admin": as_admin and user.is_admin}
+    row = (await session.execute(status.TASK_STATUS, params)).mappings().first()
+    if row is None:
+        raise NotFound("Analysis task")
+    return await status.describe(row, arq, estimator)
+
+
+async def get_session_status(
+    session: AsyncSession,
+    arq: ArqRedis,
+    estimator: Estimator,
+    user: Principal,
+    session_id: uuid.UUID,
+) -> SessionStatusOut:
+    params = {"session_id": session_id, "user_id": user.user_id}
+    rows = (await session.execute(status.SESSION_STATUS, params)).mappings().all()
+    if not rows:
+        raise NotFound("Practice session")
+    tasks = await status.describe_all(rows, arq, estimator)
+    return SessionStatusOut(practice_session_id=session_id, tasks=tasks)
+
+
+async def get_result(
+    session: AsyncSession, user: Principal, task_id: uuid.UUID
+) -> AnalysisResultOut:
+    params = {"task_id": task_id, "user_id": user.user_id}
+    row = (await session.execute(RESULT, params)).mappings().first()
+    if row is None:
+        raise NotFound("Analysis task")
+    if row["status"] != "success" or row["result_id"] is None:
+        raise AppError(
+            404,
+            "result_not_ready",
+            f"The analysis has no result yet: its status is {row['status']}",
+            details={"status": row["status"]},
+        )
+    return AnalysisResultOut.model_validate(dict(row))
+
+
+async def cancel(
+    session: AsyncSession,
+    arq: ArqRedis,
+    estimator: Estimator,
+    user: Principal,
+    task_id: uuid.UUID,
+) -> TaskStatusOut:
+    """Pending or retry: cancelled at once. Processing: arq aborts the job, whose worker
+    closes the AI request and records `cancelled`."""
+    params = _owner(user, task_id)
+    row = (await session.execute(CANCEL, params)).mappings().first()
+    await session.commit()
+    if row is None:
+        current = await get_status(session, arq, estimator, user, task_id, as_admin=True)
+        raise AppError(
+            409,
+            "task_finished",
+            f"The task has already finished: its status is {current.status}",
+            details={"status": current.status},
+        )
+    job_id = row["job_id"] if row["status"] == "processing" else None
+    job_id = job_id or queue.job_id_for(row["task_id"], row["attempt"])
+    try:
+        await queue.abort(arq, job_id)
+    except Exception:  # the claim refuses cancelled rows; the reconciler finishes the rest
+        log.warning("abort of job %s failed; the reconciler will finish the cancel", job_id)
+    return await get_status(session, arq, estimator, user, task_id, as_admin=True)

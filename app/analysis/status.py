@@ -1,0 +1,85 @@
+"""The status document: one shape for the status endpoint, session listings and (later) events."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from arq.connections import ArqRedis
+from sqlalchemy import RowMapping, text
+
+from app.analysis import queue
+from app.analysis.eta import Estimator, iso_duration
+from app.analysis.schemas import CurrentStep, TaskStatusOut
+from app.analysis.steps import step_for
+
+log = logging.getLogger(__name__)
+
+STATUS_COLUMNS = """
+    t.task_id, t.practice_record_id, t.status, t.progress, t.current_step, t.total_steps,
+    t.started_at, t.completed_at, t.worker_name, t.retry_count, t.error_code, t.error_message,
+    t.cancel_requested_at, t.updated_at, t.attempt
+"""
+
+TASK_STATUS = text(
+    f"SELECT {STATUS_COLUMNS} FROM ai_analysis_tasks t"
+    " WHERE t.task_id = :task_id AND (t.user_id = :user_id OR CAST(:admin AS boolean))"
+)
+
+SESSION_STATUS = text(
+    f"""
+    SELECT s.practice_session_id, {STATUS_COLUMNS}
+    FROM practice_sessions s
+    LEFT JOIN practice_records r ON r.practice_session_id = s.practice_session_id
+    LEFT JOIN ai_analysis_tasks t ON t.practice_record_id = r.practice_record_id
+    WHERE s.practice_session_id = :session_id AND s.user_id = :user_id
+    ORDER BY t.created_at, t.task_id
+    """
+)
+
+
+async def describe(row: RowMapping, arq: ArqRedis, estimator: Estimator) -> TaskStatusOut:
+    step = step_for(row["current_step"])
+    status = row["status"]
+    position = None
+    if status in ("pending", "retry"):
+        position = await safe_position(arq, queue.job_id_for(row["task_id"], row["attempt"]))
+    remaining = None
+    if status == "processing":
+        remaining = await estimator.remaining(row["progress"], row["started_at"])
+    elif position is not None:
+        eta = await estimator.completion_time(position)
+        remaining = eta - row["updated_at"] if eta else None
+    return TaskStatusOut(
+        task_id=row["task_id"],
+        practice_record_id=row["practice_record_id"],
+        status=status,
+        progress=row["progress"],
+        current_step=CurrentStep(code=step.code, label=step.label, index=step.index),
+        total_steps=row["total_steps"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        estimated_remaining_time=iso_duration(remaining),
+        worker_name=row["worker_name"],
+        retry_count=row["retry_count"],
+        queue_position=position,
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+        cancel_requested=row["cancel_requested_at"] is not None,
+        updated_at=row["updated_at"],
+    )
+
+
+async def describe_all(
+    rows: Sequence[RowMapping], arq: ArqRedis, estimator: Estimator
+) -> list[TaskStatusOut]:
+    return [await describe(row, arq, estimator) for row in rows if row["task_id"] is not None]
+
+
+async def safe_position(arq: ArqRedis, job_id: str) -> int | None:
+    """The queue position, or None when Redis cannot say (it is down: the row still stands)."""
+    try:
+        return await queue.queue_position(arq, job_id)
+    except Exception:
+        log.warning("queue position of %s unavailable", job_id)
+        return None

@@ -1,0 +1,198 @@
+"""Submitting analyses: one statement inserts the task and marks the record; enqueue after commit.
+
+The row is the outbox: if the enqueue fails (Redis down) the client still gets its task, and
+the reconciler enqueues it later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from arq.connections import ArqRedis
+from sqlalchemy import RowMapping, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.analysis import queue
+from app.analysis.eta import Estimator
+from app.analysis.schemas import AnalysisParameters, SubmittedTask
+from app.analysis.status import safe_position
+from app.analysis.steps import TOTAL_STEPS
+from app.auth import Principal
+from app.errors import NotFound
+
+log = logging.getLogger(__name__)
+
+_INSERT_COLUMNS = """
+    INSERT INTO ai_analysis_tasks
+        (practice_record_id, user_id, task_params, idempotency_key, total_steps, current_step)
+"""
+_MARK_RECORDS = """
+    , marked AS (
+        UPDATE practice_records r
+        SET record_status = 'ai_queued', ai_task_id = c.task_id, updated_at = now()
+        FROM created c WHERE r.practice_record_id = c.practice_record_id
+    )
+"""
+
+SUBMIT_RECORD = text(
+    f"""
+    WITH target AS (
+        SELECT r.practice_record_id FROM practice_records r
+        JOIN practice_sessions s ON s.practice_session_id = r.practice_session_id
+        WHERE r.practice_record_id = :record_id AND s.user_id = :user_id
+    ), created AS (
+        {_INSERT_COLUMNS}
+        SELECT practice_record_id, :user_id, CAST(:params AS jsonb), CAST(:key AS text),
+               :total_steps, 'queued'
+        FROM target
+        ON CONFLICT DO NOTHING
+        RETURNING task_id, practice_record_id, status, attempt
+    ) {_MARK_RECORDS}
+    SELECT task_id, practice_record_id, status, attempt FROM created
+    """
+)
+
+EXISTING_FOR_RECORD = text(
+    """
+    SELECT t.task_id, t.practice_record_id, t.status, t.attempt
+    FROM ai_analysis_tasks t
+    WHERE t.user_id = :user_id
+      AND (t.idempotency_key = CAST(:key AS text)
+           OR (t.practice_record_id = :record_id
+               AND t.status IN ('pending', 'processing', 'retry')))
+    ORDER BY (t.idempotency_key IS NOT DISTINCT FROM CAST(:key AS text)) DESC
+    LIMIT 1
+    """
+)
+
+SUBMIT_SESSION = text(
+    f"""
+    WITH owned AS (
+        SELECT practice_session_id FROM practice_sessions
+        WHERE practice_session_id = :session_id AND user_id = :user_id
+    ), target AS (
+        SELECT r.practice_record_id FROM practice_records r
+        JOIN owned o ON o.practice_session_id = r.practice_session_id
+        WHERE NOT EXISTS (
+            SELECT 1 FROM ai_analysis_tasks t
+            WHERE t.practice_record_id = r.practice_record_id
+              AND t.status IN ('pending', 'processing', 'retry', 'success'))
+    ), created AS (
+        {_INSERT_COLUMNS}
+        SELECT practice_record_id, :user_id, CAST(:params AS jsonb),
+               CAST(:key AS text) || ':' || practice_record_id::text, :total_steps, 'queued'
+        FROM target ORDER BY practice_record_id
+        ON CONFLICT DO NOTHING
+        RETURNING task_id, practice_record_id, status, attempt
+    ) {_MARK_RECORDS}
+    SELECT (SELECT count(*) FROM owned) AS owned,
+           c.task_id, c.practice_record_id, c.status, c.attempt
+    FROM (SELECT 1) AS one LEFT JOIN created c ON true
+    """
+)
+
+EXISTING_FOR_SESSION_KEY = text(
+    """
+    SELECT task_id, practice_record_id, status, attempt FROM ai_analysis_tasks
+    WHERE user_id = :user_id AND idempotency_key LIKE :prefix ORDER BY created_at, task_id
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Submitter:
+    """What a submit needs beyond the database session."""
+
+    arq: ArqRedis
+    estimator: Estimator
+
+
+async def submit_record(
+    session: AsyncSession,
+    submitter: Submitter,
+    user: Principal,
+    record_id: uuid.UUID,
+    parameters: AnalysisParameters,
+    idempotency_key: str | None,
+) -> SubmittedTask:
+    values = _values(user, parameters, idempotency_key) | {"record_id": record_id}
+    row = (await session.execute(SUBMIT_RECORD, values)).mappings().first()
+    await session.commit()
+    if row is not None:
+        [task] = await _enqueue(submitter, [row])
+        return task
+    existing = (await session.execute(EXISTING_FOR_RECORD, values)).mappings().first()
+    if existing is None:
+        raise NotFound("Practice record")
+    return (await _describe(submitter, [existing]))[0]
+
+
+async def submit_session(
+    session: AsyncSession,
+    submitter: Submitter,
+    user: Principal,
+    session_id: uuid.UUID,
+    parameters: AnalysisParameters,
+    idempotency_key: str | None,
+) -> list[SubmittedTask]:
+    values = _values(user, parameters, idempotency_key) | {"session_id": session_id}
+    if idempotency_key is not None:
+        earlier = await _by_session_key(session, user, idempotency_key)
+        if earlier:
+            return await _describe(submitter, earlier)
+    rows = (await session.execute(SUBMIT_SESSION, values)).mappings().all()
+    await session.commit()
+    if not rows or rows[0]["owned"] == 0:
+        raise NotFound("Practice session")
+    created = [row for row in rows if row["task_id"] is not None]
+    if not created and idempotency_key is not None:  # a concurrent twin created them
+        return await _describe(submitter, await _by_session_key(session, user, idempotency_key))
+    return await _enqueue(submitter, created)
+
+
+async def _by_session_key(session: AsyncSession, user: Principal, key: str) -> Sequence[RowMapping]:
+    escaped = key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    params = {"user_id": user.user_id, "prefix": f"{escaped}:%"}
+    return (await session.execute(EXISTING_FOR_SESSION_KEY, params)).mappings().all()
+
+
+def _values(user: Principal, parameters: AnalysisParameters, key: str | None) -> dict[str, object]:
+    return {
+        "user_id": user.user_id,
+        "params": json.dumps(parameters.model_dump(mode="json")),
+        "key": key,
+        "total_steps": TOTAL_STEPS,
+    }
+
+
+async def _enqueue(submitter: Submitter, rows: Sequence[RowMapping]) -> list[SubmittedTask]:
+    for row in rows:
+        try:
+            await queue.enqueue_analysis(submitter.arq, row["task_id"], row["attempt"])
+        except Exception:  # Redis down: the row is the outbox, the reconciler enqueues it
+            log.warning("enqueue of task %s failed; left to the reconciler", row["task_id"])
+    return await _describe(submitter, rows)
+
+
+async def _describe(submitter: Submitter, rows: Sequence[RowMapping]) -> list[SubmittedTask]:
+    tasks = []
+    for row in rows:
+        job_id = queue.job_id_for(row["task_id"], row["attempt"])
+        position = (
+            await safe_position(submitter.arq, job_id) if row["status"] == "pending" else None
+        )
+        tasks.append(
+            SubmittedTask(
+                task_id=row["task_id"],
+                practice_record_id=row["practice_record_id"],
+                job_id=job_id,
+                status=row["status"],
+                queue_position=position,
+                estimated_completion_time=await submitter.estimator.completion_time(position),
+            )
+        )
+    return tasks

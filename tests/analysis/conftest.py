@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from arq.worker import Worker
+
+from app.settings import Settings
+from tests.audio import make_wav
+from tests.conftest import ApiUser
+from tests.fake_ai import FakeAI
+from worker.main import worker_options
+
+# Durations shrunk so that every lifecycle test runs in seconds.
+FAST = {
+    "lease_seconds": 3.0,
+    "job_timeout_seconds": 20.0,
+    "ai_deadline_seconds": 4.0,
+    "ai_connect_timeout_seconds": 1.0,
+    "reconcile_interval_seconds": 1.0,
+    "retry_base_network_seconds": 0.2,
+    "retry_base_timeout_seconds": 0.2,
+    "retry_base_ai_service_seconds": 0.2,
+    "retry_base_resource_seconds": 0.2,
+    "retry_max_delay_seconds": 2.0,
+    "breaker_failure_threshold": 50,
+    "breaker_cooldown_seconds": 1.0,
+    "worker_poll_delay_seconds": 0.05,
+}
+
+TERMINAL = {"success", "failure", "cancelled"}
+
+
+@pytest.fixture(scope="session")
+def fake_ai_server() -> Iterator[FakeAI]:
+    server = FakeAI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_ai(fake_ai_server: FakeAI) -> Iterator[FakeAI]:
+    fake_ai_server.reset()
+    yield fake_ai_server
+    if fake_ai_server._server is None:  # a test stopped it
+        fake_ai_server.start()
+    fake_ai_server.reset()
+
+
+@pytest.fixture
+def worker_settings(settings: Settings, fake_ai_server: FakeAI) -> Settings:
+    return settings.model_copy(update=FAST | {"ai_service_url": fake_ai_server.url})
+
+
+StartWorker = Callable[..., Awaitable[Worker]]
+
+
+@pytest.fixture
+async def start_worker(worker_settings: Settings, clean: None) -> AsyncIterator[StartWorker]:
+    """Starts in-process arq workers (same code as `arq worker.main.WorkerSettings`)."""
+    running: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    async def start(**overrides: Any) -> Worker:
+        settings = worker_settings.model_copy(update=overrides)
+        options = worker_options(settings)
+        worker = Worker(**options, handle_signals=False, ctx={"settings": settings})
+        task = asyncio.create_task(worker.async_run())
+        running.append((worker, task))
+        return worker
+
+    yield start
+    for worker, task in running:
+        await worker.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[Any]], timeout: float = 20.0, interval: float = 0.05
+) -> Any:
+    """Poll `condition` until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+async def upload_recording(
+    client: httpx.AsyncClient, user: ApiUser, seconds: float = 1.0, session_id: str | None = None
+) -> tuple[str, str, bytes]:
+    if session_id is None:
+        response = await client.post("/api/v1/practice/sessions", json={}, headers=user.headers)
+        session_id = str(response.json()["practice_session_id"])
+    audio = make_wav(seconds)
+    response = await client.post(
+        f"/api/v1/practice/sessions/{session_id}/records",
+        files={"audio": ("r.wav", audio, "audio/wav")},
+        headers=user.headers,
+    )
+    assert response.status_code == 201, response.text
+    return session_id, str(response.json()["practice_record_id"]), audio
+
+
+async def submit(
+    client: httpx.AsyncClient, user: ApiUser, record_id: str, **headers: str
+) -> dict[str, Any]:
+    response = await client.post(
+        "/api/v1/tasks/analysis/submit",
+        json={"practice_record_id": record_id, "parameters": {"language": "zh-TW"}},
+        headers=user.headers | headers,
+    )
+    assert response.status_code == 202, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def task_status(client: httpx.AsyncClient, user: ApiUser, task_id: str) -> dict[str, Any]:
+    response = await client.get(f"/api/v1/tasks/analysis/{task_id}/status", headers=user.headers)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def wait_for_status(
+    client: httpx.AsyncClient,
+    user: ApiUser,
+    task_id: str,
+    statuses: set[str] = TERMINAL,
+    timeout: float = 30.0,
+    samples: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    async def reached() -> dict[str, Any] | None:
+        current = await task_status(client, user, task_id)
+        if samples is not None:
+            samples.append(current)
+        return current if current["status"] in statuses else None
+
+    result: dict[str, Any] = await wait_for(reached, timeout, interval=0.02)
+    return result

@@ -1,0 +1,172 @@
+"""A controllable stand-in for the external AI service: a real HTTP server on loopback.
+
+It stands in for the external service only. Modes are queued per call (`then`), with a
+default for calls beyond the queue; `stop()` makes the port refuse connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from app.embedded import free_port
+
+AI_RESULT: dict[str, Any] = {
+    "overall_score": 81.25,
+    "pronunciation_accuracy": None,
+    "fluency_score": 78.5,
+    "rhythm_score": 84.0,
+    "detailed_analysis": {"measures": {"speech_rate": 4.1}, "warnings": []},
+    "sentence_analyses": [{"start": 0.0, "end": 1.2, "syllables": 5}],
+    "suggestions": "建議放慢語速，在句子之間稍作停頓。",
+    "improvement_areas": ["語速", "停頓"],
+    "analysis_model_version": "fake-1.0",
+    "processing_time_seconds": 0.5,
+}
+AI_STEPS = ("decoding", "feature_extraction", "syllable_detection", "scoring", "suggestions")
+
+
+@dataclass(frozen=True)
+class Mode:
+    kind: str  # ok | status | hang | malformed | truncated
+    latency: float = 0.0
+    status: int = 200
+    retry_after: str | None = None
+
+
+OK = Mode("ok")
+
+
+def ok(latency: float = 0.0) -> Mode:
+    return Mode("ok", latency=latency)
+
+
+def status(code: int, retry_after: str | None = None) -> Mode:
+    return Mode("status", status=code, retry_after=retry_after)
+
+
+HANG = Mode("hang")
+MALFORMED = Mode("malformed")
+
+
+@dataclass
+class Call:
+    mode: Mode
+    body_bytes: int = 0
+    body_sha256: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str] = field(default_factory=dict)
+    finished: bool = False
+    closed_by_client: bool = False
+
+
+class FakeAI:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.default = OK
+        self._script: deque[Mode] = deque()
+        self._lock = threading.Lock()
+        self.calls: list[Call] = []
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return copy.deepcopy(AI_RESULT)
+
+    def reset(self, default: Mode = OK) -> None:
+        with self._lock:
+            self.default = default
+            self._script.clear()
+            self.calls = []
+
+    def then(self, *modes: Mode, times: int = 1) -> FakeAI:
+        with self._lock:
+            for _ in range(times):
+                self._script.extend(modes)
+        return self
+
+    def call_count(self) -> int:
+        with self._lock:
+            return len(self.calls)
+
+    def _next_mode(self) -> Mode:
+        with self._lock:
+            return self._script.popleft() if self._script else self.default
+
+    # -- the HTTP side ---------------------------------------------------------------
+    async def _analyze(self, request: Request) -> Response:
+        mode = self._next_mode()
+        call = Call(mode, headers=dict(request.headers), query=dict(request.query_params))
+        digest = hashlib.sha256()
+        async for chunk in request.stream():
+            digest.update(chunk)
+            call.body_bytes += len(chunk)
+        call.body_sha256 = digest.hexdigest()
+        with self._lock:
+            self.calls.append(call)
+        if mode.kind == "status":
+            headers = {"Retry-After": mode.retry_after} if mode.retry_after else None
+            body = {"error": {"code": f"http_{mode.status}", "message": "fake failure"}}
+            return JSONResponse(body, mode.status, headers=headers)
+        if mode.kind == "malformed":
+            return Response(b'{"overall_score": 250', media_type="application/json")
+        return StreamingResponse(self._stream(mode, call), media_type="application/x-ndjson")
+
+    async def _stream(self, mode: Mode, call: Call) -> AsyncIterator[bytes]:
+        try:
+            for index, step in enumerate(AI_STEPS):
+                progress = 100 * index / len(AI_STEPS)
+                yield _line({"event": "progress", "progress": progress, "step": step})
+                while mode.kind == "hang":  # blank keep-alive lines reveal a closed client
+                    await asyncio.sleep(0.05)
+                    yield b"\n"
+                await asyncio.sleep(mode.latency / len(AI_STEPS))
+            yield _line({"event": "result", "result": AI_RESULT})
+            call.finished = True
+        finally:
+            call.closed_by_client = not call.finished
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> FakeAI:
+        app = Starlette(routes=[Route("/v1/analyze", self._analyze, methods=["POST"])])
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=1
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise TimeoutError("fake AI service did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+            self._server = None
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj).encode() + b"\n"

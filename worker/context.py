@@ -1,0 +1,38 @@
+"""What a worker process holds for its lifetime, stored in arq's ctx under "deps"."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from arq.connections import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.ai_client.client import AIClient
+from app.settings import Settings
+from app.storage import Storage
+from worker.breaker import CircuitBreaker
+from worker.retry import RetryPolicy
+
+
+@dataclass
+class WorkerDeps:
+    settings: Settings
+    engine: AsyncEngine
+    arq: ArqRedis
+    storage: Storage
+    ai: AIClient
+    breaker: CircuitBreaker
+    policy: RetryPolicy
+    worker_name: str
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def deps_of(ctx: dict[str, Any]) -> WorkerDeps:
+    deps: WorkerDeps = ctx["deps"]
+    return deps

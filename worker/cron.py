@@ -1,0 +1,95 @@
+"""Periodic work: the reconciler (the outbox's other half), cleanup, and the worker heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from sqlalchemy import text
+
+from app.analysis import queue
+from app.analysis.eta import WORKER_KEY_PREFIX
+from worker.context import WorkerDeps, deps_of
+
+log = logging.getLogger(__name__)
+
+RECONCILE_BATCH = 500
+PENDING_GRACE_SECONDS = 5.0
+
+# Rows whose job should be in arq but may not be: pending rows (their enqueue may have failed),
+# retry rows that are due, processing rows whose lease expired (their worker died).
+DUE = text(
+    """
+    SELECT task_id, attempt, status FROM ai_analysis_tasks
+    WHERE (status = 'pending' AND created_at < now() - make_interval(secs => :grace))
+       OR (status = 'retry' AND next_attempt_at <= now())
+       OR (status = 'processing' AND lease_expires_at < now())
+    ORDER BY created_at
+    LIMIT :limit
+    """
+)
+
+# A processing task whose cancel was requested but whose worker is gone.
+ORPHANED_CANCELS = text(
+    """
+    WITH moved AS (
+        UPDATE ai_analysis_tasks SET status = 'cancelled', completed_at = now(),
+            lease_expires_at = NULL, current_step = 'cancelled', updated_at = now()
+        WHERE status = 'processing' AND cancel_requested_at IS NOT NULL
+          AND lease_expires_at < now()
+        RETURNING practice_record_id
+    )
+    UPDATE practice_records r SET record_status = 'recorded', updated_at = now()
+    FROM moved m WHERE r.practice_record_id = m.practice_record_id
+    """
+)
+
+CLEANUP = text(
+    """
+    DELETE FROM ai_analysis_tasks
+    WHERE status IN ('failure', 'cancelled')
+      AND completed_at < now() - make_interval(days => :days)
+    """
+)
+
+
+async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
+    deps = deps_of(ctx)
+    async with deps.engine.begin() as connection:
+        await connection.execute(ORPHANED_CANCELS)
+        params = {"grace": PENDING_GRACE_SECONDS, "limit": RECONCILE_BATCH}
+        rows = (await connection.execute(DUE, params)).all()
+    enqueued = 0
+    for row in rows:
+        # arq ignores a job id that is already queued or running, so this is safe to repeat.
+        if await queue.enqueue_analysis(deps.arq, row.task_id, row.attempt):
+            enqueued += 1
+    if enqueued:
+        log.info("reconcile: enqueued %d of %d due tasks", enqueued, len(rows))
+    return {"due": len(rows), "enqueued": enqueued}
+
+
+async def cleanup_expired(ctx: dict[str, Any]) -> int:
+    """Failed and cancelled tasks past retention; successful results are the user's history."""
+    deps = deps_of(ctx)
+    async with deps.engine.begin() as connection:
+        result = await connection.execute(CLEANUP, {"days": deps.settings.cleanup_retention_days})
+    return int(result.rowcount or 0)
+
+
+HEARTBEAT_SECONDS = 5.0
+
+
+async def heartbeat_forever(deps: WorkerDeps) -> None:
+    """A per-worker key with a short TTL: a worker-down alert can rely on it."""
+    key = WORKER_KEY_PREFIX + deps.worker_name
+    while True:
+        try:
+            value = json.dumps({"worker": deps.worker_name, "at": time.time()})
+            await deps.arq.set(key, value, ex=int(HEARTBEAT_SECONDS * 3))
+        except Exception:
+            log.warning("heartbeat failed", exc_info=True)
+        await asyncio.sleep(HEARTBEAT_SECONDS)  # a period, not a wait for a condition

@@ -1,0 +1,30 @@
+"""arq job functions: thin, they claim and delegate."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from app.ai_client.errors import ErrorClass
+from app.analysis import lifecycle
+from worker.attempt import Attempt
+from worker.context import deps_of
+
+log = logging.getLogger(__name__)
+
+
+async def analyze_recording(ctx: dict[str, Any], task_id: str) -> str:
+    deps = deps_of(ctx)
+    job_id: str = ctx["job_id"]
+    claimed = await lifecycle.claim(
+        deps.engine, task_id, job_id, deps.worker_name, deps.settings.lease_seconds
+    )
+    if claimed is None:
+        return "not claimed: finished, cancelled, not due or owned by a live attempt"
+    if claimed.crash_count >= deps.settings.crash_loop_limit:
+        message = f"The analysis crashed its worker {claimed.crash_count} times"
+        await lifecycle.fail(deps.engine, claimed, ErrorClass.CRASH_LOOP.value, message)
+        return "failure: crash_loop"
+    outcome = await Attempt(deps, claimed, job_id).run()
+    log.info("task %s attempt %d: %s", task_id, claimed.attempt, outcome)
+    return outcome

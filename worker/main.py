@@ -1,0 +1,110 @@
+"""The arq worker: `arq worker.main.WorkerSettings`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from arq import cron, func
+
+from app.ai_client.client import AIClient
+from app.analysis import queue
+from app.db import create_engine
+from app.settings import Settings, get_settings
+from app.storage import LocalStorage
+from worker.breaker import CircuitBreaker
+from worker.context import WorkerDeps, default_worker_name
+from worker.cron import cleanup_expired, heartbeat_forever, reconcile
+from worker.jobs import analyze_recording
+from worker.retry import RetryPolicy
+
+# arq's own retry counter is only a backstop: the retry budget lives in PostgreSQL.
+ARQ_MAX_TRIES = 1000
+
+
+def _every(seconds: float) -> dict[str, Any]:
+    step = max(int(seconds), 1)
+    if step < 60:
+        return {"second": set(range(0, 60, step))}
+    return {"minute": set(range(0, 60, max(step // 60, 1))), "second": 0}
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx.get("settings") or get_settings()
+    arq = queue.connect(settings.redis_url)
+    deps = WorkerDeps(
+        settings=settings,
+        engine=create_engine(settings),
+        arq=arq,
+        storage=LocalStorage(settings.storage_dir),
+        ai=AIClient(settings, transport=ctx.get("ai_transport")),
+        breaker=CircuitBreaker(
+            arq, settings.breaker_failure_threshold, settings.breaker_cooldown_seconds
+        ),
+        policy=RetryPolicy(settings),
+        worker_name=settings.worker_name or default_worker_name(),
+    )
+    ctx["deps"] = deps
+    ctx["heartbeat"] = asyncio.create_task(heartbeat_forever(deps))
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    deps: WorkerDeps | None = ctx.get("deps")
+    heartbeat: asyncio.Task[None] | None = ctx.get("heartbeat")
+    if heartbeat is not None:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+    if deps is not None:
+        await deps.ai.aclose()
+        await deps.arq.aclose()
+        await deps.engine.dispose()
+
+
+def worker_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for `arq.Worker`; every duration comes from settings."""
+    job_timeout = settings.job_timeout_seconds
+    return {
+        "functions": [
+            func(
+                analyze_recording,
+                name=queue.ANALYZE_FUNCTION,
+                timeout=job_timeout,
+                max_tries=ARQ_MAX_TRIES,
+            )
+        ],
+        "cron_jobs": [
+            cron(
+                reconcile,
+                run_at_startup=True,
+                unique=True,
+                timeout=max(settings.reconcile_interval_seconds, 10),
+                **_every(settings.reconcile_interval_seconds),
+            ),
+            cron(cleanup_expired, hour={3}, minute={17}, unique=True, timeout=600),
+        ],
+        "queue_name": queue.QUEUE_NAME,
+        "redis_settings": queue.redis_settings(settings.redis_url),
+        "job_serializer": queue.serialize,
+        "job_deserializer": queue.deserialize,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "max_jobs": settings.worker_max_jobs,
+        "poll_delay": settings.worker_poll_delay_seconds,
+        "job_timeout": job_timeout,
+        "max_tries": ARQ_MAX_TRIES,
+        "allow_abort_jobs": True,
+        "keep_result": 3600,
+        "job_completion_wait": 0,
+    }
+
+
+def _settings_class() -> type:
+    settings = get_settings()
+    if settings.ai_deadline_seconds >= settings.job_timeout_seconds:
+        raise ValueError("AI_DEADLINE_SECONDS must be below JOB_TIMEOUT_SECONDS")
+    return type("WorkerSettings", (), worker_options(settings))
+
+
+WorkerSettings = _settings_class()
