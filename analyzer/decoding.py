@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -127,11 +128,34 @@ def _decode_soundfile(path: Path, container: str, max_seconds: float) -> Decoded
     )
 
 
+def _pyav_samples(box: Any, stream: Any, max_seconds: float) -> tuple[FloatArray, bool]:
+    """Decode, downmix and resample to 16 kHz mono; truncated=True if decoding broke off."""
+    import av
+
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=TARGET_RATE)
+    chunks: list[FloatArray] = []
+    decoded = 0
+    truncated = False
+    try:
+        for frame in box.decode(stream):
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().reshape(-1).astype(np.float32))
+                decoded += out.samples
+            if decoded > max_seconds * TARGET_RATE:
+                raise _too_long(decoded / TARGET_RATE, max_seconds)
+    except av.error.FFmpegError:
+        if not chunks:
+            raise
+        truncated = True
+    for out in resampler.resample(None):
+        chunks.append(out.to_ndarray().reshape(-1).astype(np.float32))
+    samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    return samples, truncated
+
+
 def _decode_pyav(path: Path, container: str, max_seconds: float) -> DecodedAudio:
     import av
 
-    chunks: list[FloatArray] = []
-    truncated = False
     try:
         with av.open(str(path)) as box:
             if not box.streams.audio:
@@ -142,27 +166,10 @@ def _decode_pyav(path: Path, container: str, max_seconds: float) -> DecodedAudio
                 raise _too_long(declared, max_seconds)
             rate = int(stream.codec_context.sample_rate or TARGET_RATE)
             channels = int(stream.codec_context.channels or 1)
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=TARGET_RATE)
-            decoded = 0
-            try:
-                for frame in box.decode(stream):
-                    for out in resampler.resample(frame):
-                        chunks.append(out.to_ndarray().reshape(-1).astype(np.float32))
-                        decoded += out.samples
-                    if decoded > max_seconds * TARGET_RATE:
-                        raise _too_long(decoded / TARGET_RATE, max_seconds)
-            except av.error.FFmpegError:
-                if not chunks:
-                    raise
-                truncated = True
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1).astype(np.float32))
+            samples, truncated = _pyav_samples(box, stream, max_seconds)
     except av.error.FFmpegError as exc:
         raise AnalyzerError(422, "undecodable_audio", f"could not decode audio: {exc}") from exc
-    samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
     got = len(samples) / TARGET_RATE
-    if declared > 1.0 and got < 0.9 * declared:
-        truncated = True
     return DecodedAudio(
         samples=samples,
         sample_rate=TARGET_RATE,
@@ -171,7 +178,7 @@ def _decode_pyav(path: Path, container: str, max_seconds: float) -> DecodedAudio
         source_duration=max(declared, got),
         container=container,
         decoder="pyav",
-        truncated=truncated,
+        truncated=truncated or (declared > 1.0 and got < 0.9 * declared),
     )
 
 

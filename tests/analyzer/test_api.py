@@ -135,9 +135,12 @@ async def test_corrupt_audio_with_valid_magic_is_undecodable(api: httpx.AsyncCli
     assert response.status_code == 422 and error_code(response) == "undecodable_audio"
 
 
-async def test_truncated_wav_is_analysed_with_warning(api: httpx.AsyncClient) -> None:
-    data = fixture_bytes("speech_normal.wav")
-    response = await post(api, data[: len(data) * 2 // 3], "audio/wav")
+@pytest.mark.parametrize(("ext", "media"), [("wav", "audio/wav"), ("mp3", "audio/mpeg")])
+async def test_truncated_file_is_analysed_with_warning(
+    api: httpx.AsyncClient, ext: str, media: str
+) -> None:
+    data = fixture_bytes(f"speech_normal.{ext}")
+    response = await post(api, data[: len(data) * 2 // 3], media)
     assert response.status_code == 200, response.text
     codes = [w["code"] for w in response.json()["detailed_analysis"]["warnings"]]
     assert "truncated" in codes
