@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -133,7 +134,7 @@ def sentence_analyses(timing: syl.Timing, voice: VoiceAnalysis) -> list[dict[str
 def describe(name: str, value: float | None, sustained: bool) -> dict[str, Any]:
     """One measure with its unit (and, for voice measures, whether norms apply)."""
     unit = MEASURE_INFO[name][0] if name in MEASURE_INFO else ""
-    rounded = None if value is None else round(value, 4)
+    rounded = None if value is None or not math.isfinite(value) else round(value, 4)
     entry: dict[str, Any] = {"value": rounded, "unit": unit}
     if name in VOICE_MEASURES:
         entry["valid_for_norms"] = sustained

@@ -23,6 +23,7 @@ NO_ALIGNMENT = (
     "Target-text alignment is not supported in the reference service, so pronunciation "
     "accuracy cannot be measured; no value is invented."
 )
+PRONUNCIATION = {"value": None, "reason": NO_ALIGNMENT}
 MIN_SPEECH_LEVEL_DB = 25.0
 FEW_SYLLABLES = 5
 
@@ -113,6 +114,23 @@ def _scores(
     }
 
 
+def _detailed(
+    info: AudioInfo, timing: Timing, params: AnalyzeParams, context: dict[str, str]
+) -> dict[str, Any]:
+    """Recording, request and segmentation facts for detailed_analysis."""
+    return {
+        "duration_seconds": round(timing.duration, 3),
+        **context,
+        "language": params.language,
+        "speaker_age_group": params.speaker_age_group,
+        "analysis_type": params.analysis_type,
+        "target_text_provided": bool(params.target_text),
+        "audio": {**info.__dict__, "analysis_sample_rate": 16000},
+        "pauses": [{"start": round(s, 3), "end": round(e, 3)} for s, e in timing.pauses],
+        "syllable_nuclei_times": [round(t, 3) for t in timing.nuclei],
+    }
+
+
 def build_result(
     info: AudioInfo, voice: VoiceAnalysis, timing: Timing, params: AnalyzeParams,
     model_version: str, elapsed: float,
@@ -126,24 +144,15 @@ def build_result(
     values = {**ms.timing_measures(timing), **voice.measures}
     scores = _scores(values, params, sustained)
     fluency, rhythm = scores["fluency_score"]["value"], scores["rhythm_score"]["value"]
-    pronunciation = {"value": None, "reason": NO_ALIGNMENT}
     text, areas = suggest(values, params.speaker_age_group, params.language, sustained)
+    context = {"task_requested": params.task, "task_detected": detected,
+               "analysed_as": "sustained_vowel" if sustained else "connected_speech"}  # fmt: skip
     detailed = {
-        "duration_seconds": round(timing.duration, 3),
-        "task_requested": params.task,
-        "task_detected": detected,
-        "analysed_as": "sustained_vowel" if sustained else "connected_speech",
-        "language": params.language,
-        "speaker_age_group": params.speaker_age_group,
-        "analysis_type": params.analysis_type,
-        "target_text_provided": bool(params.target_text),
-        "audio": {**info.__dict__, "analysis_sample_rate": 16000},
+        **_detailed(info, timing, params, context),
         "measures": {k: ms.describe(k, v, sustained) for k, v in values.items()},
         "voice_norms_note": ms.MDVP_NOTE,
-        "scores": {**scores, "pronunciation_accuracy": pronunciation},
-        "pronunciation_accuracy": pronunciation,
-        "pauses": [{"start": round(s, 3), "end": round(e, 3)} for s, e in timing.pauses],
-        "syllable_nuclei_times": [round(t, 3) for t in timing.nuclei],
+        "scores": {**scores, "pronunciation_accuracy": PRONUNCIATION},
+        "pronunciation_accuracy": PRONUNCIATION,
         "warnings": _warnings(info, values, params, sustained, detected, model_version),
     }
     result = AnalysisResult(

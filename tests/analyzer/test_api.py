@@ -163,6 +163,8 @@ async def test_target_text_does_not_invent_pronunciation(api: httpx.AsyncClient)
 async def test_unknown_route_uses_error_envelope(api: httpx.AsyncClient) -> None:
     response = await api.get("/v2/nothing")
     assert response.status_code == 404 and error_code(response) == "not_found"
+    wrong_method = await api.get("/v1/analyze")
+    assert wrong_method.status_code == 405 and error_code(wrong_method) == "method_not_allowed"
 
 
 async def test_health_and_info(api: httpx.AsyncClient) -> None:
