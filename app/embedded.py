@@ -114,7 +114,8 @@ class EmbeddedRedis:
             "--dir", str(self.data_dir),
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        # Its own session: a Ctrl-C in the terminal reaches our launcher, which stops it last.
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
         self._wait_ready()
         return self
 

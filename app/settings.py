@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     ai_deadline_seconds: float = Field(240.0, gt=0)
     ai_connect_timeout_seconds: float = Field(5.0, gt=0)
     reconcile_interval_seconds: float = Field(30.0, gt=0)
+    reconcile_pending_grace_seconds: float = Field(5.0, ge=0)
     crash_loop_limit: int = Field(3, ge=1)
     retry_base_network_seconds: float = 30.0
     retry_base_timeout_seconds: float = 60.0

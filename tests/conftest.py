@@ -109,6 +109,13 @@ async def clean(engine: AsyncEngine, settings: Settings) -> None:
 
 
 @pytest.fixture
+async def redis(settings: Settings, clean: None) -> AsyncIterator[Redis]:
+    client = Redis.from_url(settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
 async def app(settings: Settings, clean: None) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
     async with application.router.lifespan_context(application):

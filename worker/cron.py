@@ -17,7 +17,6 @@ from worker.context import WorkerDeps, deps_of
 log = logging.getLogger(__name__)
 
 RECONCILE_BATCH = 500
-PENDING_GRACE_SECONDS = 5.0
 
 # Rows whose job should be in arq but may not be: pending rows (their enqueue may have failed),
 # retry rows that are due, processing rows whose lease expired (their worker died).
@@ -60,7 +59,8 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
     deps = deps_of(ctx)
     async with deps.engine.begin() as connection:
         await connection.execute(ORPHANED_CANCELS)
-        params = {"grace": PENDING_GRACE_SECONDS, "limit": RECONCILE_BATCH}
+        grace = deps.settings.reconcile_pending_grace_seconds
+        params = {"grace": grace, "limit": RECONCILE_BATCH}
         rows = (await connection.execute(DUE, params)).all()
     enqueued = 0
     for row in rows:

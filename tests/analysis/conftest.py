@@ -23,6 +23,7 @@ FAST = {
     "ai_deadline_seconds": 4.0,
     "ai_connect_timeout_seconds": 1.0,
     "reconcile_interval_seconds": 1.0,
+    "reconcile_pending_grace_seconds": 0.5,
     "retry_base_network_seconds": 0.2,
     "retry_base_timeout_seconds": 0.2,
     "retry_base_ai_service_seconds": 0.2,
@@ -82,16 +83,16 @@ async def start_worker(worker_settings: Settings, clean: None) -> AsyncIterator[
 
 
 async def wait_for(
-    condition: Callable[[], Awaitable[Any]], timeout: float = 20.0, interval: float = 0.05
+    condition: Callable[[], Awaitable[Any]], within: float = 20.0, interval: float = 0.05
 ) -> Any:
     """Poll `condition` until it returns something truthy, or fail at the deadline."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         value = await condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
+            raise AssertionError(f"condition not met within {within} s")
         await asyncio.sleep(interval)
 
 
@@ -136,7 +137,7 @@ async def wait_for_status(
     user: ApiUser,
     task_id: str,
     statuses: set[str] = TERMINAL,
-    timeout: float = 30.0,
+    within: float = 30.0,
     samples: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     async def reached() -> dict[str, Any] | None:
@@ -145,5 +146,5 @@ async def wait_for_status(
             samples.append(current)
         return current if current["status"] in statuses else None
 
-    result: dict[str, Any] = await wait_for(reached, timeout, interval=0.02)
+    result: dict[str, Any] = await wait_for(reached, within, interval=0.02)
     return result

@@ -116,7 +116,7 @@ async def test_hang_times_out_retries_then_fails(
     _, record_id, _ = await upload_recording(client, alice)
     task_id = (await submit(client, alice, record_id))["task_id"]
     await start_worker(ai_deadline_seconds=1.0)
-    final = await wait_for_status(client, alice, task_id, timeout=30)
+    final = await wait_for_status(client, alice, task_id, within=30)
     assert final["status"] == "failure"
     assert final["error_code"] == "timeout"
     assert final["retry_count"] == 2  # the seed's timeout budget
