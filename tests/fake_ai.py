@@ -66,6 +66,7 @@ MALFORMED = Mode("malformed")
 @dataclass
 class Call:
     mode: Mode
+    at: float = field(default_factory=time.monotonic)
     body_bytes: int = 0
     body_sha256: str = ""
     headers: dict[str, str] = field(default_factory=dict)

@@ -74,6 +74,7 @@ async def test_cancel_processing_closes_the_ai_request(
         return fake_ai.call_count() == 1
 
     await wait_for(ai_called)
+    assert await _record_status(engine, record_id) == "ai_processing"
     response = await client.delete(f"/api/v1/tasks/analysis/{task_id}", headers=alice.headers)
     assert response.status_code == 202
     assert response.json()["cancel_requested"] is True
