@@ -6,11 +6,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import make_asgi_app
 
+from app import access_log
 from app.admin.router import router as admin_router
 from app.analysis import queue
 from app.analysis.eta import Estimator
+from app.analysis.events import router as events_router
+from app.analysis.hub import Hub
+from app.analysis.live import LiveSource, StreamTiming
+from app.analysis.progress import Publisher, publish_settings
 from app.analysis.router import router as analysis_router
+from app.analysis.stream_auth import StreamLimiter
 from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
 from app.practice.router import router as practice_router
@@ -27,17 +34,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings)
         arq = queue.connect(settings.redis_url)
+        estimator = Estimator(engine, slots=settings.worker_max_jobs)
+        sessions = create_sessionmaker(engine)
+        hub = Hub(settings.redis_url, arq, settings.sse_client_queue_size)
+        timing = StreamTiming(settings.sse_heartbeat_seconds, settings.sse_max_connection_seconds)
         app.state.vocalborn = AppState(
             settings=settings,
             engine=engine,
-            sessions=create_sessionmaker(engine),
+            sessions=sessions,
             arq=arq,
-            estimator=Estimator(engine, slots=settings.worker_max_jobs),
+            estimator=estimator,
+            publisher=Publisher(arq, estimator, publish_settings(settings)),
+            hub=hub,
+            live=LiveSource(hub, arq, sessions, estimator, timing),
+            limiter=StreamLimiter(settings.max_streams_per_user),
             storage=LocalStorage(settings.storage_dir),
         )
+        await hub.start()
         try:
             yield
         finally:
+            await hub.stop()
             await arq.aclose()
             await engine.dispose()
 
@@ -45,6 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(practice_router, prefix="/api/v1")
     app.include_router(analysis_router, prefix="/api/v1")
+    app.include_router(events_router, prefix="/api/v1")
+    app.mount("/metrics", make_asgi_app())
+    access_log.install()
     app.include_router(admin_router, prefix="/api/v1")
 
     @app.get("/healthz", include_in_schema=False)

@@ -73,6 +73,16 @@ class Settings(BaseSettings):
     worker_name: str | None = None
     cleanup_retention_days: int = Field(7, ge=1)
 
+    # Live progress (SSE / WebSocket).
+    event_stream_maxlen: int = Field(200, ge=10)
+    event_stream_ttl_seconds: int = Field(3600, ge=1)
+    sse_heartbeat_seconds: float = Field(15.0, gt=0)
+    sse_max_connection_seconds: float = Field(3600.0, gt=0)
+    sse_client_queue_size: int = Field(16, ge=1)
+    stream_token_ttl_seconds: int = Field(60, ge=1)
+    stream_token_secret: str | None = None
+    max_streams_per_user: int = Field(20, ge=1)
+
     @field_validator("supported_audio_formats", mode="before")
     @classmethod
     def _split_formats(cls, value: object) -> object:

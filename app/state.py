@@ -8,6 +8,10 @@ from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.analysis.eta import Estimator
+from app.analysis.hub import Hub
+from app.analysis.live import LiveSource
+from app.analysis.progress import Publisher
+from app.analysis.stream_auth import StreamLimiter
 from app.settings import Settings
 from app.storage import Storage
 
@@ -19,4 +23,8 @@ class AppState:
     sessions: async_sessionmaker[AsyncSession]
     arq: ArqRedis  # the queue's client, also used for any other Redis access
     estimator: Estimator
+    publisher: Publisher
+    hub: Hub
+    live: LiveSource
+    limiter: StreamLimiter
     storage: Storage

@@ -17,13 +17,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.embedded import free_port
+from tests.servers import UvicornThread
 
 AI_RESULT: dict[str, Any] = {
     "overall_score": 81.25,
@@ -77,17 +76,20 @@ class Call:
 
 class FakeAI:
     def __init__(self) -> None:
-        self.port = free_port()
+        app = Starlette(routes=[Route("/v1/analyze", self._analyze, methods=["POST"])])
+        self._server = UvicornThread(app)
         self.default = OK
         self._script: deque[Mode] = deque()
         self._lock = threading.Lock()
         self.calls: list[Call] = []
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self._server.url
+
+    @property
+    def running(self) -> bool:
+        return self._server.running
 
     @property
     def result(self) -> dict[str, Any]:
@@ -148,25 +150,12 @@ class FakeAI:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> FakeAI:
-        app = Starlette(routes=[Route("/v1/analyze", self._analyze, methods=["POST"])])
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=1
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise TimeoutError("fake AI service did not start")
-            time.sleep(0.01)
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
-            self._server = None
+        """Afterwards the port refuses connections."""
+        self._server.stop()
 
 
 def _line(obj: dict[str, Any]) -> bytes:

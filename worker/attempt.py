@@ -42,6 +42,7 @@ class Attempt:
                 return await self._failed(classify(exc))
         await self.deps.breaker.record_success()
         stored = await lifecycle.succeed(self.deps.engine, self.claimed, result)
+        await self.deps.publisher.publish_row(stored)
         return "success" if stored else "stale: result discarded"
 
     async def _call_ai(self) -> AIResult:
@@ -61,12 +62,13 @@ class Attempt:
         if (progress, step.code) == self._last_progress:
             return
         self._last_progress = (progress, step.code)
-        cancel_requested = await lifecycle.report_progress(
-            self.deps.engine, self.claimed, progress, step.code
-        )
-        if self._keeper is not None and cancel_requested is None:
+        row = await lifecycle.report_progress(self.deps.engine, self.claimed, progress, step.code)
+        await self.deps.publisher.publish_row(row)
+        if self._keeper is None:
+            return
+        if row is None:
             self._keeper.stop(StopReason.LEASE_LOST)
-        elif self._keeper is not None and cancel_requested:
+        elif row["cancel_requested_at"] is not None:
             self._keeper.stop(StopReason.CANCEL_REQUESTED)
 
     async def _stopped_on_purpose(self, keeper: LeaseKeeper) -> bool:
@@ -86,7 +88,8 @@ class Attempt:
         if task is not None:
             task.uncancel()
         if keeper.stop_reason is StopReason.CANCEL_REQUESTED:
-            await lifecycle.mark_cancelled(self.deps.engine, self.claimed)
+            row = await lifecycle.mark_cancelled(self.deps.engine, self.claimed)
+            await self.deps.publisher.publish_row(row)
             return "cancelled"
         return "stale: lease lost"
 
@@ -99,18 +102,21 @@ class Attempt:
             delay = policy.delay(error_class, self.claimed.retry_count, error.retry_after)
             await self._retry_later(delay, error_class.value, message=error.message)
             return f"retry: {error_class}"
-        await lifecycle.fail(self.deps.engine, self.claimed, error_class.value, error.message)
+        row = await lifecycle.fail(self.deps.engine, self.claimed, error_class.value, error.message)
+        await self.deps.publisher.publish_row(row)
         return f"failure: {error_class}"
 
     async def _retry_later(
         self, delay: float, code: str, *, message: str = "", counted: bool = True
     ) -> None:
         message = message or "The AI service is unavailable; the analysis will be retried"
-        when = await lifecycle.schedule_retry(
+        row = await lifecycle.schedule_retry(
             self.deps.engine, self.claimed, delay, code, message, counted=counted
         )
-        if when is None:
+        if row is None:
             return
+        await self.deps.publisher.publish_row(row)
+        when = row["next_attempt_at"]
         try:
             await queue.enqueue_analysis(
                 self.deps.arq, self.claimed.task_id, self.claimed.attempt, defer_until=when

@@ -11,6 +11,7 @@ from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.ai_client.client import AIClient
+from app.analysis.progress import Publisher
 from app.settings import Settings
 from app.storage import Storage
 from worker.breaker import CircuitBreaker
@@ -26,6 +27,7 @@ class WorkerDeps:
     ai: AIClient
     breaker: CircuitBreaker
     policy: RetryPolicy
+    publisher: Publisher
     worker_name: str
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from app.analysis import queue
 from app.analysis.eta import WORKER_KEY_PREFIX
+from app.analysis.status import status_columns
 from worker.context import WorkerDeps, deps_of
 
 log = logging.getLogger(__name__)
@@ -33,16 +34,18 @@ DUE = text(
 
 # A processing task whose cancel was requested but whose worker is gone.
 ORPHANED_CANCELS = text(
-    """
+    f"""
     WITH moved AS (
         UPDATE ai_analysis_tasks SET status = 'cancelled', completed_at = now(),
             lease_expires_at = NULL, current_step = 'cancelled', updated_at = now()
         WHERE status = 'processing' AND cancel_requested_at IS NOT NULL
           AND lease_expires_at < now()
-        RETURNING practice_record_id
+        RETURNING {status_columns("ai_analysis_tasks")}
+    ), released AS (
+        UPDATE practice_records r SET record_status = 'recorded', updated_at = now()
+        FROM moved m WHERE r.practice_record_id = m.practice_record_id
     )
-    UPDATE practice_records r SET record_status = 'recorded', updated_at = now()
-    FROM moved m WHERE r.practice_record_id = m.practice_record_id
+    SELECT * FROM moved
     """
 )
 
@@ -58,10 +61,11 @@ CLEANUP = text(
 async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
     deps = deps_of(ctx)
     async with deps.engine.begin() as connection:
-        await connection.execute(ORPHANED_CANCELS)
+        cancelled = (await connection.execute(ORPHANED_CANCELS)).mappings().all()
         grace = deps.settings.reconcile_pending_grace_seconds
         params = {"grace": grace, "limit": RECONCILE_BATCH}
         rows = (await connection.execute(DUE, params)).all()
+    await deps.publisher.publish_rows(cancelled)
     enqueued = 0
     for row in rows:
         # arq ignores a job id that is already queued or running, so this is safe to repeat.

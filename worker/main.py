@@ -10,6 +10,8 @@ from arq import cron, func
 
 from app.ai_client.client import AIClient
 from app.analysis import queue
+from app.analysis.eta import Estimator
+from app.analysis.progress import Publisher, publish_settings
 from app.db import create_engine
 from app.settings import Settings, get_settings
 from app.storage import LocalStorage
@@ -33,9 +35,11 @@ def _every(seconds: float) -> dict[str, Any]:
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get("settings") or get_settings()
     arq = queue.connect(settings.redis_url)
+    engine = create_engine(settings)
+    estimator = Estimator(engine, slots=settings.worker_max_jobs)
     deps = WorkerDeps(
         settings=settings,
-        engine=create_engine(settings),
+        engine=engine,
         arq=arq,
         storage=LocalStorage(settings.storage_dir),
         ai=AIClient(settings, transport=ctx.get("ai_transport")),
@@ -43,6 +47,7 @@ async def startup(ctx: dict[str, Any]) -> None:
             arq, settings.breaker_failure_threshold, settings.breaker_cooldown_seconds
         ),
         policy=RetryPolicy(settings),
+        publisher=Publisher(arq, estimator, publish_settings(settings)),
         worker_name=settings.worker_name or default_worker_name(),
     )
     ctx["deps"] = deps

@@ -2,6 +2,8 @@
 
 The worker is the only caller. A transition that matches no row means this attempt no longer
 owns the task (another attempt claimed it, or it was cancelled): its outcome is discarded.
+Each transition returns the task's status columns, from which the status document is built
+and published.
 """
 
 from __future__ import annotations
@@ -9,23 +11,24 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.ai_client.wire import AIResult
+from app.analysis.status import status_columns
 
+_STATUS = status_columns("ai_analysis_tasks")
+_FENCE = "task_id = :task_id AND attempt = :attempt AND status = 'processing'"
 _RELEASE_RECORD = """
     UPDATE practice_records r SET record_status = :record_status, updated_at = now()
     FROM moved m WHERE r.practice_record_id = m.practice_record_id
 """
-_FENCE = "task_id = :task_id AND attempt = :attempt AND status = 'processing'"
 
 CLAIM = text(
-    """
-    WITH claimed AS (
+    f"""
+    WITH moved AS (
         UPDATE ai_analysis_tasks SET
             crash_count = crash_count + CASE WHEN status = 'processing' THEN 1 ELSE 0 END,
             status = 'processing',
@@ -44,13 +47,13 @@ CLAIM = text(
             (status IN ('pending', 'retry')
              AND (next_attempt_at IS NULL OR next_attempt_at <= now() + interval '1 second'))
             OR (status = 'processing' AND lease_expires_at < now()))
-        RETURNING task_id, attempt, crash_count, retry_count, practice_record_id, task_params
-    ), moved AS (
+        RETURNING {_STATUS}, crash_count, task_params
+    ), record AS (
         UPDATE practice_records r SET record_status = 'ai_processing', updated_at = now()
-        FROM claimed c WHERE r.practice_record_id = c.practice_record_id
+        FROM moved m WHERE r.practice_record_id = m.practice_record_id
         RETURNING r.audio_storage_key, r.audio_content_type
     )
-    SELECT c.*, m.audio_storage_key, m.audio_content_type FROM claimed c, moved m
+    SELECT m.*, r.audio_storage_key, r.audio_content_type FROM moved m, record r
     """
 )
 
@@ -58,7 +61,7 @@ PROGRESS = text(
     f"""
     UPDATE ai_analysis_tasks
     SET progress = GREATEST(progress, :progress), current_step = :step, updated_at = now()
-    WHERE {_FENCE} RETURNING cancel_requested_at IS NOT NULL AS cancel_requested
+    WHERE {_FENCE} RETURNING {_STATUS}
     """
 )
 
@@ -76,7 +79,7 @@ SUCCEED = text(
             status = 'success', progress = 100, current_step = 'completed',
             completed_at = now(), lease_expires_at = NULL, updated_at = now()
         WHERE {_FENCE}
-        RETURNING task_id, practice_record_id
+        RETURNING {_STATUS}
     ), stored AS (
         INSERT INTO ai_analysis_results (
             task_id, overall_score, pronunciation_accuracy, fluency_score, rhythm_score,
@@ -89,7 +92,7 @@ SUCCEED = text(
         ON CONFLICT (task_id) DO NOTHING
         RETURNING result_id
     ), released AS ({_RELEASE_RECORD})
-    SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM stored) AS stored
+    SELECT * FROM moved
     """
 )
 
@@ -103,9 +106,9 @@ RETRY = text(
             lease_expires_at = NULL, progress = 0, current_step = 'waiting_retry',
             updated_at = now()
         WHERE {_FENCE}
-        RETURNING practice_record_id, next_attempt_at
+        RETURNING {_STATUS}, next_attempt_at
     ), released AS ({_RELEASE_RECORD})
-    SELECT next_attempt_at FROM moved
+    SELECT * FROM moved
     """
 )
 
@@ -117,9 +120,9 @@ FAIL = text(
             completed_at = now(), lease_expires_at = NULL, current_step = 'failed',
             updated_at = now()
         WHERE {_FENCE}
-        RETURNING practice_record_id
+        RETURNING {_STATUS}
     ), released AS ({_RELEASE_RECORD})
-    SELECT count(*) FROM moved
+    SELECT * FROM moved
     """
 )
 
@@ -130,9 +133,9 @@ CANCELLED = text(
             status = 'cancelled', completed_at = now(), lease_expires_at = NULL,
             current_step = 'cancelled', updated_at = now()
         WHERE {_FENCE} AND cancel_requested_at IS NOT NULL
-        RETURNING practice_record_id
+        RETURNING {_STATUS}
     ), released AS ({_RELEASE_RECORD})
-    SELECT count(*) FROM moved
+    SELECT * FROM moved
     """
 )
 
@@ -147,34 +150,34 @@ class Claim:
     task_params: dict[str, Any]
     audio_storage_key: str
     audio_content_type: str
+    row: RowMapping  # the status columns right after the claim
 
     @property
     def fence(self) -> dict[str, object]:
         return {"task_id": self.task_id, "attempt": self.attempt}
 
 
+async def _one(engine: AsyncEngine, statement: Any, params: dict[str, Any]) -> RowMapping | None:
+    async with engine.begin() as connection:
+        return (await connection.execute(statement, params)).mappings().first()
+
+
 async def claim(
     engine: AsyncEngine, task_id: str, job_id: str, worker_name: str, lease: float
 ) -> Claim | None:
-    params = {
-        "task_id": task_id,
-        "job_id": job_id,
-        "worker_name": worker_name,
-        "lease": float(lease),
-    }
-    async with engine.begin() as connection:
-        row = (await connection.execute(CLAIM, params)).mappings().first()
-    return Claim(**row) if row else None
+    params = {"task_id": task_id, "job_id": job_id, "worker_name": worker_name}
+    row = await _one(engine, CLAIM, params | {"lease": float(lease)})
+    if row is None:
+        return None
+    fields = {name: row[name] for name in Claim.__dataclass_fields__ if name != "row"}
+    return Claim(**fields, row=row)
 
 
 async def report_progress(
     engine: AsyncEngine, claimed: Claim, progress: int, step: str
-) -> bool | None:
-    """None: this attempt lost the task. Otherwise whether a cancel was requested."""
-    params = claimed.fence | {"progress": progress, "step": step}
-    async with engine.begin() as connection:
-        cancel_requested: bool | None = await connection.scalar(PROGRESS, params)
-    return cancel_requested
+) -> RowMapping | None:
+    """None: this attempt lost the task."""
+    return await _one(engine, PROGRESS, claimed.fence | {"progress": progress, "step": step})
 
 
 async def renew_lease(engine: AsyncEngine, claimed: Claim, lease: float) -> bool | None:
@@ -186,15 +189,12 @@ async def renew_lease(engine: AsyncEngine, claimed: Claim, lease: float) -> bool
     return cancel_requested
 
 
-async def succeed(engine: AsyncEngine, claimed: Claim, result: AIResult) -> bool:
-    """Store the result and `success` in one transaction; False for a stale attempt."""
+async def succeed(engine: AsyncEngine, claimed: Claim, result: AIResult) -> RowMapping | None:
+    """Store the result and `success` in one transaction; None for a stale attempt."""
     values = result.model_dump()
     for key in ("detailed_analysis", "sentence_analyses", "improvement_areas"):
         values[key] = None if values[key] is None else json.dumps(values[key])
-    params = claimed.fence | values | {"record_status": "ai_analyzed"}
-    async with engine.begin() as connection:
-        row = (await connection.execute(SUCCEED, params)).one()
-    return bool(row.moved)
+    return await _one(engine, SUCCEED, claimed.fence | values | {"record_status": "ai_analyzed"})
 
 
 async def schedule_retry(
@@ -205,7 +205,7 @@ async def schedule_retry(
     error_message: str,
     *,
     counted: bool = True,
-) -> datetime | None:
+) -> RowMapping | None:
     params = claimed.fence | {
         "delay": float(delay),
         "counted": 1 if counted else 0,
@@ -213,22 +213,19 @@ async def schedule_retry(
         "error_message": error_message[:2000],
         "record_status": "ai_queued",
     }
-    async with engine.begin() as connection:
-        when: datetime | None = await connection.scalar(RETRY, params)
-    return when
+    return await _one(engine, RETRY, params)
 
 
-async def fail(engine: AsyncEngine, claimed: Claim, error_code: str, error_message: str) -> bool:
+async def fail(
+    engine: AsyncEngine, claimed: Claim, error_code: str, error_message: str
+) -> RowMapping | None:
     params = claimed.fence | {
         "error_code": error_code,
         "error_message": error_message[:2000],
         "record_status": "recorded",
     }
-    async with engine.begin() as connection:
-        return bool(await connection.scalar(FAIL, params))
+    return await _one(engine, FAIL, params)
 
 
-async def mark_cancelled(engine: AsyncEngine, claimed: Claim) -> bool:
-    async with engine.begin() as connection:
-        params = claimed.fence | {"record_status": "recorded"}
-        return bool(await connection.scalar(CANCELLED, params))
+async def mark_cancelled(engine: AsyncEngine, claimed: Claim) -> RowMapping | None:
+    return await _one(engine, CANCELLED, claimed.fence | {"record_status": "recorded"})

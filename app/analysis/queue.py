@@ -14,7 +14,7 @@ from typing import Any
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import abort_jobs_ss, in_progress_key_prefix
 from arq.utils import timestamp_ms
-from redis.asyncio import ConnectionPool
+from redis.asyncio import ConnectionPool, Redis
 
 QUEUE_NAME = "ai_analysis"
 ANALYZE_FUNCTION = "analyze_recording"
@@ -68,7 +68,7 @@ async def enqueue_analysis(
     return job is not None
 
 
-async def abort(pool: ArqRedis, job_id: str) -> None:
+async def abort(pool: Redis, job_id: str) -> None:
     """Ask arq to abort the job: a running one is cancelled, a queued one never starts."""
     async with pool.pipeline(transaction=True) as pipe:
         pipe.zadd(abort_jobs_ss, {job_id: timestamp_ms()})
@@ -76,12 +76,12 @@ async def abort(pool: ArqRedis, job_id: str) -> None:
         await pipe.execute()
 
 
-async def extend_in_progress(pool: ArqRedis, job_id: str, ttl_ms: int) -> None:
+async def extend_in_progress(pool: Redis, job_id: str, ttl_ms: int) -> None:
     """Cut or extend arq's in-progress marker so a dead worker's job is retried after ttl."""
     await pool.pexpire(in_progress_key_prefix + job_id, ttl_ms)
 
 
-async def queue_position(pool: ArqRedis, job_id: str) -> int | None:
+async def queue_position(pool: Redis, job_id: str) -> int | None:
     """1-based position among jobs waiting to start; None when the job is not waiting."""
     score = await pool.zscore(QUEUE_NAME, job_id)
     if score is None or await pool.exists(in_progress_key_prefix + job_id):

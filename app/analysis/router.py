@@ -24,7 +24,7 @@ IdempotencyKey = Annotated[
 
 
 def get_submitter(state: StateDep) -> submit.Submitter:
-    return submit.Submitter(arq=state.arq, estimator=state.estimator)
+    return submit.Submitter(arq=state.arq, estimator=state.estimator, publisher=state.publisher)
 
 
 SubmitterDep = Annotated[submit.Submitter, Depends(get_submitter)]
@@ -76,4 +76,4 @@ async def task_result(task_id: uuid.UUID, user: UserDep, session: SessionDep) ->
 async def cancel_task(
     task_id: uuid.UUID, user: UserDep, session: SessionDep, state: StateDep
 ) -> TaskStatusOut:
-    return await service.cancel(session, state.arq, state.estimator, user, task_id)
+    return await service.cancel(session, state.arq, state.estimator, state.publisher, user, task_id)

@@ -52,6 +52,7 @@ class CurrentStep(BaseModel):
 class TaskStatusOut(BaseModel):
     task_id: uuid.UUID
     practice_record_id: uuid.UUID
+    practice_session_id: uuid.UUID | None
     status: str
     progress: int
     current_step: CurrentStep

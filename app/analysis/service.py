@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analysis import queue, status
 from app.analysis.eta import Estimator
+from app.analysis.progress import Publisher
 from app.analysis.schemas import AnalysisResultOut, SessionStatusOut, TaskStatusOut
 from app.auth import Principal
 from app.errors import AppError, NotFound
@@ -26,8 +27,9 @@ RESULT = text(
     """
 )
 
+_STATUS = status.status_columns("ai_analysis_tasks")
 CANCEL = text(
-    """
+    f"""
     WITH cancelled AS (
         UPDATE ai_analysis_tasks SET
             status = CASE WHEN status = 'processing' THEN status ELSE 'cancelled' END,
@@ -38,13 +40,13 @@ CANCEL = text(
             updated_at = now()
         WHERE task_id = :task_id AND (user_id = :user_id OR CAST(:admin AS boolean))
           AND status IN ('pending', 'processing', 'retry')
-        RETURNING task_id, status, attempt, job_id, practice_record_id
+        RETURNING {_STATUS}, job_id
     ), released AS (
         UPDATE practice_records r SET record_status = 'recorded', updated_at = now()
         FROM cancelled c
         WHERE c.status = 'cancelled' AND r.practice_record_id = c.practice_record_id
     )
-    SELECT task_id, status, attempt, job_id FROM cancelled
+    SELECT * FROM cancelled
     """
 )
 
@@ -105,6 +107,7 @@ async def cancel(
     session: AsyncSession,
     arq: ArqRedis,
     estimator: Estimator,
+    publisher: Publisher,
     user: Principal,
     task_id: uuid.UUID,
 ) -> TaskStatusOut:
@@ -127,4 +130,5 @@ async def cancel(
         await queue.abort(arq, job_id)
     except Exception:  # the claim refuses cancelled rows; the reconciler finishes the rest
         log.warning("abort of job %s failed; the reconciler will finish the cancel", job_id)
+    await publisher.publish_row(row)
     return await get_status(session, arq, estimator, user, task_id, as_admin=True)

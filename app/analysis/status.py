@@ -1,11 +1,11 @@
-"""The status document: one shape for the status endpoint, session listings and (later) events."""
+"""The status document: one shape for the status endpoint, session listings and events."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 
-from arq.connections import ArqRedis
+from redis.asyncio import Redis
 from sqlalchemy import RowMapping, text
 
 from app.analysis import queue
@@ -15,20 +15,30 @@ from app.analysis.steps import step_for
 
 log = logging.getLogger(__name__)
 
-STATUS_COLUMNS = """
-    t.task_id, t.practice_record_id, t.status, t.progress, t.current_step, t.total_steps,
-    t.started_at, t.completed_at, t.worker_name, t.retry_count, t.error_code, t.error_message,
-    t.cancel_requested_at, t.updated_at, t.attempt
-"""
+STATUS_FIELDS = (
+    "task_id", "practice_record_id", "status", "progress", "current_step", "total_steps",
+    "started_at", "completed_at", "worker_name", "retry_count", "error_code", "error_message",
+    "cancel_requested_at", "updated_at", "attempt",
+)  # fmt: skip
+
+
+def status_columns(table: str) -> str:
+    """The columns a status document is built from, for `SELECT` or `RETURNING` on `table`."""
+    columns = ", ".join(f"{table}.{field}" for field in STATUS_FIELDS)
+    return (
+        f"{columns}, (SELECT r.practice_session_id FROM practice_records r"
+        f" WHERE r.practice_record_id = {table}.practice_record_id) AS practice_session_id"
+    )
+
 
 TASK_STATUS = text(
-    f"SELECT {STATUS_COLUMNS} FROM ai_analysis_tasks t"
+    f"SELECT {status_columns('t')} FROM ai_analysis_tasks t"
     " WHERE t.task_id = :task_id AND (t.user_id = :user_id OR CAST(:admin AS boolean))"
 )
 
 SESSION_STATUS = text(
     f"""
-    SELECT s.practice_session_id, {STATUS_COLUMNS}
+    SELECT {status_columns("t")}
     FROM practice_sessions s
     LEFT JOIN practice_records r ON r.practice_session_id = s.practice_session_id
     LEFT JOIN ai_analysis_tasks t ON t.practice_record_id = r.practice_record_id
@@ -38,12 +48,12 @@ SESSION_STATUS = text(
 )
 
 
-async def describe(row: RowMapping, arq: ArqRedis, estimator: Estimator) -> TaskStatusOut:
+async def describe(row: RowMapping, redis: Redis, estimator: Estimator) -> TaskStatusOut:
     step = step_for(row["current_step"])
     status = row["status"]
     position = None
     if status in ("pending", "retry"):
-        position = await safe_position(arq, queue.job_id_for(row["task_id"], row["attempt"]))
+        position = await safe_position(redis, queue.job_id_for(row["task_id"], row["attempt"]))
     remaining = None
     if status == "processing":
         remaining = await estimator.remaining(row["progress"], row["started_at"])
@@ -53,6 +63,7 @@ async def describe(row: RowMapping, arq: ArqRedis, estimator: Estimator) -> Task
     return TaskStatusOut(
         task_id=row["task_id"],
         practice_record_id=row["practice_record_id"],
+        practice_session_id=row["practice_session_id"],
         status=status,
         progress=row["progress"],
         current_step=CurrentStep(code=step.code, label=step.label, index=step.index),
@@ -71,15 +82,15 @@ async def describe(row: RowMapping, arq: ArqRedis, estimator: Estimator) -> Task
 
 
 async def describe_all(
-    rows: Sequence[RowMapping], arq: ArqRedis, estimator: Estimator
+    rows: Sequence[RowMapping], redis: Redis, estimator: Estimator
 ) -> list[TaskStatusOut]:
-    return [await describe(row, arq, estimator) for row in rows if row["task_id"] is not None]
+    return [await describe(row, redis, estimator) for row in rows if row["task_id"] is not None]
 
 
-async def safe_position(arq: ArqRedis, job_id: str) -> int | None:
+async def safe_position(redis: Redis, job_id: str) -> int | None:
     """The queue position, or None when Redis cannot say (it is down: the row still stands)."""
     try:
-        return await queue.queue_position(arq, job_id)
+        return await queue.queue_position(redis, job_id)
     except Exception:
         log.warning("queue position of %s unavailable", job_id)
         return None

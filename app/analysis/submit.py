@@ -18,14 +18,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analysis import queue
 from app.analysis.eta import Estimator
+from app.analysis.progress import Publisher
 from app.analysis.schemas import AnalysisParameters, SubmittedTask
-from app.analysis.status import safe_position
+from app.analysis.status import safe_position, status_columns
 from app.analysis.steps import TOTAL_STEPS
 from app.auth import Principal
 from app.errors import NotFound
 
 log = logging.getLogger(__name__)
 
+_STATUS = status_columns("ai_analysis_tasks")
 _INSERT_COLUMNS = """
     INSERT INTO ai_analysis_tasks
         (practice_record_id, user_id, task_params, idempotency_key, total_steps, current_step)
@@ -50,9 +52,9 @@ SUBMIT_RECORD = text(
                :total_steps, 'queued'
         FROM target
         ON CONFLICT DO NOTHING
-        RETURNING task_id, practice_record_id, status, attempt
+        RETURNING {_STATUS}
     ) {_MARK_RECORDS}
-    SELECT task_id, practice_record_id, status, attempt FROM created
+    SELECT * FROM created
     """
 )
 
@@ -87,10 +89,9 @@ SUBMIT_SESSION = text(
                CAST(:key AS text) || ':' || practice_record_id::text, :total_steps, 'queued'
         FROM target ORDER BY practice_record_id
         ON CONFLICT DO NOTHING
-        RETURNING task_id, practice_record_id, status, attempt
+        RETURNING {_STATUS}
     ) {_MARK_RECORDS}
-    SELECT (SELECT count(*) FROM owned) AS owned,
-           c.task_id, c.practice_record_id, c.status, c.attempt
+    SELECT (SELECT count(*) FROM owned) AS owned, c.*
     FROM (SELECT 1) AS one LEFT JOIN created c ON true
     """
 )
@@ -109,6 +110,7 @@ class Submitter:
 
     arq: ArqRedis
     estimator: Estimator
+    publisher: Publisher
 
 
 async def submit_record(
@@ -170,21 +172,26 @@ def _values(user: Principal, parameters: AnalysisParameters, key: str | None) ->
 
 
 async def _enqueue(submitter: Submitter, rows: Sequence[RowMapping]) -> list[SubmittedTask]:
-    for row in rows:
-        try:
+    try:
+        for row in rows:
             await queue.enqueue_analysis(submitter.arq, row["task_id"], row["attempt"])
-        except Exception:  # Redis down: the row is the outbox, the reconciler enqueues it
-            log.warning("enqueue of task %s failed; left to the reconciler", row["task_id"])
-    return await _describe(submitter, rows)
+    except Exception:  # Redis down: the rows are the outbox, the reconciler enqueues them
+        log.warning("enqueue failed; %d task(s) left to the reconciler", len(rows))
+        return await _describe(submitter, rows, redis_up=False)
+    described = await _describe(submitter, rows)
+    await submitter.publisher.publish_rows(rows)
+    return described
 
 
-async def _describe(submitter: Submitter, rows: Sequence[RowMapping]) -> list[SubmittedTask]:
+async def _describe(
+    submitter: Submitter, rows: Sequence[RowMapping], *, redis_up: bool = True
+) -> list[SubmittedTask]:
     tasks = []
     for row in rows:
         job_id = queue.job_id_for(row["task_id"], row["attempt"])
-        position = (
-            await safe_position(submitter.arq, job_id) if row["status"] == "pending" else None
-        )
+        position = None
+        if redis_up and row["status"] == "pending":
+            position = await safe_position(submitter.arq, job_id)
         tasks.append(
             SubmittedTask(
                 task_id=row["task_id"],

@@ -48,7 +48,7 @@ def fake_ai_server() -> Iterator[FakeAI]:
 def fake_ai(fake_ai_server: FakeAI) -> Iterator[FakeAI]:
     fake_ai_server.reset()
     yield fake_ai_server
-    if fake_ai_server._server is None:  # a test stopped it
+    if not fake_ai_server.running:  # a test stopped it
         fake_ai_server.start()
     fake_ai_server.reset()
 

@@ -54,11 +54,11 @@ async def test_stale_attempt_cannot_write(
     # Both attempts finish; the stale one first, then the owner, then the stale one again.
     stale = AIResult.model_validate(AI_RESULT | {"fluency_score": 11.0})
     owner = AIResult.model_validate(AI_RESULT | {"fluency_score": 22.0})
-    assert await lifecycle.succeed(engine, first, stale) is False
+    assert await lifecycle.succeed(engine, first, stale) is None
     assert await lifecycle.report_progress(engine, first, 50, "scoring") is None
-    assert await lifecycle.succeed(engine, second, owner) is True
-    assert await lifecycle.succeed(engine, first, stale) is False
-    assert await lifecycle.succeed(engine, second, owner) is False
+    assert await lifecycle.succeed(engine, second, owner) is not None
+    assert await lifecycle.succeed(engine, first, stale) is None
+    assert await lifecycle.succeed(engine, second, owner) is None
     assert await _results(engine, task_id) == [22.0]
     status = await client.get(f"/api/v1/tasks/analysis/{task_id}/status", headers=alice.headers)
     assert status.json()["status"] == "success"

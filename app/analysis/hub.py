@@ -1,0 +1,196 @@
+"""The progress hub: ONE Redis pub/sub connection per API process, whatever the number of
+clients (DESIGN §5; after SAQ's multiplexer).
+
+Clients `listen(topic)`; the hub subscribes to a topic's channel when its first listener comes
+and unsubscribes when the last goes. For each notice (a stream entry id) it reads the status
+document once, builds the SSE frame once, and hands the same `Event` to every listener's
+bounded queue. A full queue drops its oldest event, so a slow client may miss intermediate
+states but always has the latest, and never slows the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from app.analysis.models import TERMINAL_STATUSES
+from app.analysis.progress import DOC_FIELD, channel, stream_key, topic_of_channel
+
+log = logging.getLogger(__name__)
+
+RECONNECT_DELAY_SECONDS = 0.5
+
+
+def stream_id_key(entry_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One status document, encoded once for every subscriber."""
+
+    topic: str
+    id: str
+    doc: bytes
+    status: str
+    task_id: str
+    updated_at: str
+    frame: bytes = field(repr=False)
+
+    @classmethod
+    def build(cls, topic: str, entry_id: str, doc: bytes) -> Event:
+        parsed = json.loads(doc)
+        frame = b"event: status\r\nid: %s\r\ndata: %s\r\n\r\n" % (entry_id.encode(), doc)
+        return cls(
+            topic=topic,
+            id=entry_id,
+            doc=doc,
+            status=parsed["status"],
+            task_id=parsed["task_id"],
+            updated_at=parsed["updated_at"],
+            frame=frame,
+        )
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return stream_id_key(self.id)
+
+
+class Listener:
+    """A client's bounded queue; the newest event always survives."""
+
+    def __init__(self, size: int) -> None:
+        self._events: deque[Event] = deque(maxlen=size)
+        self._ready = asyncio.Event()
+        self.dropped = 0
+
+    def put(self, event: Event) -> None:
+        if len(self._events) == self._events.maxlen:
+            self.dropped += 1
+        self._events.append(event)
+        self._ready.set()
+
+    async def get(self, wait_seconds: float) -> Event | None:
+        if not self._events:
+            self._ready.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_seconds):
+                    await self._ready.wait()
+        return self._events.popleft() if self._events else None
+
+
+class Hub:
+    def __init__(self, redis_url: str, reader: Redis, queue_size: int) -> None:
+        self._client = Redis.from_url(
+            redis_url, client_name=f"vocalborn-hub-{os.getpid()}", health_check_interval=15
+        )
+        self._pubsub: PubSub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._reader = reader
+        self._queue_size = queue_size
+        self._listeners: dict[str, set[Listener]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._has_topics = asyncio.Event()
+        self._lock = asyncio.Lock()  # one (un)subscribe at a time on the shared connection
+        self.connected = False
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="progress-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(RedisError, OSError):
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._client.aclose()
+
+    @property
+    def listener_count(self) -> int:
+        return sum(len(listeners) for listeners in self._listeners.values())
+
+    @contextlib.asynccontextmanager
+    async def listen(self, topic: str) -> AsyncIterator[Listener]:
+        listener = Listener(self._queue_size)
+        listeners = self._listeners.setdefault(topic, set())
+        listeners.add(listener)
+        if len(listeners) == 1:
+            await self._subscribe(topic)
+            self._has_topics.set()
+        try:
+            yield listener
+        finally:
+            listeners.discard(listener)
+            if not listeners:
+                del self._listeners[topic]
+                with contextlib.suppress(RedisError, OSError):
+                    async with self._lock:
+                        if topic not in self._listeners:  # nobody came back meanwhile
+                            await self._pubsub.unsubscribe(channel(topic))
+
+    async def _subscribe(self, topic: str) -> None:
+        try:
+            async with self._lock:
+                await self._pubsub.subscribe(channel(topic))
+        except (RedisError, OSError):  # resubscribed by _run once Redis is back
+            log.warning("progress hub: subscribe to %s deferred, Redis unavailable", topic)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if not self.connected or not self._pubsub.subscribed:
+                    await self._resubscribe()
+                message = await self._pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    await self._dispatch(message)
+            except (RedisError, OSError):
+                if self.connected:
+                    log.warning("progress hub: pub/sub connection lost; reconnecting")
+                self.connected = False
+                await asyncio.sleep(RECONNECT_DELAY_SECONDS)  # back-off before reconnecting
+            except Exception:  # never let one bad message stop the hub
+                log.exception("progress hub: dispatch failed")
+
+    async def _resubscribe(self) -> None:
+        """(Re)subscribe every topic with listeners; idle until there is one."""
+        while not self._listeners:
+            self._has_topics.clear()
+            await self._has_topics.wait()
+        channels = [channel(topic) for topic in list(self._listeners)]
+        async with self._lock:
+            await self._pubsub.subscribe(*channels)
+        self.connected = True
+
+    async def _dispatch(self, message: dict[str, object]) -> None:
+        if message.get("type") != "message":
+            return
+        topic = topic_of_channel(_text(message["channel"]))
+        listeners = self._listeners.get(topic)
+        if not listeners:
+            return
+        entry_id = _text(message["data"])
+        entries = await self._reader.xrange(stream_key(topic), entry_id, entry_id)
+        if not entries:
+            return
+        event = Event.build(topic, entry_id, entries[0][1][DOC_FIELD])
+        for listener in listeners:
+            listener.put(event)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,112 @@
+"""Publishing status documents for live progress (DESIGN §5).
+
+After each change of a task's row, the full status document (the status endpoint's JSON) is
+appended to a Redis Stream per topic (`XADD … MAXLEN ~200`) and the new entry's id is
+published on the topic's pub/sub channel. Topics: the task, and its practice session. Streams
+expire after the task ends. Publishing is best effort: pub/sub is lossy anyway, and readers
+re-check PostgreSQL at every heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from sqlalchemy import RowMapping
+
+from app.analysis.eta import Estimator
+from app.analysis.models import TERMINAL_STATUSES
+from app.analysis.schemas import TaskStatusOut
+from app.analysis.status import describe
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PREFIX = "vocalborn:events:"
+DOC_FIELD = b"doc"
+
+
+def task_topic(task_id: uuid.UUID | str) -> str:
+    return f"task:{task_id}"
+
+
+def session_topic(session_id: uuid.UUID | str) -> str:
+    return f"session:{session_id}"
+
+
+def stream_key(topic: str) -> str:
+    return f"{PREFIX}{topic}"
+
+
+def channel(topic: str) -> str:
+    return f"{PREFIX}{topic}"
+
+
+def topic_of_channel(name: str) -> str:
+    return name.removeprefix(PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class PublishSettings:
+    maxlen: int = 200
+    active_ttl_seconds: int = 24 * 3600
+    ended_ttl_seconds: int = 3600
+
+
+def publish_settings(settings: Settings) -> PublishSettings:
+    return PublishSettings(
+        maxlen=settings.event_stream_maxlen,
+        ended_ttl_seconds=settings.event_stream_ttl_seconds,
+    )
+
+
+class Publisher:
+    def __init__(
+        self, redis: Redis, estimator: Estimator, settings: PublishSettings | None = None
+    ) -> None:
+        self._redis = redis
+        self._estimator = estimator
+        self._settings = settings or PublishSettings()
+        self._script = redis.register_script(_PUBLISH_LUA)
+
+    async def publish_rows(self, rows: Sequence[RowMapping]) -> None:
+        for row in rows:
+            await self.publish_row(row)
+
+    async def publish_row(self, row: RowMapping | None) -> None:
+        if row is None:
+            return
+        try:
+            document = await describe(row, self._redis, self._estimator)
+            await self.publish(document)
+        except Exception:
+            log.warning("publishing the status of %s failed", row["task_id"], exc_info=True)
+
+    async def publish(self, document: TaskStatusOut) -> None:
+        payload = document.model_dump_json().encode()
+        ttl = (
+            self._settings.ended_ttl_seconds
+            if document.status in TERMINAL_STATUSES
+            else self._settings.active_ttl_seconds
+        )
+        topics = [task_topic(document.task_id)]
+        if document.practice_session_id is not None:
+            topics.append(session_topic(document.practice_session_id))
+        await self._script(
+            keys=[stream_key(topic) for topic in topics],
+            args=[payload, self._settings.maxlen, ttl, *(channel(topic) for topic in topics)],
+        )
+
+
+# One round trip per publish: append, set the expiry, announce the new entry's id.
+_PUBLISH_LUA = """
+for i, key in ipairs(KEYS) do
+  local id = redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], '*', 'doc', ARGV[1])
+  redis.call('EXPIRE', key, ARGV[3])
+  redis.call('PUBLISH', ARGV[3 + i], id)
+end
+return #KEYS
+"""
