@@ -18,6 +18,7 @@ import os
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -38,14 +39,16 @@ def stream_id_key(entry_id: str) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One status document, encoded once for every subscriber."""
+    """One status document, parsed and encoded once for every subscriber: nothing about it is
+    computed per client."""
 
     topic: str
     id: str
+    order: tuple[int, int]  # the stream id, comparable
     doc: bytes
     status: str
     task_id: str
-    updated_at: str
+    updated_at: datetime
     frame: bytes = field(repr=False)
 
     @classmethod
@@ -55,20 +58,17 @@ class Event:
         return cls(
             topic=topic,
             id=entry_id,
+            order=stream_id_key(entry_id),
             doc=doc,
             status=parsed["status"],
             task_id=parsed["task_id"],
-            updated_at=parsed["updated_at"],
+            updated_at=datetime.fromisoformat(parsed["updated_at"]),
             frame=frame,
         )
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
-
-    @property
-    def order(self) -> tuple[int, int]:
-        return stream_id_key(self.id)
 
 
 class Listener:

@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -48,29 +47,23 @@ class _Sent:
 
     def __init__(self, position: str) -> None:
         self.position = position
-        self.states: dict[str, tuple[str, datetime]] = {}
+        self._order = stream_id_key(position)
+        self.states: dict[str, Event] = {}
 
     def is_new(self, event: Event) -> bool:
-        after = stream_id_key(event.id) > stream_id_key(self.position)
-        return after and self.is_newer_state(event)
+        return event.order > self._order and self.is_newer_state(event)
 
     def is_newer_state(self, event: Event) -> bool:
         known = self.states.get(event.task_id)
-        return known is None or _when(event) > known[1]
+        return known is None or event.updated_at > known.updated_at
 
     def record(self, event: Event) -> None:
-        if stream_id_key(event.id) > stream_id_key(self.position):
-            self.position = event.id
-        self.states[event.task_id] = (event.status, _when(event))
+        if event.order > self._order:
+            self.position, self._order = event.id, event.order
+        self.states[event.task_id] = event
 
     def all_terminal(self) -> bool:
-        return bool(self.states) and all(
-            state in ("success", "failure", "cancelled") for state, _ in self.states.values()
-        )
-
-
-def _when(event: Event) -> datetime:
-    return datetime.fromisoformat(event.updated_at.replace("Z", "+00:00"))
+        return bool(self.states) and all(event.terminal for event in self.states.values())
 
 
 class LiveSource:
