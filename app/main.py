@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings)
         arq = queue.connect(settings.redis_url)
-        estimator = Estimator(engine, slots=settings.worker_max_jobs)
+        estimator = Estimator(engine, slots=settings.ai_service_concurrency)
         sessions = create_sessionmaker(engine)
         hub = Hub(settings.redis_url, arq, settings.sse_client_queue_size)
         timing = StreamTiming(settings.sse_heartbeat_seconds, settings.sse_max_connection_seconds)

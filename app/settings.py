@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     job_timeout_seconds: float = Field(300.0, gt=0)
     ai_deadline_seconds: float = Field(240.0, gt=0)
     ai_connect_timeout_seconds: float = Field(5.0, gt=0)
-    reconcile_interval_seconds: float = Field(30.0, gt=0)
+    reconcile_interval_seconds: int = Field(30, ge=1)
     reconcile_pending_grace_seconds: float = Field(5.0, ge=0)
     crash_loop_limit: int = Field(3, ge=1)
     retry_base_network_seconds: float = 30.0
@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(50, ge=1)
     worker_poll_delay_seconds: float = Field(0.2, gt=0)
     worker_name: str | None = None
+    worker_shutdown_grace_seconds: float = Field(10.0, ge=0)
+    # How many analyses the AI service runs at once: the ETA's parallelism.
+    ai_service_concurrency: int = Field(4, ge=1)
     cleanup_retention_days: int = Field(7, ge=1)
 
     # Live progress (SSE / WebSocket).
@@ -88,6 +91,13 @@ class Settings(BaseSettings):
     def _split_formats(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("reconcile_interval_seconds")
+    @classmethod
+    def _divides_the_clock(cls, value: int) -> int:
+        if (value < 60 and 60 % value) or (value >= 60 and (value % 60 or 3600 % value)):
+            raise ValueError("must divide a minute (1..30 s) or an hour (whole minutes)")
         return value
 
     @field_validator("database_url")

@@ -29,7 +29,9 @@ class AudioWriter(Protocol):
 
 
 class Storage(Protocol):
-    def new_key(self, owner: uuid.UUID, extension: str) -> str: ...
+    def new_stem(self, owner: uuid.UUID) -> str:
+        """A new key without its extension (known only once the content is sniffed)."""
+        ...
 
     def writer(self, key: str) -> contextlib.AbstractAsyncContextManager[AudioWriter]: ...
 
@@ -57,8 +59,8 @@ class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
 
-    def new_key(self, owner: uuid.UUID, extension: str) -> str:
-        return f"recordings/{owner}/{uuid.uuid4().hex}.{extension}"
+    def new_stem(self, owner: uuid.UUID) -> str:
+        return f"recordings/{owner}/{uuid.uuid4().hex}"
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()

@@ -56,6 +56,7 @@ GOALS = {"p99": 1.5, "cpu": 1.15, "rss": 1.1}
 GOAL_CLIENTS = 2000
 SERVER_START_SECONDS = 30.0
 PHASE_SLACK_SECONDS = 20.0
+MAX_WARMUP = 40.0
 
 
 # -- the servers (run as `serve` in their own process) -----------------------------------------
@@ -363,16 +364,21 @@ async def run_scenario(env: Environment, kind: str, clients: int) -> dict[str, A
             str(env.warmup),
             "--measure",
             str(env.measure),
+            "--max-warmup",
+            str(MAX_WARMUP),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=loadgen_log,
         )
         try:
             assert loadgen.stdout is not None
+            await read_phase(loadgen.stdout, "half", 150.0)
+            await asyncio.sleep(1.0)  # within the load generator's pause
+            rss_half = process.memory_info().rss
             connected = await read_phase(loadgen.stdout, "connected", 150.0)
             if connected["failed"] > clients // 100:
                 raise RuntimeError(f"{kind}: connections failed: {connected} (see {log_path})")
-            await read_phase(loadgen.stdout, "window_start", env.warmup + PHASE_SLACK_SECONDS)
+            await read_phase(loadgen.stdout, "window_start", MAX_WARMUP + PHASE_SLACK_SECONDS)
             redis_process = psutil.Process(env.redis_pid)
             cpu0, redis0, t0 = process.cpu_times(), redis_process.cpu_times(), time.monotonic()
             published0 = publisher.published if publisher else 0
@@ -413,6 +419,8 @@ async def run_scenario(env: Environment, kind: str, clients: int) -> dict[str, A
         "connect_failed": connected["failed"],
         "connect_seconds": connected["seconds"],
         "open_at_end": result["open_at_end"],
+        "warmup_seconds": result["warmup_seconds"],
+        "per_second_max_ms": result["per_second_max_ms"],
         "window_seconds": result["window_seconds"],
         "delivered": delivered,
         "expected": round(clients * RATE * result["window_seconds"]),
@@ -429,6 +437,8 @@ async def run_scenario(env: Environment, kind: str, clients: int) -> dict[str, A
         "rss_before_mib": rss_before / 2**20,
         "rss_after_mib": rss_after / 2**20,
         "rss_per_connection_kib": (rss_after - rss_before) / open_clients / 1024,
+        "rss_half_mib": rss_half / 2**20,
+        "rss_slope_kib": (rss_after - rss_half) / max(clients - clients // 2, 1) / 1024,
         "redis_core_fraction": redis_cpu / elapsed if kind == "ours" else None,
         "pubsub_connections": (max(pubsub_start or 0, pubsub_end or 0) if kind == "ours" else None),
         "pubsub_connections_samples": [pubsub_start, pubsub_end] if kind == "ours" else None,
@@ -482,6 +492,8 @@ def table(bare: dict[str, Any], ours: dict[str, Any]) -> tuple[list[Row], dict[s
         )
 
     info_row("connected clients", "connected", "d")
+    info_row("time to connect all (s)", "connect_seconds", ".1f")
+    info_row("warm-up until no event > 250 ms late (s)", "warmup_seconds", ".1f")
     info_row("p50 publish->receipt (ms)", "p50_ms", ".1f")
     goal_row("p99 publish->receipt (ms)", "p99_ms", ".1f", "p99")
     info_row("max publish->receipt (ms)", "max_ms", ".1f")
@@ -502,6 +514,7 @@ def table(bare: dict[str, Any], ours: dict[str, Any]) -> tuple[list[Row], dict[s
     goal_row("server CPU per delivered event (us)", "server_cpu_us_per_event", ".1f", "cpu")
     info_row("server CPU (fraction of a core)", "server_core_fraction", ".2f")
     goal_row("server RSS per connection (KiB)", "rss_per_connection_kib", ".1f", "rss")
+    info_row("  marginal: RSS(N) - RSS(N/2), per conn (KiB)", "rss_slope_kib", ".1f")
     info_row("server RSS before clients (MiB)", "rss_before_mib", ".1f")
     info_row("server RSS with clients (MiB)", "rss_after_mib", ".1f")
     pubsub = ours["pubsub_connections"]

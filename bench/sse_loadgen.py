@@ -9,7 +9,8 @@ JSON parsing): the publish time from `"updated_at":"…"` and the per-task seque
 
 Protocol on stdout (one JSON object a line): {"phase": "connected", …} once every connection
 has its response headers, {"phase": "window_start"} and {"phase": "window_end"} around the
-measurement window, then {"phase": "result", …}.
+measurement window, then {"phase": "result", …}; before those, {"phase": "half"} once half
+the connections are open (then a pause, for the orchestrator to sample memory).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class Stats:
         self.lost = 0
         self.out_of_order = 0
         self.warmup_events = 0
+        self.recent_max = 0.0  # the largest latency since the last look (warm-up settling)
+        self.window_start = 0.0
+        self.per_second_max: list[float] = []
         self.midnights: dict[bytes, float] = {}
 
     def midnight(self, date: bytes) -> float:
@@ -96,17 +100,24 @@ class Client(asyncio.Protocol):
             if i >= 0:
                 i += len(SEQ_MARK)
                 seq = int(buf[i : buf.index(b'"', i)])
+                j = buf.find(TS_MARK, start, end) + len(TS_MARK)
+                seconds = (
+                    stats.midnight(buf[j : j + 10])
+                    + int(buf[j + 11 : j + 13]) * 3600
+                    + int(buf[j + 14 : j + 16]) * 60
+                    + int(buf[j + 17 : j + 19])
+                )
+                if buf[j + 19] == 46:  # "." then microseconds
+                    seconds += int(buf[j + 20 : j + 26]) * 1e-6
+                latency = now - seconds
+                if latency > stats.recent_max:
+                    stats.recent_max = latency
                 if stats.measuring:
-                    j = buf.find(TS_MARK, start, end) + len(TS_MARK)
-                    seconds = (
-                        stats.midnight(buf[j : j + 10])
-                        + int(buf[j + 11 : j + 13]) * 3600
-                        + int(buf[j + 14 : j + 16]) * 60
-                        + int(buf[j + 17 : j + 19])
-                    )
-                    if buf[j + 19] == 46:  # "." then microseconds
-                        seconds += int(buf[j + 20 : j + 26]) * 1e-6
-                    stats.latencies.append(now - seconds)
+                    stats.latencies.append(latency)
+                    second = int(now - stats.window_start)
+                    if second < len(stats.per_second_max):
+                        if latency > stats.per_second_max[second]:
+                            stats.per_second_max[second] = latency
                     stats.delivered += 1
                     self.window_events += 1
                     if self.last_seq >= 0:
@@ -159,9 +170,14 @@ async def run(args: argparse.Namespace) -> None:
             return status
 
     started = time.monotonic()
+    half = len(paths) // 2
     async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
-        statuses = await asyncio.gather(*(open_one(path) for path in paths))
-    connect_seconds = time.monotonic() - started
+        statuses = await asyncio.gather(*(open_one(path) for path in paths[:half]))
+    emit({"phase": "half", "ok": sum(1 for status in statuses if status == 200)})
+    await asyncio.sleep(args.half_pause)  # the orchestrator samples the server's RSS
+    async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+        statuses += await asyncio.gather(*(open_one(path) for path in paths[half:]))
+    connect_seconds = time.monotonic() - started - args.half_pause
     ok = sum(1 for status in statuses if status == 200)
     emit(
         {
@@ -172,10 +188,21 @@ async def run(args: argparse.Namespace) -> None:
             "seconds": round(connect_seconds, 2),
         }
     )
+    # Warm up: at least `warmup` seconds, then until a half second passes with no event later
+    # than `settle_ms` (a backlog from the connection burst has drained), at most `max_warmup`.
+    settle_started = time.monotonic()
     await asyncio.sleep(args.warmup)
+    while time.monotonic() - settle_started < args.max_warmup:
+        stats.recent_max = 0.0
+        await asyncio.sleep(0.5)
+        if stats.recent_max * 1000 <= args.settle_ms:
+            break
+    warmup_seconds = time.monotonic() - settle_started
 
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
+    stats.per_second_max = [0.0] * (int(args.measure) + 2)
+    stats.window_start = time.time()
     stats.measuring = True
     emit({"phase": "window_start"})
     await asyncio.sleep(args.measure)
@@ -198,6 +225,7 @@ async def run(args: argparse.Namespace) -> None:
             "connected": ok,
             "open_at_end": len(live),
             "connect_seconds": round(connect_seconds, 2),
+            "warmup_seconds": warmup_seconds,
             "window_seconds": window,
             "delivered": stats.delivered,
             "lost": stats.lost,
@@ -208,6 +236,7 @@ async def run(args: argparse.Namespace) -> None:
             "p99_ms": percentile(ordered, 0.99) * 1000,
             "max_ms": (ordered[-1] * 1000) if ordered else float("nan"),
             "mean_ms": (sum(ordered) / len(ordered) * 1000) if ordered else float("nan"),
+            "per_second_max_ms": [round(x * 1000, 1) for x in stats.per_second_max],
             "min_events_per_client": per_client[0] if per_client else 0,
             "max_events_per_client": per_client[-1] if per_client else 0,
             "loadgen_cpu_seconds": cpu,
@@ -224,6 +253,9 @@ def main() -> None:
     parser.add_argument("--paths", required=True, help="JSON list of request paths")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--measure", type=float, default=15.0)
+    parser.add_argument("--max-warmup", type=float, default=40.0)
+    parser.add_argument("--settle-ms", type=float, default=250.0)
+    parser.add_argument("--half-pause", type=float, default=1.5)
     parser.add_argument("--concurrency", type=int, default=100, help="connects in flight")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -60,6 +60,7 @@ def status(code: int, retry_after: str | None = None) -> Mode:
 
 HANG = Mode("hang")
 MALFORMED = Mode("malformed")
+NAN = Mode("nan")
 
 
 @dataclass
@@ -132,6 +133,9 @@ class FakeAI:
             return JSONResponse(body, mode.status, headers=headers)
         if mode.kind == "malformed":
             return Response(b'{"overall_score": 250', media_type="application/json")
+        if mode.kind == "nan":  # valid for Python's json module, refused by jsonb
+            body = json.dumps(AI_RESULT | {"detailed_analysis": {"jitter": float("nan")}})
+            return Response(body.encode(), media_type="application/json")
         return StreamingResponse(self._stream(mode, call), media_type="application/x-ndjson")
 
     async def _stream(self, mode: Mode, call: Call) -> AsyncIterator[bytes]:

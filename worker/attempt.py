@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 
-from app.ai_client.errors import AnalysisError, ErrorClass
+from sqlalchemy import RowMapping
+
+from app.ai_client.errors import AnalysisError, ErrorClass, ServiceBusy
 from app.ai_client.wire import AIResult, ProgressLine
 from app.analysis import lifecycle, queue, steps
 from app.analysis.lifecycle import Claim
 from worker.context import WorkerDeps
 from worker.lease import LeaseKeeper, StopReason
-from worker.retry import SERVICE_FAILURES, classify
+from worker.retry import RETRY_BUDGETS, SERVICE_FAILURES, classify
 
 log = logging.getLogger(__name__)
 
@@ -26,18 +29,28 @@ class Attempt:
         self._keeper: LeaseKeeper | None = None
 
     async def run(self) -> str:
+        try:
+            return await self._run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # outside the AI call: the database, Redis, storage
+            log.warning("task %s: %r", self.claimed.task_id, exc)
+            return await self._failed(classify(exc))
+
+    async def _run(self) -> str:
         decision = await self.deps.breaker.before_call()
         if not decision.allowed:
-            await self._retry_later(decision.retry_in, "circuit_open", counted=False)
+            await self._retry_later(decision.retry_in, "circuit_open", budget=0, counted=False)
             return "deferred: circuit open"
         async with LeaseKeeper(self.deps, self.claimed, self.job_id) as keeper:
             self._keeper = keeper
             try:
                 result = await self._call_ai()
             except asyncio.CancelledError:
-                if not await self._stopped_on_purpose(keeper):
-                    raise
-                return await self._after_stop(keeper)
+                outcome = await self._interrupted(keeper)
+                if outcome is None:
+                    raise  # arq's abort or the worker's shutdown: arq must see it
+                return outcome
             except Exception as exc:
                 return await self._failed(classify(exc))
         await self.deps.breaker.record_success()
@@ -71,58 +84,70 @@ class Attempt:
         elif row["cancel_requested_at"] is not None:
             self._keeper.stop(StopReason.CANCEL_REQUESTED)
 
-    async def _stopped_on_purpose(self, keeper: LeaseKeeper) -> bool:
-        """A cancel we asked for (lease lost, cancel seen) or arq's abort of a cancelled task;
-        anything else (worker shutdown) propagates and the lease brings the task back."""
-        if keeper.stop_reason is not None:
-            return True
-        cancel_requested = await asyncio.shield(
-            lifecycle.renew_lease(self.deps.engine, self.claimed, self.deps.settings.lease_seconds)
-        )
-        if cancel_requested:
-            keeper.stop_reason = StopReason.CANCEL_REQUESTED
-        return bool(cancel_requested)
-
-    async def _after_stop(self, keeper: LeaseKeeper) -> str:
+    async def _interrupted(self, keeper: LeaseKeeper) -> str | None:
+        """The attempt was cancelled. By us (lease lost, cancel seen): return an outcome. By
+        arq (abort of a cancelled task, or shutdown): record it, then None to re-raise."""
+        row = None
+        if keeper.stop_reason is not StopReason.LEASE_LOST:
+            # Cancelled (if requested) or handed back, due now, for the next worker.
+            row = await asyncio.shield(lifecycle.interrupt(self.deps.engine, self.claimed))
+            await asyncio.shield(self.deps.publisher.publish_row(row))
+        if keeper.stop_reason is None:
+            return None
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
-        if keeper.stop_reason is StopReason.CANCEL_REQUESTED:
-            row = await lifecycle.mark_cancelled(self.deps.engine, self.claimed)
-            await self.deps.publisher.publish_row(row)
-            return "cancelled"
-        return "stale: lease lost"
+        if keeper.stop_reason is StopReason.LEASE_LOST:
+            return "stale: lease lost"
+        return "cancelled"
 
     async def _failed(self, error: AnalysisError) -> str:
         error_class = error.error_class
+        if isinstance(error, ServiceBusy):  # backpressure, not ill health: wait as told
+            delay = (error.retry_after or 1.0) * random.uniform(1.0, 1.5)
+            await self._retry_later(delay, "ai_busy", budget=0, counted=False)
+            return "deferred: AI service busy"
         if error_class in SERVICE_FAILURES:
             await self.deps.breaker.record_failure()
+        so_far = self.claimed.retry_counts.get(error_class.value, 0)
         policy = self.deps.policy
-        if policy.should_retry(error_class, self.claimed.retry_count):
-            delay = policy.delay(error_class, self.claimed.retry_count, error.retry_after)
-            await self._retry_later(delay, error_class.value, message=error.message)
+        if policy.should_retry(error_class, so_far):
+            delay = policy.delay(error_class, so_far, error.retry_after)
+            budget = RETRY_BUDGETS[error_class]
+            await self._retry_later(delay, error_class.value, message=error.message, budget=budget)
             return f"retry: {error_class}"
-        row = await lifecycle.fail(self.deps.engine, self.claimed, error_class.value, error.message)
-        await self.deps.publisher.publish_row(row)
+        return await self.give_up(error_class, error.message)
+
+    async def give_up(self, error_class: ErrorClass, message: str) -> str:
+        row = await lifecycle.fail(self.deps.engine, self.claimed, error_class.value, message)
+        await self._published_or_cancelled(row)
         return f"failure: {error_class}"
 
     async def _retry_later(
-        self, delay: float, code: str, *, message: str = "", counted: bool = True
+        self, delay: float, code: str, *, budget: int, message: str = "", counted: bool = True
     ) -> None:
         message = message or "The AI service is unavailable; the analysis will be retried"
         row = await lifecycle.schedule_retry(
-            self.deps.engine, self.claimed, delay, code, message, counted=counted
+            self.deps.engine, self.claimed, delay, code, message, budget=budget, counted=counted
         )
-        if row is None:
+        if not await self._published_or_cancelled(row) or row is None:
             return
-        await self.deps.publisher.publish_row(row)
-        when = row["next_attempt_at"]
         try:
             await queue.enqueue_analysis(
-                self.deps.arq, self.claimed.task_id, self.claimed.attempt, defer_until=when
+                self.deps.arq,
+                self.claimed.task_id,
+                self.claimed.attempt,
+                defer_until=row["next_attempt_at"],
             )
         except Exception:  # the reconciler enqueues due retry rows
             log.warning("re-enqueue of %s failed; left to the reconciler", self.claimed.task_id)
 
-
-__all__ = ["Attempt", "ErrorClass"]
+    async def _published_or_cancelled(self, row: RowMapping | None) -> bool:
+        """Publish a transition; if it did not happen because a cancel was requested
+        meanwhile, cancel the task instead. False when the task did not move as asked."""
+        if row is None:
+            row = await lifecycle.mark_cancelled(self.deps.engine, self.claimed)
+            await self.deps.publisher.publish_row(row)
+            return False
+        await self.deps.publisher.publish_row(row)
+        return True

@@ -55,9 +55,3 @@ class CircuitBreaker:
             failures, _ = await pipe.execute()
         if int(failures) >= self._threshold:
             await self._redis.set(OPEN, "1", px=self._cooldown_ms)
-
-    async def state(self) -> str:
-        if await self._redis.pttl(OPEN) > 0:
-            return "open"
-        failures = int(await self._redis.get(FAILURES) or 0)
-        return "half_open" if failures >= self._threshold else "closed"

@@ -11,13 +11,14 @@ from typing import Any
 from sqlalchemy import text
 
 from app.analysis import queue
-from app.analysis.eta import WORKER_KEY_PREFIX
+from app.analysis.lifecycle import RECORD_AFTER_ANALYSIS_ENDED
 from app.analysis.status import status_columns
 from worker.context import WorkerDeps, deps_of
 
 log = logging.getLogger(__name__)
 
 RECONCILE_BATCH = 500
+WORKER_KEY_PREFIX = "vocalborn:worker:"
 
 # Rows whose job should be in arq but may not be: pending rows (their enqueue may have failed),
 # retry rows that are due, processing rows whose lease expired (their worker died).
@@ -32,22 +33,27 @@ DUE = text(
     """
 )
 
-# A processing task whose cancel was requested but whose worker is gone.
+# Cancels that no worker will finish: a processing task whose worker is gone, or a waiting
+# one whose cancel arrived while its attempt was ending.
 ORPHANED_CANCELS = text(
     f"""
     WITH moved AS (
         UPDATE ai_analysis_tasks SET status = 'cancelled', completed_at = now(),
             lease_expires_at = NULL, current_step = 'cancelled', updated_at = now()
-        WHERE status = 'processing' AND cancel_requested_at IS NOT NULL
-          AND lease_expires_at < now()
+        WHERE cancel_requested_at IS NOT NULL
+          AND (status IN ('pending', 'retry')
+               OR (status = 'processing' AND lease_expires_at < now()))
         RETURNING {status_columns("ai_analysis_tasks")}
     ), released AS (
-        UPDATE practice_records r SET record_status = 'recorded', updated_at = now()
+        UPDATE practice_records r SET record_status = {RECORD_AFTER_ANALYSIS_ENDED},
+            updated_at = now()
         FROM moved m WHERE r.practice_record_id = m.practice_record_id
     )
     SELECT * FROM moved
     """
 )
+
+MARK_ENQUEUED = text("UPDATE ai_analysis_tasks SET enqueued_at = now() WHERE task_id = ANY(:ids)")
 
 CLEANUP = text(
     """
@@ -66,14 +72,16 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
         params = {"grace": grace, "limit": RECONCILE_BATCH}
         rows = (await connection.execute(DUE, params)).all()
     await deps.publisher.publish_rows(cancelled)
-    enqueued = 0
+    enqueued = []
     for row in rows:
         # arq ignores a job id that is already queued or running, so this is safe to repeat.
         if await queue.enqueue_analysis(deps.arq, row.task_id, row.attempt):
-            enqueued += 1
+            enqueued.append(row.task_id)
     if enqueued:
-        log.info("reconcile: enqueued %d of %d due tasks", enqueued, len(rows))
-    return {"due": len(rows), "enqueued": enqueued}
+        async with deps.engine.begin() as connection:
+            await connection.execute(MARK_ENQUEUED, {"ids": enqueued})
+        log.info("reconcile: enqueued %d of %d due tasks", len(enqueued), len(rows))
+    return {"due": len(rows), "enqueued": len(enqueued)}
 
 
 async def cleanup_expired(ctx: dict[str, Any]) -> int:

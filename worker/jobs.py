@@ -21,12 +21,11 @@ async def analyze_recording(ctx: dict[str, Any], task_id: str) -> str:
     )
     if claimed is None:
         return "not claimed: finished, cancelled, not due or owned by a live attempt"
+    attempt = Attempt(deps, claimed, job_id)
     if claimed.crash_count >= deps.settings.crash_loop_limit:
         message = f"The analysis crashed its worker {claimed.crash_count} times"
-        failed = await lifecycle.fail(deps.engine, claimed, ErrorClass.CRASH_LOOP.value, message)
-        await deps.publisher.publish_row(failed)
-        return "failure: crash_loop"
+        return await attempt.give_up(ErrorClass.CRASH_LOOP, message)
     await deps.publisher.publish_row(claimed.row)
-    outcome = await Attempt(deps, claimed, job_id).run()
+    outcome = await attempt.run()
     log.info("task %s attempt %d: %s", task_id, claimed.attempt, outcome)
     return outcome

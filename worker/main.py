@@ -25,18 +25,18 @@ from worker.retry import RetryPolicy
 ARQ_MAX_TRIES = 1000
 
 
-def _every(seconds: float) -> dict[str, Any]:
-    step = max(int(seconds), 1)
-    if step < 60:
-        return {"second": set(range(0, 60, step))}
-    return {"minute": set(range(0, 60, max(step // 60, 1))), "second": 0}
+def _every(seconds: int) -> dict[str, Any]:
+    """arq cron options for a period that divides a minute or an hour (checked in settings)."""
+    if seconds < 60:
+        return {"second": set(range(0, 60, seconds))}
+    return {"minute": set(range(0, 60, seconds // 60)), "second": 0}
 
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get("settings") or get_settings()
     arq = queue.connect(settings.redis_url)
     engine = create_engine(settings)
-    estimator = Estimator(engine, slots=settings.worker_max_jobs)
+    estimator = Estimator(engine, slots=settings.ai_service_concurrency)
     deps = WorkerDeps(
         settings=settings,
         engine=engine,
@@ -77,6 +77,9 @@ def worker_options(settings: Settings) -> dict[str, Any]:
                 name=queue.ANALYZE_FUNCTION,
                 timeout=job_timeout,
                 max_tries=ARQ_MAX_TRIES,
+                # The outcome lives in our row; a kept result would also block re-enqueueing
+                # the same job id (arq's dedup) for as long as it is kept.
+                keep_result=0,
             )
         ],
         "cron_jobs": [
@@ -101,7 +104,9 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "max_tries": ARQ_MAX_TRIES,
         "allow_abort_jobs": True,
         "keep_result": 3600,
-        "job_completion_wait": 0,
+        # On SIGTERM stop taking jobs and let running ones finish for this long; those still
+        # running are then handed back (status retry, due now) for the next worker.
+        "job_completion_wait": settings.worker_shutdown_grace_seconds,
     }
 
 

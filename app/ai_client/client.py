@@ -106,17 +106,26 @@ async def _read(response: httpx.Response, on_progress: ProgressCallback) -> AIRe
     raise AIServiceError("AI service stream ended without a result")
 
 
+def _strict_json(raw: str | bytes) -> Any:
+    """JSON without NaN or Infinity, which PostgreSQL's jsonb would refuse later."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not valid in a result")
+
+    return json.loads(raw, parse_constant=refuse)
+
+
 def _parse_line(raw: str) -> ProgressLine | ResultLine | ErrorLine:
     try:
-        return Line.model_validate({"line": json.loads(raw)}).line
+        return Line.model_validate({"line": _strict_json(raw)}).line
     except (ValueError, ValidationError) as exc:
         raise AIServiceError(f"Malformed line from the AI service: {exc}") from exc
 
 
 def _parse_result(body: bytes) -> AIResult:
     try:
-        return AIResult.model_validate_json(body)
-    except ValidationError as exc:
+        return AIResult.model_validate(_strict_json(body))
+    except (ValueError, ValidationError) as exc:
         raise AIServiceError(f"Malformed result from the AI service: {exc}") from exc
 
 

@@ -28,6 +28,11 @@ class NetworkError(AnalysisError):
     error_class = ErrorClass.NETWORK
 
 
+class ServiceBusy(NetworkError):
+    """503 with Retry-After: the service is healthy but saturated (backpressure). The task
+    waits as told, without spending its retry budget or tripping the circuit breaker."""
+
+
 class AnalysisTimeout(AnalysisError):
     error_class = ErrorClass.TIMEOUT
 
@@ -49,6 +54,8 @@ VALIDATION_STATUSES = frozenset({400, 413, 415, 422})
 
 
 def error_for_status(status: int, message: str, retry_after: float | None) -> AnalysisError:
+    if status == 503 and retry_after is not None:
+        return ServiceBusy(message, retry_after=retry_after)
     if status in NETWORK_STATUSES:
         return NetworkError(message, retry_after=retry_after)
     if status in VALIDATION_STATUSES:

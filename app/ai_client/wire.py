@@ -12,7 +12,7 @@ Score = Annotated[float, Field(ge=0, le=100)]
 class AIResult(BaseModel):
     """What we store; a value outside these bounds is a malformed answer, not a result."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     overall_score: Score | None
     pronunciation_accuracy: Score | None = None
@@ -23,7 +23,7 @@ class AIResult(BaseModel):
     suggestions: str | None = None
     improvement_areas: list[str] | None = None
     analysis_model_version: str | None = Field(default=None, max_length=50)
-    processing_time_seconds: float | None = Field(default=None, ge=0)
+    processing_time_seconds: float | None = Field(default=None, ge=0, le=9_999_999)
 
 
 class ProgressLine(BaseModel):

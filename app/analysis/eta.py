@@ -11,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 DEFAULT_DURATION_SECONDS = 45.0
 REFRESH_SECONDS = 30.0
-WORKER_KEY_PREFIX = "vocalborn:worker:"
 
 _RECENT_DURATION = text(
     "SELECT avg(extract(epoch FROM completed_at - started_at)) FROM ("

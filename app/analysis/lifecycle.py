@@ -21,10 +21,24 @@ from app.analysis.status import status_columns
 
 _STATUS = status_columns("ai_analysis_tasks")
 _FENCE = "task_id = :task_id AND attempt = :attempt AND status = 'processing'"
-_RELEASE_RECORD = """
-    UPDATE practice_records r SET record_status = :record_status, updated_at = now()
+# A retry or a failure must not overwrite a cancel requested meanwhile: that attempt is
+# cancelled instead (see `mark_cancelled`).
+_NOT_CANCELLED = "cancel_requested_at IS NULL"
+
+# After a failure or a cancel the record goes back to `recorded`, or to `ai_analyzed` if an
+# earlier analysis of it succeeded.
+RECORD_AFTER_ANALYSIS_ENDED = """CASE WHEN EXISTS (
+    SELECT 1 FROM ai_analysis_tasks done
+    WHERE done.practice_record_id = r.practice_record_id AND done.status = 'success'
+) THEN 'ai_analyzed' ELSE 'recorded' END"""
+
+
+def _move_record(record_status: str) -> str:
+    return f"""
+    UPDATE practice_records r SET record_status = {record_status}, updated_at = now()
     FROM moved m WHERE r.practice_record_id = m.practice_record_id
-"""
+    """
+
 
 CLAIM = text(
     f"""
@@ -47,7 +61,7 @@ CLAIM = text(
             (status IN ('pending', 'retry')
              AND (next_attempt_at IS NULL OR next_attempt_at <= now() + interval '1 second'))
             OR (status = 'processing' AND lease_expires_at < now()))
-        RETURNING {_STATUS}, crash_count, task_params
+        RETURNING {_STATUS}, crash_count, retry_counts, task_params
     ), record AS (
         UPDATE practice_records r SET record_status = 'ai_processing', updated_at = now()
         FROM moved m WHERE r.practice_record_id = m.practice_record_id
@@ -91,7 +105,7 @@ SUCCEED = text(
         FROM moved
         ON CONFLICT (task_id) DO NOTHING
         RETURNING result_id
-    ), released AS ({_RELEASE_RECORD})
+    ), released AS ({_move_record("'ai_analyzed'")})
     SELECT * FROM moved
     """
 )
@@ -101,13 +115,17 @@ RETRY = text(
     WITH moved AS (
         UPDATE ai_analysis_tasks SET
             status = 'retry', retry_count = retry_count + :counted,
+            retry_counts = jsonb_set(retry_counts, ARRAY[CAST(:error_code AS text)],
+                to_jsonb(COALESCE((retry_counts ->> CAST(:error_code AS text))::int, 0) + 1)),
+            max_retries = :budget,
             next_attempt_at = now() + make_interval(secs => :delay),
+            enqueued_at = now() + make_interval(secs => :delay),
             error_code = :error_code, error_message = :error_message,
             lease_expires_at = NULL, progress = 0, current_step = 'waiting_retry',
             updated_at = now()
-        WHERE {_FENCE}
+        WHERE {_FENCE} AND {_NOT_CANCELLED}
         RETURNING {_STATUS}, next_attempt_at
-    ), released AS ({_RELEASE_RECORD})
+    ), released AS ({_move_record("'ai_queued'")})
     SELECT * FROM moved
     """
 )
@@ -119,9 +137,9 @@ FAIL = text(
             status = 'failure', error_code = :error_code, error_message = :error_message,
             completed_at = now(), lease_expires_at = NULL, current_step = 'failed',
             updated_at = now()
-        WHERE {_FENCE}
+        WHERE {_FENCE} AND {_NOT_CANCELLED}
         RETURNING {_STATUS}
-    ), released AS ({_RELEASE_RECORD})
+    ), released AS ({_move_record(RECORD_AFTER_ANALYSIS_ENDED)})
     SELECT * FROM moved
     """
 )
@@ -134,7 +152,31 @@ CANCELLED = text(
             current_step = 'cancelled', updated_at = now()
         WHERE {_FENCE} AND cancel_requested_at IS NOT NULL
         RETURNING {_STATUS}
-    ), released AS ({_RELEASE_RECORD})
+    ), released AS ({_move_record(RECORD_AFTER_ANALYSIS_ENDED)})
+    SELECT * FROM moved
+    """
+)
+
+# The worker is stopping (a deploy, SIGTERM) while this attempt runs: hand the task back at
+# once, due now, without counting a retry or a crash; or finish a cancel requested meanwhile.
+INTERRUPT = text(
+    f"""
+    WITH moved AS (
+        UPDATE ai_analysis_tasks SET
+            status = CASE WHEN {_NOT_CANCELLED} THEN 'retry' ELSE 'cancelled' END,
+            current_step = CASE WHEN {_NOT_CANCELLED} THEN 'waiting_retry' ELSE 'cancelled' END,
+            next_attempt_at = CASE WHEN {_NOT_CANCELLED} THEN now() END,
+            enqueued_at = CASE WHEN {_NOT_CANCELLED} THEN now() ELSE enqueued_at END,
+            completed_at = CASE WHEN {_NOT_CANCELLED} THEN NULL ELSE now() END,
+            progress = CASE WHEN {_NOT_CANCELLED} THEN 0 ELSE progress END,
+            lease_expires_at = NULL, updated_at = now()
+        WHERE {_FENCE}
+        RETURNING {_STATUS}
+    ), released AS (
+        UPDATE practice_records r SET updated_at = now(), record_status = CASE
+            WHEN m.status = 'retry' THEN 'ai_queued' ELSE {RECORD_AFTER_ANALYSIS_ENDED} END
+        FROM moved m WHERE r.practice_record_id = m.practice_record_id
+    )
     SELECT * FROM moved
     """
 )
@@ -145,7 +187,7 @@ class Claim:
     task_id: uuid.UUID
     attempt: int
     crash_count: int
-    retry_count: int
+    retry_counts: dict[str, int]
     practice_record_id: uuid.UUID
     task_params: dict[str, Any]
     audio_storage_key: str
@@ -194,7 +236,7 @@ async def succeed(engine: AsyncEngine, claimed: Claim, result: AIResult) -> RowM
     values = result.model_dump()
     for key in ("detailed_analysis", "sentence_analyses", "improvement_areas"):
         values[key] = None if values[key] is None else json.dumps(values[key])
-    return await _one(engine, SUCCEED, claimed.fence | values | {"record_status": "ai_analyzed"})
+    return await _one(engine, SUCCEED, claimed.fence | values)
 
 
 async def schedule_retry(
@@ -204,14 +246,16 @@ async def schedule_retry(
     error_code: str,
     error_message: str,
     *,
+    budget: int,
     counted: bool = True,
 ) -> RowMapping | None:
+    """None when this attempt lost the task or a cancel was requested (then cancel it)."""
     params = claimed.fence | {
         "delay": float(delay),
         "counted": 1 if counted else 0,
+        "budget": budget,
         "error_code": error_code,
         "error_message": error_message[:2000],
-        "record_status": "ai_queued",
     }
     return await _one(engine, RETRY, params)
 
@@ -219,13 +263,14 @@ async def schedule_retry(
 async def fail(
     engine: AsyncEngine, claimed: Claim, error_code: str, error_message: str
 ) -> RowMapping | None:
-    params = claimed.fence | {
-        "error_code": error_code,
-        "error_message": error_message[:2000],
-        "record_status": "recorded",
-    }
+    """None when this attempt lost the task or a cancel was requested (then cancel it)."""
+    params = claimed.fence | {"error_code": error_code, "error_message": error_message[:2000]}
     return await _one(engine, FAIL, params)
 
 
 async def mark_cancelled(engine: AsyncEngine, claimed: Claim) -> RowMapping | None:
-    return await _one(engine, CANCELLED, claimed.fence | {"record_status": "recorded"})
+    return await _one(engine, CANCELLED, claimed.fence)
+
+
+async def interrupt(engine: AsyncEngine, claimed: Claim) -> RowMapping | None:
+    return await _one(engine, INTERRUPT, claimed.fence)

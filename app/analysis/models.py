@@ -65,6 +65,17 @@ class AnalysisTask(Base):
         Index("ix_ai_analysis_tasks_user_created", "user_id", "created_at"),
         Index("ix_ai_analysis_tasks_status_next_attempt", "status", "next_attempt_at"),
         Index("ix_ai_analysis_tasks_job_id", "job_id"),
+        # The estimator's recent successes and the reconciler's scan of active rows.
+        Index(
+            "ix_ai_analysis_tasks_success_completed",
+            "completed_at",
+            postgresql_where=text("status = 'success'"),
+        ),
+        Index(
+            "ix_ai_analysis_tasks_active_created",
+            "created_at",
+            postgresql_where=text(ACTIVE_STATUS_SQL),
+        ),
     )
 
     task_id: Mapped[uuid.UUID] = mapped_column(
@@ -88,6 +99,8 @@ class AnalysisTask(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     retry_count: Mapped[int] = mapped_column(Integer, server_default="0")
     max_retries: Mapped[int] = mapped_column(Integer, server_default="3")
+    # Retries so far by error class ({"network": 2, ...}): each class has its own budget.
+    retry_counts: Mapped[dict[str, int]] = mapped_column(JSONB, server_default=text("'{}'"))
     attempt: Mapped[int] = mapped_column(Integer, server_default="0")
     crash_count: Mapped[int] = mapped_column(Integer, server_default="0")
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

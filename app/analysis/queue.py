@@ -7,7 +7,9 @@ Jobs are serialised as JSON (never pickle). One queue, `ai_analysis`; the job id
 from __future__ import annotations
 
 import json
+import time
 import uuid
+import weakref
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +20,6 @@ from redis.asyncio import ConnectionPool, Redis
 
 QUEUE_NAME = "ai_analysis"
 ANALYZE_FUNCTION = "analyze_recording"
-POSITION_SCAN_LIMIT = 1000
 
 
 def serialize(obj: Any) -> bytes:
@@ -82,19 +83,41 @@ async def extend_in_progress(pool: Redis, job_id: str, ttl_ms: int) -> None:
 
 
 async def queue_position(pool: Redis, job_id: str) -> int | None:
-    """1-based position among jobs waiting to start; None when the job is not waiting."""
-    score = await pool.zscore(QUEUE_NAME, job_id)
-    if score is None or await pool.exists(in_progress_key_prefix + job_id):
-        return None
-    ahead = await pool.zrangebyscore(QUEUE_NAME, "-inf", score, start=0, num=POSITION_SCAN_LIMIT)
-    others = [member for member in ahead if member.decode() != job_id]
-    if not others:
-        return 1
+    """1-based position among jobs waiting to start; None when the job is not waiting.
+
+    arq keeps running jobs in the queue too, so the jobs ahead are counted with ZCOUNT and
+    the running ones (an estimate refreshed once a second) are subtracted: a few commands
+    whatever the length of the queue.
+    """
     async with pool.pipeline(transaction=False) as pipe:
-        for member in others:
+        pipe.zscore(QUEUE_NAME, job_id)
+        pipe.exists(in_progress_key_prefix + job_id)
+        score, running = await pipe.execute()
+    if score is None or running:
+        return None
+    ahead = int(await pool.zcount(QUEUE_NAME, "-inf", f"({score}"))
+    return max(ahead - await _running_jobs(pool), 0) + 1
+
+
+_RUNNING_SCAN = 500
+_running_estimates: weakref.WeakKeyDictionary[Redis, tuple[float, int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _running_jobs(pool: Redis) -> int:
+    """Running jobs sit at the head of the queue (they were due first): count those."""
+    taken_at, count = _running_estimates.get(pool, (-1e9, 0))
+    if time.monotonic() - taken_at < 1.0:
+        return count
+    head = await pool.zrange(QUEUE_NAME, 0, _RUNNING_SCAN - 1)
+    async with pool.pipeline(transaction=False) as pipe:
+        for member in head:
             pipe.exists(in_progress_key_prefix + member.decode())
-        running = await pipe.execute()
-    return 1 + sum(1 for is_running in running if not is_running)
+        flags = await pipe.execute() if head else []
+    count = sum(1 for flag in flags if flag)
+    _running_estimates[pool] = (time.monotonic(), count)
+    return count
 
 
 async def queued_count(pool: ArqRedis) -> int:

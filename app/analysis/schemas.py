@@ -6,15 +6,17 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field, model_validator
 
+from app.text import CleanText
+
 
 class AnalysisParameters(BaseModel):
     analysis_type: Literal["full", "quick", "fluency", "rhythm", "pronunciation"] = "full"
     include_suggestions: bool = True
-    model_version: str | None = Field(default=None, max_length=50)
+    model_version: CleanText | None = Field(default=None, max_length=50)
     language: str = Field(
         default="zh-TW", max_length=20, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"
     )
-    target_text: str | None = Field(default=None, max_length=2000)
+    target_text: CleanText | None = Field(default=None, max_length=2000)
 
 
 class SubmitRequest(BaseModel):

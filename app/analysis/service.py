@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analysis import queue, status
 from app.analysis.eta import Estimator
+from app.analysis.lifecycle import RECORD_AFTER_ANALYSIS_ENDED
 from app.analysis.progress import Publisher
 from app.analysis.schemas import AnalysisResultOut, SessionStatusOut, TaskStatusOut
 from app.auth import Principal
@@ -42,7 +43,8 @@ CANCEL = text(
           AND status IN ('pending', 'processing', 'retry')
         RETURNING {_STATUS}, job_id
     ), released AS (
-        UPDATE practice_records r SET record_status = 'recorded', updated_at = now()
+        UPDATE practice_records r SET record_status = {RECORD_AFTER_ANALYSIS_ENDED},
+            updated_at = now()
         FROM cancelled c
         WHERE c.status = 'cancelled' AND r.practice_record_id = c.practice_record_id
     )

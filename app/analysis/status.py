@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 from sqlalchemy import RowMapping, text
@@ -59,7 +60,7 @@ async def describe(row: RowMapping, redis: Redis, estimator: Estimator) -> TaskS
         remaining = await estimator.remaining(row["progress"], row["started_at"])
     elif position is not None:
         eta = await estimator.completion_time(position)
-        remaining = eta - row["updated_at"] if eta else None
+        remaining = eta - datetime.now(UTC) if eta else None
     return TaskStatusOut(
         task_id=row["task_id"],
         practice_record_id=row["practice_record_id"],

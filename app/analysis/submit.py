@@ -23,14 +23,16 @@ from app.analysis.schemas import AnalysisParameters, SubmittedTask
 from app.analysis.status import safe_position, status_columns
 from app.analysis.steps import TOTAL_STEPS
 from app.auth import Principal
-from app.errors import NotFound
+from app.errors import AppError, NotFound
 
 log = logging.getLogger(__name__)
 
 _STATUS = status_columns("ai_analysis_tasks")
+# enqueued_at is set optimistically: the enqueue follows the commit at once, and when it
+# fails the reconciler enqueues the row and sets it again.
 _INSERT_COLUMNS = """
-    INSERT INTO ai_analysis_tasks
-        (practice_record_id, user_id, task_params, idempotency_key, total_steps, current_step)
+    INSERT INTO ai_analysis_tasks (practice_record_id, user_id, task_params, idempotency_key,
+                                   total_steps, current_step, enqueued_at)
 """
 _MARK_RECORDS = """
     , marked AS (
@@ -49,7 +51,7 @@ SUBMIT_RECORD = text(
     ), created AS (
         {_INSERT_COLUMNS}
         SELECT practice_record_id, :user_id, CAST(:params AS jsonb), CAST(:key AS text),
-               :total_steps, 'queued'
+               :total_steps, 'queued', now()
         FROM target
         ON CONFLICT DO NOTHING
         RETURNING {_STATUS}
@@ -60,7 +62,7 @@ SUBMIT_RECORD = text(
 
 EXISTING_FOR_RECORD = text(
     """
-    SELECT t.task_id, t.practice_record_id, t.status, t.attempt
+    SELECT t.task_id, t.practice_record_id, t.status, t.attempt, t.idempotency_key
     FROM ai_analysis_tasks t
     WHERE t.user_id = :user_id
       AND (t.idempotency_key = CAST(:key AS text)
@@ -86,7 +88,8 @@ SUBMIT_SESSION = text(
     ), created AS (
         {_INSERT_COLUMNS}
         SELECT practice_record_id, :user_id, CAST(:params AS jsonb),
-               CAST(:key AS text) || ':' || practice_record_id::text, :total_steps, 'queued'
+               CAST(:key AS text) || ':' || practice_record_id::text, :total_steps, 'queued',
+               now()
         FROM target ORDER BY practice_record_id
         ON CONFLICT DO NOTHING
         RETURNING {_STATUS}
@@ -122,15 +125,31 @@ async def submit_record(
     idempotency_key: str | None,
 ) -> SubmittedTask:
     values = _values(user, parameters, idempotency_key) | {"record_id": record_id}
-    row = (await session.execute(SUBMIT_RECORD, values)).mappings().first()
-    await session.commit()
-    if row is not None:
-        [task] = await _enqueue(submitter, [row])
-        return task
-    existing = (await session.execute(EXISTING_FOR_RECORD, values)).mappings().first()
-    if existing is None:
-        raise NotFound("Practice record")
-    return (await _describe(submitter, [existing]))[0]
+    for _ in range(2):  # once more if the conflicting task ended in between
+        row = (await session.execute(SUBMIT_RECORD, values)).mappings().first()
+        await session.commit()
+        if row is not None:
+            [task] = await _enqueue(submitter, [row])
+            return task
+        existing = (await session.execute(EXISTING_FOR_RECORD, values)).mappings().first()
+        await session.commit()
+        if existing is not None:
+            _check_same_request(existing, record_id, idempotency_key)
+            return (await _describe(submitter, [existing]))[0]
+    raise NotFound("Practice record")
+
+
+def _check_same_request(
+    existing: RowMapping, record_id: uuid.UUID, idempotency_key: str | None
+) -> None:
+    reused = idempotency_key is not None and existing["idempotency_key"] == idempotency_key
+    if reused and existing["practice_record_id"] != record_id:
+        raise AppError(
+            422,
+            "idempotency_key_reused",
+            "This Idempotency-Key was used for another request",
+            details={"task_id": str(existing["task_id"])},
+        )
 
 
 async def submit_session(

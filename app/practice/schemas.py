@@ -5,9 +5,11 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.text import CleanText
+
 
 class SessionCreate(BaseModel):
-    title: str | None = Field(default=None, max_length=200)
+    title: CleanText | None = Field(default=None, max_length=200)
 
 
 class RecordOut(BaseModel):

@@ -79,7 +79,8 @@ async def upload_record(
     request: Request,
 ) -> PracticeRecord:
     await get_owned_session(session, user, session_id)
-    stem = storage.new_key(user.user_id, "").rstrip(".")
+    await session.commit()  # no connection held open while a slow client uploads
+    stem = storage.new_stem(user.user_id)
     async with receive_audio(
         request, storage, stem, settings.max_audio_file_size, settings.supported_audio_formats
     ) as stored:

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
@@ -169,6 +170,8 @@ async def _parse(request: Request, boundary: bytes, sink: _AudioSink) -> StoredA
             collector.events.clear()
     except ClientDisconnect as exc:
         raise AppError(400, "incomplete_upload", "The upload was interrupted") from exc
+    except MultipartParseError as exc:
+        raise AppError(400, "malformed_multipart", f"Malformed multipart body: {exc}") from exc
     if not done:
         raise AppError(422, "missing_audio", "Send the recording as a multipart file field 'audio'")
     return await sink.finish()

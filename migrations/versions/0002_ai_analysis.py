@@ -51,6 +51,7 @@ def _create_tasks() -> None:
         sa.Column("error_message", sa.Text(), nullable=True),
         sa.Column("retry_count", sa.Integer(), server_default="0", nullable=False),
         sa.Column("max_retries", sa.Integer(), server_default="3", nullable=False),
+        sa.Column("retry_counts", JSONB(), server_default=sa.text("'{}'"), nullable=False),
         sa.Column("attempt", sa.Integer(), server_default="0", nullable=False),
         sa.Column("crash_count", sa.Integer(), server_default="0", nullable=False),
         sa.Column("lease_expires_at", TS, nullable=True),
@@ -109,6 +110,18 @@ def _create_tasks() -> None:
         ["status", "next_attempt_at"],
     )
     op.create_index("ix_ai_analysis_tasks_job_id", "ai_analysis_tasks", ["job_id"])
+    op.create_index(
+        "ix_ai_analysis_tasks_success_completed",
+        "ai_analysis_tasks",
+        ["completed_at"],
+        postgresql_where=sa.text("status = 'success'"),
+    )
+    op.create_index(
+        "ix_ai_analysis_tasks_active_created",
+        "ai_analysis_tasks",
+        ["created_at"],
+        postgresql_where=sa.text("status IN ('pending', 'processing', 'retry')"),
+    )
 
 
 def _create_results() -> None:

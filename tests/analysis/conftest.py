@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import pytest
 from arq.worker import Worker
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.settings import Settings
 from tests.audio import make_wav
@@ -22,7 +24,7 @@ FAST = {
     "job_timeout_seconds": 20.0,
     "ai_deadline_seconds": 4.0,
     "ai_connect_timeout_seconds": 1.0,
-    "reconcile_interval_seconds": 1.0,
+    "reconcile_interval_seconds": 1,
     "reconcile_pending_grace_seconds": 0.5,
     "retry_base_network_seconds": 0.2,
     "retry_base_timeout_seconds": 0.2,
@@ -148,3 +150,12 @@ async def wait_for_status(
 
     result: dict[str, Any] = await wait_for(reached, within, interval=0.02)
     return result
+
+
+async def record_status(engine: AsyncEngine, record_id: str) -> str:
+    async with engine.connect() as connection:
+        value = await connection.scalar(
+            text("SELECT record_status FROM practice_records WHERE practice_record_id = :r"),
+            {"r": record_id},
+        )
+    return str(value)

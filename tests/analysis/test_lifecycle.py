@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 
 import httpx
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.analysis.conftest import (
     StartWorker,
+    record_status,
     submit,
     task_status,
     upload_recording,
@@ -17,15 +17,6 @@ from tests.analysis.conftest import (
 )
 from tests.conftest import ApiUser
 from tests.fake_ai import HANG, FakeAI, ok, status
-
-
-async def _record_status(engine: AsyncEngine, record_id: str) -> str:
-    async with engine.connect() as connection:
-        value = await connection.scalar(
-            text("SELECT record_status FROM practice_records WHERE practice_record_id = :r"),
-            {"r": record_id},
-        )
-    return str(value)
 
 
 async def test_happy_path(
@@ -42,7 +33,7 @@ async def test_happy_path(
     assert submitted["job_id"] == f"{submitted['task_id']}:0"
     assert submitted["queue_position"] == 1
     assert submitted["estimated_completion_time"] is not None
-    assert await _record_status(engine, record_id) == "ai_queued"
+    assert await record_status(engine, record_id) == "ai_queued"
 
     await start_worker()
     samples: list[dict[str, object]] = []
@@ -53,7 +44,7 @@ async def test_happy_path(
     progress = [int(s["progress"]) for s in samples]  # type: ignore[call-overload]
     assert progress == sorted(progress), progress
     assert len({s["current_step"]["code"] for s in samples}) >= 3  # type: ignore[index]
-    assert await _record_status(engine, record_id) == "ai_analyzed"
+    assert await record_status(engine, record_id) == "ai_analyzed"
 
     [call] = fake_ai.calls
     assert call.body_sha256 == hashlib.sha256(audio).hexdigest()
@@ -99,7 +90,7 @@ async def test_422_fails_at_once(
     assert final["error_code"] == "validation"
     assert "422" in final["error_message"]
     assert fake_ai.call_count() == 1
-    assert await _record_status(engine, record_id) == "recorded"
+    assert await record_status(engine, record_id) == "recorded"
     response = await client.get(f"/api/v1/tasks/analysis/{task_id}/result", headers=alice.headers)
     assert response.status_code == 404
     assert response.json()["error"] == {

@@ -183,3 +183,31 @@ async def test_other_users_session_and_record_are_404(
         assert response.status_code == 404
     upload = await _upload(client, bob, session_id, "a.wav", make_wav(0.2), "audio/wav")
     assert upload.status_code == 404
+
+
+async def test_malformed_multipart_is_400_and_leaves_nothing(
+    client: httpx.AsyncClient, alice: ApiUser, settings: Settings, engine: AsyncEngine
+) -> None:
+    session_id = await _session(client, alice)
+    response = await client.post(
+        f"/api/v1/practice/sessions/{session_id}/records",
+        content=b"this is not a multipart body at all" * 100,
+        headers=alice.headers | {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "malformed_multipart"
+    assert _stored_files(settings) == [] and await _record_count(engine) == 0
+
+
+async def test_nul_in_text_is_a_validation_error(client: httpx.AsyncClient, alice: ApiUser) -> None:
+    response = await client.post(
+        "/api/v1/practice/sessions", json={"title": "a\u0000b"}, headers=alice.headers
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "validation_error"
+    response = await client.post(
+        "/api/v1/tasks/analysis/submit",
+        json={"practice_record_id": str(uuid.uuid4()), "parameters": {"target_text": "a\u0000"}},
+        headers=alice.headers,
+    )
+    assert response.status_code == 422
