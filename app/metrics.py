@@ -1,11 +1,40 @@
-"""Prometheus metrics of the API process (namespace `vocalborn`), served at /metrics."""
+"""Prometheus metrics (namespace `vocalborn`): the API serves them at /metrics, each worker on
+WORKER_METRICS_PORT. Defined once here; each process exports the ones it moves."""
 
 from __future__ import annotations
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge, Histogram
+
+DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 
 STREAM_CONNECTIONS = Gauge(
     "vocalborn_stream_connections",
     "Open progress streams (SSE and WebSocket) in this process",
     ["transport"],
+)
+TASKS_SUBMITTED = Counter("vocalborn_tasks_submitted", "Analysis tasks created")
+TASKS_FINISHED = Counter(
+    "vocalborn_tasks_finished", "Analysis tasks that reached a final status", ["status"]
+)
+TASK_ERRORS = Counter("vocalborn_task_errors", "Failed attempts by error class", ["error_class"])
+TASK_RETRIES = Counter(
+    "vocalborn_task_retries", "Retries and deferrals scheduled, by reason", ["reason"]
+)
+TASK_WAIT = Histogram(
+    "vocalborn_task_wait_seconds", "From enqueue to claim", buckets=DURATION_BUCKETS
+)
+TASK_PROCESSING = Histogram(
+    "vocalborn_task_processing_seconds", "From claim to stored result", buckets=DURATION_BUCKETS
+)
+TASKS_IN_FLIGHT = Gauge("vocalborn_tasks_in_flight", "Attempts running in this worker")
+QUEUE_DEPTH = Gauge("vocalborn_queue_depth", "Jobs in the arq queue (waiting or running)")
+AI_REQUESTS = Histogram(
+    "vocalborn_ai_request_seconds",
+    "Calls to the AI service by outcome",
+    ["outcome"],
+    buckets=DURATION_BUCKETS,
+)
+CIRCUIT_OPEN = Gauge("vocalborn_ai_circuit_open", "1 while the AI circuit breaker is open")
+WORKER_HEARTBEAT = Gauge(
+    "vocalborn_worker_heartbeat_timestamp_seconds", "Last heartbeat of this worker", ["worker"]
 )

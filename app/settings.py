@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     worker_poll_delay_seconds: float = Field(0.2, gt=0)
     worker_name: str | None = None
     worker_shutdown_grace_seconds: float = Field(10.0, ge=0)
+    # Prometheus metrics of a worker on this port (0: not served).
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
     # How many analyses the AI service runs at once: the ETA's parallelism.
     ai_service_concurrency: int = Field(4, ge=1)
     cleanup_retention_days: int = Field(7, ge=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 
 from sqlalchemy import RowMapping
 
@@ -13,6 +14,13 @@ from app.ai_client.errors import AnalysisError, ErrorClass, ServiceBusy
 from app.ai_client.wire import AIResult, ProgressLine
 from app.analysis import lifecycle, queue, steps
 from app.analysis.lifecycle import Claim
+from app.metrics import (
+    AI_REQUESTS,
+    TASK_ERRORS,
+    TASK_PROCESSING,
+    TASK_RETRIES,
+    TASKS_FINISHED,
+)
 from worker.context import WorkerDeps
 from worker.lease import LeaseKeeper, StopReason
 from worker.retry import RETRY_BUDGETS, SERVICE_FAILURES, classify
@@ -56,18 +64,29 @@ class Attempt:
         await self.deps.breaker.record_success()
         stored = await lifecycle.succeed(self.deps.engine, self.claimed, result)
         await self.deps.publisher.publish_row(stored)
-        return "success" if stored else "stale: result discarded"
+        if stored is None:
+            return "stale: result discarded"
+        TASKS_FINISHED.labels("success").inc()
+        TASK_PROCESSING.observe((stored["completed_at"] - stored["started_at"]).total_seconds())
+        return "success"
 
     async def _call_ai(self) -> AIResult:
         record = self.claimed
-        async with asyncio.timeout(self.deps.settings.ai_deadline_seconds):
-            return await self.deps.ai.analyze(
-                self.deps.storage.read(record.audio_storage_key),
-                record.audio_content_type,
-                record.task_params,
-                f"{record.task_id}:{record.attempt}",
-                self._on_progress,
-            )
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            async with asyncio.timeout(self.deps.settings.ai_deadline_seconds):
+                result = await self.deps.ai.analyze(
+                    self.deps.storage.read(record.audio_storage_key),
+                    record.audio_content_type,
+                    record.task_params,
+                    f"{record.task_id}:{record.attempt}",
+                    self._on_progress,
+                )
+            outcome = "ok"
+            return result
+        finally:
+            AI_REQUESTS.labels(outcome).observe(time.monotonic() - started)
 
     async def _on_progress(self, line: ProgressLine) -> None:
         step = steps.ai_step(line.step, fallback=steps.step_for(self._last_progress[1]))
@@ -99,10 +118,12 @@ class Attempt:
             task.uncancel()
         if keeper.stop_reason is StopReason.LEASE_LOST:
             return "stale: lease lost"
+        TASKS_FINISHED.labels("cancelled").inc()
         return "cancelled"
 
     async def _failed(self, error: AnalysisError) -> str:
         error_class = error.error_class
+        TASK_ERRORS.labels(error_class.value).inc()
         if isinstance(error, ServiceBusy):  # backpressure, not ill health: wait as told
             delay = (error.retry_after or 1.0) * random.uniform(1.0, 1.5)
             await self._retry_later(delay, "ai_busy", budget=0, counted=False)
@@ -120,13 +141,15 @@ class Attempt:
 
     async def give_up(self, error_class: ErrorClass, message: str) -> str:
         row = await lifecycle.fail(self.deps.engine, self.claimed, error_class.value, message)
-        await self._published_or_cancelled(row)
+        if await self._published_or_cancelled(row):
+            TASKS_FINISHED.labels("failure").inc()
         return f"failure: {error_class}"
 
     async def _retry_later(
         self, delay: float, code: str, *, budget: int, message: str = "", counted: bool = True
     ) -> None:
         message = message or "The AI service is unavailable; the analysis will be retried"
+        TASK_RETRIES.labels(code).inc()
         row = await lifecycle.schedule_retry(
             self.deps.engine, self.claimed, delay, code, message, budget=budget, counted=counted
         )
@@ -148,6 +171,8 @@ class Attempt:
         if row is None:
             row = await lifecycle.mark_cancelled(self.deps.engine, self.claimed)
             await self.deps.publisher.publish_row(row)
+            if row is not None:
+                TASKS_FINISHED.labels("cancelled").inc()
             return False
         await self.deps.publisher.publish_row(row)
         return True

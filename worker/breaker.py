@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from app.metrics import CIRCUIT_OPEN
+
 PREFIX = "vocalborn:breaker:ai"
 FAILURES = f"{PREFIX}:failures"
 OPEN = f"{PREFIX}:open"
@@ -47,6 +49,7 @@ class CircuitBreaker:
 
     async def record_success(self) -> None:
         await self._redis.delete(FAILURES, PROBE, OPEN)
+        CIRCUIT_OPEN.set(0)
 
     async def record_failure(self) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -55,3 +58,4 @@ class CircuitBreaker:
             failures, _ = await pipe.execute()
         if int(failures) >= self._threshold:
             await self._redis.set(OPEN, "1", px=self._cooldown_ms)
+            CIRCUIT_OPEN.set(1)

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from app.analysis import queue
 from app.analysis.lifecycle import RECORD_AFTER_ANALYSIS_ENDED
 from app.analysis.status import status_columns
+from app.metrics import QUEUE_DEPTH, TASKS_FINISHED, WORKER_HEARTBEAT
 from worker.context import WorkerDeps, deps_of
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
         params = {"grace": grace, "limit": RECONCILE_BATCH}
         rows = (await connection.execute(DUE, params)).all()
     await deps.publisher.publish_rows(cancelled)
+    TASKS_FINISHED.labels("cancelled").inc(len(cancelled))
+    QUEUE_DEPTH.set(await queue.queued_count(deps.arq))
     enqueued = []
     for row in rows:
         # arq ignores a job id that is already queued or running, so this is safe to repeat.
@@ -100,8 +103,10 @@ async def heartbeat_forever(deps: WorkerDeps) -> None:
     key = WORKER_KEY_PREFIX + deps.worker_name
     while True:
         try:
-            value = json.dumps({"worker": deps.worker_name, "at": time.time()})
+            now = time.time()
+            value = json.dumps({"worker": deps.worker_name, "at": now})
             await deps.arq.set(key, value, ex=int(HEARTBEAT_SECONDS * 3))
+            WORKER_HEARTBEAT.labels(deps.worker_name).set(now)
         except Exception:
             log.warning("heartbeat failed", exc_info=True)
         await asyncio.sleep(HEARTBEAT_SECONDS)  # a period, not a wait for a condition

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+import prometheus_client
 from arq import cron, func
 
 from app.ai_client.client import AIClient
@@ -52,6 +53,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     ctx["deps"] = deps
     ctx["heartbeat"] = asyncio.create_task(heartbeat_forever(deps))
+    if settings.worker_metrics_port:
+        prometheus_client.start_http_server(settings.worker_metrics_port)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

@@ -61,7 +61,7 @@ CLAIM = text(
             (status IN ('pending', 'retry')
              AND (next_attempt_at IS NULL OR next_attempt_at <= now() + interval '1 second'))
             OR (status = 'processing' AND lease_expires_at < now()))
-        RETURNING {_STATUS}, crash_count, retry_counts, task_params
+        RETURNING {_STATUS}, crash_count, retry_counts, task_params, enqueued_at
     ), record AS (
         UPDATE practice_records r SET record_status = 'ai_processing', updated_at = now()
         FROM moved m WHERE r.practice_record_id = m.practice_record_id

@@ -24,6 +24,7 @@ from app.analysis.status import safe_position, status_columns
 from app.analysis.steps import TOTAL_STEPS
 from app.auth import Principal
 from app.errors import AppError, NotFound
+from app.metrics import TASKS_SUBMITTED
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,7 @@ def _values(user: Principal, parameters: AnalysisParameters, key: str | None) ->
 
 
 async def _enqueue(submitter: Submitter, rows: Sequence[RowMapping]) -> list[SubmittedTask]:
+    TASKS_SUBMITTED.inc(len(rows))
     try:
         for row in rows:
             await queue.enqueue_analysis(submitter.arq, row["task_id"], row["attempt"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import httpx
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.analysis.conftest import (
@@ -27,6 +28,7 @@ async def test_happy_path(
     engine: AsyncEngine,
 ) -> None:
     fake_ai.reset(default=ok(latency=1.0))
+    finished_before = _sample("vocalborn_tasks_finished_total", status="success")
     _, record_id, audio = await upload_recording(client, alice, seconds=2.0)
     submitted = await submit(client, alice, record_id)
     assert submitted["status"] == "pending"
@@ -59,6 +61,14 @@ async def test_happy_path(
     result = response.json()
     for key, value in fake_ai.result.items():
         assert result[key] == value, key
+
+    assert _sample("vocalborn_tasks_finished_total", status="success") == finished_before + 1
+    metrics = (await client.get("/metrics/")).text
+    assert "vocalborn_tasks_submitted_total" in metrics
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def test_503_twice_then_ok(
