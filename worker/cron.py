@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from app.analysis import queue
 from app.analysis.lifecycle import RECORD_AFTER_ANALYSIS_ENDED
+from app.analysis.maintenance import delete_expired_tasks
 from app.analysis.status import status_columns
 from app.metrics import QUEUE_DEPTH, TASKS_FINISHED, WORKER_HEARTBEAT
 from worker.context import WorkerDeps, deps_of
@@ -56,14 +57,6 @@ ORPHANED_CANCELS = text(
 
 MARK_ENQUEUED = text("UPDATE ai_analysis_tasks SET enqueued_at = now() WHERE task_id = ANY(:ids)")
 
-CLEANUP = text(
-    """
-    DELETE FROM ai_analysis_tasks
-    WHERE status IN ('failure', 'cancelled')
-      AND completed_at < now() - make_interval(days => :days)
-    """
-)
-
 
 async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
     deps = deps_of(ctx)
@@ -91,8 +84,7 @@ async def cleanup_expired(ctx: dict[str, Any]) -> int:
     """Failed and cancelled tasks past retention; successful results are the user's history."""
     deps = deps_of(ctx)
     async with deps.engine.begin() as connection:
-        result = await connection.execute(CLEANUP, {"days": deps.settings.cleanup_retention_days})
-    return int(result.rowcount or 0)
+        return await delete_expired_tasks(connection, deps.settings.cleanup_retention_days)
 
 
 HEARTBEAT_SECONDS = 5.0

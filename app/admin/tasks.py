@@ -1,0 +1,96 @@
+"""The seed's admin task API: stats, cancel any task, retry a finished one, cleanup."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.analysis import queue, submit
+from app.analysis.maintenance import delete_expired_tasks
+from app.analysis.schemas import AnalysisParameters, SubmittedTask
+from app.auth import Principal
+from app.errors import AppError, NotFound
+from app.state import AppState
+from app.users.models import Role
+
+STATS = text(
+    """
+    SELECT
+        (SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM (
+            SELECT status, count(*) AS n FROM ai_analysis_tasks GROUP BY status) AS counts
+        ) AS by_status,
+        (SELECT avg(extract(epoch FROM completed_at - started_at)) FROM ai_analysis_tasks
+         WHERE status = 'success' AND completed_at > now() - interval '1 hour'
+        ) AS mean_processing_seconds_last_hour,
+        (SELECT count(*) FROM ai_analysis_tasks
+         WHERE status = 'failure' AND completed_at > now() - interval '1 hour'
+        ) AS failures_last_hour
+    """
+)
+FINISHED_TASK = text(
+    "SELECT user_id, practice_record_id, status, task_params FROM ai_analysis_tasks"
+    " WHERE task_id = :task_id"
+)
+
+
+class TaskStats(BaseModel):
+    by_status: dict[str, int]
+    queue_depth: int | None
+    live_workers: int | None
+    mean_processing_seconds_last_hour: float | None
+    failures_last_hour: int
+
+
+async def stats(session: AsyncSession, state: AppState) -> TaskStats:
+    row = (await session.execute(STATS)).mappings().one()
+    depth = workers = None
+    try:
+        depth = await queue.queued_count(state.arq)
+        workers = len([key async for key in state.arq.scan_iter(match="vocalborn:worker:*")])
+    except Exception:  # Redis down: the database half still answers
+        pass
+    mean = row["mean_processing_seconds_last_hour"]
+    return TaskStats(
+        by_status=row["by_status"],
+        queue_depth=depth,
+        live_workers=workers,
+        mean_processing_seconds_last_hour=float(mean) if mean is not None else None,
+        failures_last_hour=row["failures_last_hour"],
+    )
+
+
+async def retry(session: AsyncSession, state: AppState, task_id: uuid.UUID) -> SubmittedTask:
+    """A new task for the same recording and parameters; the finished one stays as history."""
+    row = (await session.execute(FINISHED_TASK, {"task_id": task_id})).mappings().first()
+    await session.commit()
+    if row is None:
+        raise NotFound("Analysis task")
+    if row["status"] not in ("failure", "cancelled"):
+        raise AppError(
+            409,
+            "task_not_retryable",
+            f"Only failed or cancelled tasks can be retried; this one is {row['status']}",
+            details={"status": row["status"]},
+        )
+    owner = Principal(row["user_id"], Role.USER)
+    parameters = AnalysisParameters.model_validate(_known(row["task_params"]))
+    submitter = submit.Submitter(state.arq, state.estimator, state.publisher)
+    # If the recording already has an active analysis, that one is returned.
+    return await submit.submit_record(
+        session, submitter, owner, row["practice_record_id"], parameters, None
+    )
+
+
+async def cleanup(session: AsyncSession, retention_days: int) -> int:
+    connection = await session.connection()
+    deleted = await delete_expired_tasks(connection, retention_days)
+    await session.commit()
+    return deleted
+
+
+def _known(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k in AnalysisParameters.model_fields}

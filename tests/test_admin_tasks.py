@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.users.models import Role
+from tests.analysis.conftest import submit, upload_recording
+from tests.conftest import ApiUser, MakeUser
+
+
+async def test_admin_task_api(
+    client: httpx.AsyncClient, alice: ApiUser, make_user: MakeUser, engine: AsyncEngine
+) -> None:
+    admin = await make_user("root@example.test", Role.ADMIN)
+    _, record_id, _ = await upload_recording(client, alice)
+    task_id = (await submit(client, alice, record_id))["task_id"]
+    for method, path in (
+        ("GET", "/api/v1/admin/tasks/stats"),
+        ("DELETE", f"/api/v1/admin/tasks/{task_id}"),
+        ("POST", f"/api/v1/admin/tasks/{task_id}/retry"),
+        ("POST", "/api/v1/admin/tasks/cleanup"),
+    ):
+        response = await client.request(method, path, headers=alice.headers)
+        assert response.status_code == 403, path
+
+    stats = (await client.get("/api/v1/admin/tasks/stats", headers=admin.headers)).json()
+    assert stats["by_status"] == {"pending": 1} and stats["queue_depth"] == 1
+
+    not_yet = await client.post(f"/api/v1/admin/tasks/{task_id}/retry", headers=admin.headers)
+    assert not_yet.status_code == 409
+
+    cancelled = await client.delete(f"/api/v1/admin/tasks/{task_id}", headers=admin.headers)
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+
+    retried = await client.post(f"/api/v1/admin/tasks/{task_id}/retry", headers=admin.headers)
+    assert retried.status_code == 202
+    new_task = retried.json()
+    assert new_task["task_id"] != task_id and new_task["status"] == "pending"
+    owned = await client.get(
+        f"/api/v1/tasks/analysis/{new_task['task_id']}/status", headers=alice.headers
+    )
+    assert owned.status_code == 200  # the retry belongs to the recording's owner
+
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE ai_analysis_tasks SET completed_at = now() - interval '8 days'"
+                 " WHERE task_id = :t"),
+            {"t": task_id},
+        )  # fmt: skip
+    cleaned = await client.post("/api/v1/admin/tasks/cleanup", headers=admin.headers)
+    assert cleaned.json() == {"deleted_tasks": 1, "retention_days": 7}
+    gone = await client.get(f"/api/v1/tasks/analysis/{task_id}/status", headers=alice.headers)
+    assert gone.status_code == 404
