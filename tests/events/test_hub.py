@@ -1,0 +1,33 @@
+"""The hub's per-client queue: bounded, and the newest state always survives."""
+
+from __future__ import annotations
+
+import json
+
+from app.analysis.hub import Event, Listener
+
+
+def _event(n: int) -> Event:
+    document = {"task_id": "t", "status": "processing", "updated_at": f"2026-01-01T00:00:{n:02d}Z"}
+    return Event.build("task:t", f"{1000 + n}-0", json.dumps(document).encode())
+
+
+async def test_a_slow_client_loses_intermediate_events_but_never_the_latest() -> None:
+    listener = Listener(size=4)
+    for n in range(10):  # the client is not reading
+        listener.put(_event(n))
+    received = []
+    while (event := await listener.get(0.01)) is not None:
+        received.append(event.id)
+    assert received == ["1006-0", "1007-0", "1008-0", "1009-0"]
+    assert listener.dropped == 6
+
+
+async def test_one_encoding_shared_by_every_client() -> None:
+    event = _event(1)
+    first, second = Listener(size=2), Listener(size=2)
+    first.put(event)
+    second.put(event)
+    a, b = await first.get(0.01), await second.get(0.01)
+    assert a is b and a is not None
+    assert a.frame == b"event: status\r\nid: 1001-0\r\ndata: " + a.doc + b"\r\n\r\n"
