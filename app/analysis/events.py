@@ -53,11 +53,7 @@ async def task_stream_token(
 ) -> StreamToken:
     if not await session.scalar(OWNS_TASK, {"id": task_id, "user_id": user.user_id}):
         raise NotFound("Analysis task")
-    token = issue_stream_token(state.settings, user, task_topic(task_id))
-    url = f"/api/v1/tasks/analysis/{task_id}/events?stream_token={token}"
-    return StreamToken(
-        stream_token=token, expires_in=state.settings.stream_token_ttl_seconds, events_url=url
-    )
+    return _stream_token(state, user, task_topic(task_id), f"{task_id}/events")
 
 
 @router.post("/analysis/session/{session_id}/stream-token", response_model=StreamToken)
@@ -66,10 +62,15 @@ async def session_stream_token(
 ) -> StreamToken:
     if not await session.scalar(OWNS_SESSION, {"id": session_id, "user_id": user.user_id}):
         raise NotFound("Practice session")
-    token = issue_stream_token(state.settings, user, session_topic(session_id))
-    url = f"/api/v1/tasks/analysis/session/{session_id}/events?stream_token={token}"
+    return _stream_token(state, user, session_topic(session_id), f"session/{session_id}/events")
+
+
+def _stream_token(state: AppState, user: Principal, topic: str, events_path: str) -> StreamToken:
+    token = issue_stream_token(state.settings, user, topic)
     return StreamToken(
-        stream_token=token, expires_in=state.settings.stream_token_ttl_seconds, events_url=url
+        stream_token=token,
+        expires_in=state.settings.stream_token_ttl_seconds,
+        events_url=f"/api/v1/tasks/analysis/{events_path}?stream_token={token}",
     )
 
 
