@@ -8,7 +8,6 @@ attempt lost the task, or that a cancel was requested, the attempt is cancelled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 from types import TracebackType
@@ -52,8 +51,8 @@ class LeaseKeeper:
     ) -> None:
         if self._renewals is not None:
             self._renewals.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewals
+            # wait() rather than await: a cancellation of this task must not be swallowed.
+            await asyncio.wait([self._renewals])
 
     def stop(self, reason: StopReason) -> None:
         """Cancel the attempt (from the renewal loop or a progress write)."""

@@ -78,7 +78,10 @@ async def start_worker(worker_settings: Settings, clean: None) -> AsyncIterator[
 
     yield start
     for worker, task in running:
-        await worker.close()
+        # arq's close() gathers the job tasks it cancels; one cancelled while arq itself was
+        # finishing it (after our code returned) surfaces here as CancelledError.
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
