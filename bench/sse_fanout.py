@@ -87,9 +87,12 @@ def serve(args: argparse.Namespace) -> None:
     server = uvicorn.Server(config)
     if args.profile:
         import cProfile
+        import signal as signals
 
+        # The orchestrator brackets the measurement window: SIGUSR1 starts, SIGUSR2 stops.
         profiler = cProfile.Profile()
-        profiler.enable()
+        signals.signal(signals.SIGUSR1, lambda *_: profiler.enable())
+        signals.signal(signals.SIGUSR2, lambda *_: profiler.disable())
         try:
             server.run()
         finally:
@@ -325,8 +328,8 @@ async def run_scenario(env: Environment, kind: str, clients: int) -> dict[str, A
     log_path = env.workdir / f"server-{kind}-{clients}.log"
     command = [sys.executable, str(BENCH / "sse_fanout.py"), "serve", "--kind", kind]
     command += ["--port", str(port)]
-    if env.profile and kind == "ours" and clients == GOAL_CLIENTS:
-        command += ["--profile", str(env.workdir / "ours.prof")]
+    if env.profile and clients == GOAL_CLIENTS:
+        command += ["--profile", str(env.workdir / f"{kind}.prof")]
     redis = Redis.from_url(env.redis_url)
     publisher: PublishLoop | None = None
     with log_path.open("wb") as log:
@@ -382,10 +385,15 @@ async def run_scenario(env: Environment, kind: str, clients: int) -> dict[str, A
             redis_process = psutil.Process(env.redis_pid)
             cpu0, redis0, t0 = process.cpu_times(), redis_process.cpu_times(), time.monotonic()
             published0 = publisher.published if publisher else 0
+            profiling = env.profile and clients == GOAL_CLIENTS
+            if profiling:
+                server.send_signal(signal.SIGUSR1)
             if publisher is not None:
                 publisher.max_lag = 0.0  # lag within the window only
             pubsub_start = await pubsub_connections(redis) if kind == "ours" else None
             await read_phase(loadgen.stdout, "window_end", env.measure + PHASE_SLACK_SECONDS)
+            if profiling:
+                server.send_signal(signal.SIGUSR2)
             cpu1, redis1, t1 = process.cpu_times(), redis_process.cpu_times(), time.monotonic()
             rss_after = process.memory_info().rss
             published1 = publisher.published if publisher else 0
@@ -607,11 +615,12 @@ async def orchestrate(args: argparse.Namespace) -> int:
     finally:
         redis_server.stop()
         postgres.stop()
-        if args.profile and (workdir / "ours.prof").exists():
-            target = BENCH / "results" / "sse_fanout_ours.prof"
-            target.parent.mkdir(exist_ok=True)
-            shutil.copy(workdir / "ours.prof", target)
-            print(f"profile of ours at {GOAL_CLIENTS} clients: {target}", file=sys.stderr)
+        for kind in ("bare", "ours"):
+            if args.profile and (workdir / f"{kind}.prof").exists():
+                target = BENCH / "results" / f"sse_fanout_{kind}.prof"
+                target.parent.mkdir(exist_ok=True)
+                shutil.copy(workdir / f"{kind}.prof", target)
+                print(f"cProfile of {kind} at {GOAL_CLIENTS} clients: {target}", file=sys.stderr)
         if args.keep:
             print(f"kept {workdir}", file=sys.stderr)
         else:
@@ -619,7 +628,7 @@ async def orchestrate(args: argparse.Namespace) -> int:
 
     print(
         f"SSE fan-out, {TASKS} tasks, {RATE:g} events/s per task (so per client), "
-        f"window {args.measure:g} s after {args.warmup:g} s warm-up; "
+        f"window {args.measure:g} s after a warm-up of >= {args.warmup:g} s (until drained); "
         f"{os.cpu_count()} cores shared by server, load generator, Redis and publisher; "
         f"Python {platform.python_version()}, uvicorn + uvloop + httptools"
     )
@@ -684,7 +693,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--measure", type=float, default=15.0)
     parser.add_argument(
-        "--profile", action="store_true", help="cProfile ours at 2,000 clients (slows it)"
+        "--profile",
+        action="store_true",
+        help="cProfile both servers at 2,000 clients over the window (slows them; not for tables)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (server logs)")
     parser.add_argument(
