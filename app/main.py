@@ -12,6 +12,7 @@ from app import access_log
 from app.admin.router import router as admin_router
 from app.analysis import queue
 from app.analysis.eta import Estimator
+from app.analysis.events import SSE_PATHS, sse_events
 from app.analysis.events import router as events_router
 from app.analysis.hub import Hub
 from app.analysis.live import LiveSource, StreamTiming
@@ -36,7 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         arq = queue.connect(settings.redis_url)
         estimator = Estimator(engine, slots=settings.ai_service_concurrency)
         sessions = create_sessionmaker(engine)
-        hub = Hub(settings.redis_url, arq, settings.sse_client_queue_size)
+        hub = Hub(
+            settings.redis_url, arq, settings.sse_client_queue_size, settings.sse_heartbeat_seconds
+        )
         timing = StreamTiming(settings.sse_heartbeat_seconds, settings.sse_max_connection_seconds)
         app.state.vocalborn = AppState(
             settings=settings,
@@ -63,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(practice_router, prefix="/api/v1")
     app.include_router(analysis_router, prefix="/api/v1")
     app.include_router(events_router, prefix="/api/v1")
+    for path in SSE_PATHS:
+        app.add_route(f"/api/v1{path}", sse_events, methods=["GET"], include_in_schema=False)
     app.mount("/metrics", make_asgi_app())
     access_log.install()
     app.include_router(admin_router, prefix="/api/v1")

@@ -1,4 +1,9 @@
-"""Live progress endpoints: SSE (sse-starlette) and the seed's WebSocket, plus stream tokens."""
+"""Live progress endpoints: SSE (sse-starlette) and the seed's WebSocket, plus stream tokens.
+
+The SSE routes are plain Starlette routes: a stream lives for minutes, and FastAPI's
+per-request dependency machinery would stay alive with it (memory per connection). They are
+documented in the README rather than the OpenAPI schema.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,16 @@ import contextlib
 import re
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated
+from contextlib import ExitStack
 
-from fastapi import APIRouter, Header, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel
 from sqlalchemy import text
 from sse_starlette import EventSourceResponse
+from starlette.requests import HTTPConnection, Request
 
 from app.analysis.hub import Event
-from app.analysis.live import Item, Marker
+from app.analysis.live import Item, Marker, StreamRequest
 from app.analysis.progress import session_topic, task_topic
 from app.analysis.stream_auth import issue_stream_token, stream_principal
 from app.auth import Principal
@@ -28,8 +34,8 @@ router = APIRouter(prefix="/tasks", tags=["progress"])
 
 HEARTBEAT_FRAME = b": heartbeat\r\n\r\n"
 RECONNECT_FRAME = b"event: reconnect\r\ndata: {}\r\n\r\n"
+RECONNECT_MESSAGE = '{"event": "reconnect"}'
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
-LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)]
 
 OWNS_TASK = text("SELECT 1 FROM ai_analysis_tasks WHERE task_id = :id AND user_id = :user_id")
 OWNS_SESSION = text(
@@ -41,10 +47,6 @@ class StreamToken(BaseModel):
     stream_token: str
     expires_in: int
     events_url: str
-
-
-def _last_event_id(value: str | None) -> str | None:
-    return value if value and STREAM_ID.match(value) else None
 
 
 @router.post("/analysis/{task_id}/stream-token", response_model=StreamToken)
@@ -74,63 +76,81 @@ def _stream_token(state: AppState, user: Principal, topic: str, events_path: str
     )
 
 
-async def _sse_frames(
-    state: AppState, user: Principal, items: AsyncIterator[Item]
-) -> AsyncIterator[bytes]:
-    with state.limiter.hold(user), STREAM_CONNECTIONS.labels("sse").track_inprogress():
-        async for item in items:
-            if isinstance(item, Event):
-                yield item.frame
-            elif item is Marker.HEARTBEAT:
-                yield HEARTBEAT_FRAME
-            else:
-                yield RECONNECT_FRAME
-
-
-def _sse(state: AppState, user: Principal, items: AsyncIterator[Item]) -> EventSourceResponse:
-    return EventSourceResponse(_sse_frames(state, user, items), ping=0)
-
-
-@router.get("/analysis/{task_id}/events", response_class=EventSourceResponse)
-async def task_events(
-    task_id: uuid.UUID, request: Request, state: StateDep, last_event_id: LastEventId = None
-) -> EventSourceResponse:
-    user = stream_principal(request, state.settings, task_topic(task_id))
-    await state.live.task_rows(user, task_id)
+# -- opening a stream (shared by SSE and WebSocket) -------------------------------------
+async def _open(
+    connection: HTTPConnection, last_event_id: str | None
+) -> tuple[AppState, Principal, StreamRequest]:
+    """Authorise, check ownership (404 like an unknown id) and the per-user limit."""
+    state: AppState = connection.app.state.vocalborn
+    live = state.live
+    params = connection.path_params
+    last = last_event_id if last_event_id and STREAM_ID.match(last_event_id) else None
+    if "task_id" in params:
+        task_id: uuid.UUID = params["task_id"]
+        topic = task_topic(task_id)
+        user = stream_principal(connection, state.settings, topic)
+        rows = await live.task_rows(user, task_id)
+        request = StreamRequest(topic, rows, lambda: live.task_rows(user, task_id), last, True)
+    else:
+        session_id: uuid.UUID = params["session_id"]
+        topic = session_topic(session_id)
+        user = stream_principal(connection, state.settings, topic)
+        rows = await live.session_rows(user, session_id)
+        load = lambda: live.session_rows(user, session_id)  # noqa: E731
+        request = StreamRequest(topic, rows, load, last, False)
     state.limiter.check(user)
-    items = state.live.task_events(user, task_id, _last_event_id(last_event_id))
-    return _sse(state, user, items)
+    return state, user, request
 
 
-@router.get("/analysis/session/{session_id}/events", response_class=EventSourceResponse)
-async def session_events(
-    session_id: uuid.UUID, request: Request, state: StateDep, last_event_id: LastEventId = None
-) -> EventSourceResponse:
-    user = stream_principal(request, state.settings, session_topic(session_id))
-    await state.live.session_rows(user, session_id)
-    state.limiter.check(user)
-    items = state.live.session_events(user, session_id, _last_event_id(last_event_id))
-    return _sse(state, user, items)
+def _hold(state: AppState, user: Principal, transport: str) -> ExitStack:
+    """The stream's place in the per-user limit and the connection gauge."""
+    stack = ExitStack()
+    stack.enter_context(state.limiter.hold(user))
+    stack.enter_context(STREAM_CONNECTIONS.labels(transport).track_inprogress())
+    return stack
 
 
+def _frame(item: Item) -> bytes:
+    if isinstance(item, Event):
+        return item.frame
+    return HEARTBEAT_FRAME if item is Marker.HEARTBEAT else RECONNECT_FRAME
+
+
+async def sse_events(request: Request) -> EventSourceResponse:
+    """GET …/{task_id}/events and …/session/{session_id}/events."""
+    state, user, stream = await _open(request, request.headers.get("last-event-id"))
+    frames = state.live.stream(stream, _frame, _hold(state, user, "sse"))
+    return EventSourceResponse(frames, ping=0)
+
+
+# Registered on the application itself by `app.main` (paths under /api/v1).
+SSE_PATHS = (
+    "/tasks/analysis/{task_id:uuid}/events",
+    "/tasks/analysis/session/{session_id:uuid}/events",
+)
+
+
+# -- the seed's WebSocket ----------------------------------------------------------------
 WS_CLOSE_CODES = {401: 4401, 404: 4404, 429: 4429}
 
 
-@router.websocket("/ws/task/{task_id}")
+def _message(item: Item) -> str | None:
+    if isinstance(item, Event):
+        return item.doc.decode()
+    return None if item is Marker.HEARTBEAT else RECONNECT_MESSAGE
+
+
+@router.websocket("/ws/task/{task_id:uuid}")
 async def task_websocket(websocket: WebSocket, task_id: uuid.UUID) -> None:
-    """The seed's WebSocket: the same status documents, one text message each."""
-    state: AppState = websocket.app.state.vocalborn
+    """The same status documents as SSE, one text message each."""
     await websocket.accept()
     try:
-        user = stream_principal(websocket, state.settings, task_topic(task_id))
-        await state.live.task_rows(user, task_id)
-        state.limiter.check(user)
+        state, user, stream = await _open(websocket, websocket.query_params.get("last_event_id"))
     except AppError as exc:
         await websocket.close(WS_CLOSE_CODES.get(exc.status_code, 4400), exc.message[:120])
         return
-    last_event_id = _last_event_id(websocket.query_params.get("last_event_id"))
-    items = state.live.task_events(user, task_id, last_event_id)
-    sender = asyncio.create_task(_send_documents(websocket, state, user, items))
+    messages = state.live.stream(stream, _message, _hold(state, user, "websocket"))
+    sender = asyncio.create_task(_send(websocket, messages))
     receiver = asyncio.create_task(_until_disconnect(websocket))
     done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
@@ -142,15 +162,10 @@ async def task_websocket(websocket: WebSocket, task_id: uuid.UUID) -> None:
             await websocket.close()
 
 
-async def _send_documents(
-    websocket: WebSocket, state: AppState, user: Principal, items: AsyncIterator[Item]
-) -> None:
-    with state.limiter.hold(user), STREAM_CONNECTIONS.labels("websocket").track_inprogress():
-        async for item in items:
-            if isinstance(item, Event):
-                await websocket.send_text(item.doc.decode())
-            elif item is Marker.RECONNECT:
-                await websocket.send_text('{"event": "reconnect"}')
+async def _send(websocket: WebSocket, messages: AsyncIterator[str | None]) -> None:
+    async for message in messages:
+        if message is not None:
+            await websocket.send_text(message)
 
 
 async def _until_disconnect(websocket: WebSocket) -> None:

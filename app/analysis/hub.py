@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -30,6 +31,7 @@ from app.analysis.progress import DOC_FIELD, channel, stream_key, topic_of_chann
 log = logging.getLogger(__name__)
 
 RECONNECT_DELAY_SECONDS = 0.5
+DISPATCH_BATCH = 256
 
 
 def stream_id_key(entry_id: str) -> tuple[int, int]:
@@ -72,50 +74,71 @@ class Event:
 
 
 class Listener:
-    """A client's bounded queue; the newest event always survives."""
+    """A client's bounded queue; the newest event always survives.
+
+    `next()` waits without a timer of its own: the hub ticks every listener once per heartbeat
+    period (one timer per process, not one per client and event), and `next()` answers None
+    for a tick; `quiet` then says whether no event came since the previous tick.
+    """
+
+    __slots__ = ("_active", "_events", "_ready", "_tick", "dropped", "quiet")
 
     def __init__(self, size: int) -> None:
         self._events: deque[Event] = deque(maxlen=size)
         self._ready = asyncio.Event()
+        self._tick = False
+        self._active = False
+        self.quiet = False
         self.dropped = 0
 
     def put(self, event: Event) -> None:
         if len(self._events) == self._events.maxlen:
             self.dropped += 1
         self._events.append(event)
+        self._active = True
         self._ready.set()
 
-    async def get(self, wait_seconds: float) -> Event | None:
-        if not self._events:
+    def tick(self) -> None:
+        self._tick = True
+        self._ready.set()
+
+    async def next(self) -> Event | None:
+        while True:
+            if self._events:
+                return self._events.popleft()
+            if self._tick:
+                self._tick = False
+                self.quiet, self._active = not self._active, False
+                return None
             self._ready.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_seconds):
-                    await self._ready.wait()
-        return self._events.popleft() if self._events else None
+            await self._ready.wait()
 
 
 class Hub:
-    def __init__(self, redis_url: str, reader: Redis, queue_size: int) -> None:
+    def __init__(self, redis_url: str, reader: Redis, queue_size: int, tick_seconds: float) -> None:
         self._client = Redis.from_url(
             redis_url, client_name=f"vocalborn-hub-{os.getpid()}", health_check_interval=15
         )
         self._pubsub: PubSub = self._client.pubsub(ignore_subscribe_messages=True)
         self._reader = reader
         self._queue_size = queue_size
+        self._tick_seconds = tick_seconds
         self._listeners: dict[str, set[Listener]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._has_topics = asyncio.Event()
         self._lock = asyncio.Lock()  # one (un)subscribe at a time on the shared connection
         self.connected = False
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="progress-hub")
+        self._tasks = [
+            asyncio.create_task(self._run(), name="progress-hub"),
+            asyncio.create_task(self._tick_forever(), name="progress-hub-ticks"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(RedisError, OSError):
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._client.aclose()
@@ -150,6 +173,13 @@ class Hub:
         except (RedisError, OSError):  # resubscribed by _run once Redis is back
             log.warning("progress hub: subscribe to %s deferred, Redis unavailable", topic)
 
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick_seconds)  # the heartbeat period
+            for listeners in list(self._listeners.values()):
+                for listener in listeners:
+                    listener.tick()
+
     async def _run(self) -> None:
         while True:
             try:
@@ -157,7 +187,7 @@ class Hub:
                     await self._resubscribe()
                 message = await self._pubsub.get_message(timeout=1.0)
                 if message is not None:
-                    await self._dispatch(message)
+                    await self._dispatch(await self._with_buffered(message))
             except (RedisError, OSError):
                 if self.connected:
                     log.warning("progress hub: pub/sub connection lost; reconnecting")
@@ -176,20 +206,37 @@ class Hub:
             await self._pubsub.subscribe(*channels)
         self.connected = True
 
-    async def _dispatch(self, message: dict[str, object]) -> None:
-        if message.get("type") != "message":
+    async def _with_buffered(self, first: dict[str, Any]) -> list[dict[str, Any]]:
+        """The first notice and those already received behind it: one batch, one round trip."""
+        batch = [first]
+        while len(batch) < DISPATCH_BATCH:
+            more = await self._pubsub.get_message(timeout=0.0)
+            if more is None:
+                break
+            batch.append(more)
+        return batch
+
+    async def _dispatch(self, messages: list[dict[str, Any]]) -> None:
+        wanted = []
+        for message in messages:
+            if message.get("type") != "message":
+                continue
+            topic = topic_of_channel(_text(message["channel"]))
+            if topic in self._listeners:
+                wanted.append((topic, _text(message["data"])))
+        if not wanted:
             return
-        topic = topic_of_channel(_text(message["channel"]))
-        listeners = self._listeners.get(topic)
-        if not listeners:
-            return
-        entry_id = _text(message["data"])
-        entries = await self._reader.xrange(stream_key(topic), entry_id, entry_id)
-        if not entries:
-            return
-        event = Event.build(topic, entry_id, entries[0][1][DOC_FIELD])
-        for listener in listeners:
-            listener.put(event)
+        async with self._reader.pipeline(transaction=False) as pipe:
+            for topic, entry_id in wanted:
+                pipe.xrange(stream_key(topic), entry_id, entry_id)
+            results = await pipe.execute()
+        for (topic, entry_id), entries in zip(wanted, results, strict=True):
+            listeners = self._listeners.get(topic)
+            if not entries or not listeners:
+                continue
+            event = Event.build(topic, entry_id, entries[0][1][DOC_FIELD])
+            for listener in listeners:
+                listener.put(event)
 
 
 def _text(value: object) -> str:

@@ -1,7 +1,10 @@
-"""What a progress stream sends: replay or current state first, then live events, heartbeats
-with a re-check against PostgreSQL (pub/sub is lossy), and an end.
+"""What a progress stream sends: replay or current state first, then live events; after a
+quiet heartbeat period a heartbeat and a re-check against PostgreSQL (pub/sub is lossy); an
+end after the terminal status, or a `reconnect` at the maximum connection lifetime.
 
-Shared by the SSE and WebSocket endpoints, which only frame the items differently.
+One generator per client, shared by the SSE and WebSocket endpoints, which pass a `render`
+function (frame bytes for SSE, the JSON text for WebSocket). Nothing per event is computed per
+client but the comparison with what that client was last sent.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ import enum
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -19,13 +24,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.analysis import status
 from app.analysis.eta import Estimator
-from app.analysis.hub import Event, Hub, Listener, stream_id_key
-from app.analysis.progress import DOC_FIELD, session_topic, stream_key, task_topic
+from app.analysis.hub import Event, Hub, stream_id_key
+from app.analysis.progress import DOC_FIELD, stream_key
 from app.auth import Principal
 from app.errors import NotFound
 
 START_ID = "0-0"
-_RowLoader = Callable[[], Awaitable[Sequence[RowMapping]]]
+RowLoader = Callable[[], Awaitable[Sequence[RowMapping]]]
+T = TypeVar("T")
 
 
 class Marker(enum.Enum):
@@ -42,13 +48,28 @@ class StreamTiming:
     max_connection_seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class StreamRequest:
+    """One client's stream: its topic, its rows (already loaded: the ownership check), how to
+    reload them, and where it was (Last-Event-ID)."""
+
+    topic: str
+    rows: Sequence[RowMapping]
+    load_rows: RowLoader
+    last_event_id: str | None
+    single_task: bool
+
+
 class _Sent:
     """What this client has been sent: its position in the stream and each task's state."""
+
+    __slots__ = ("_open", "_order", "position", "states")
 
     def __init__(self, position: str) -> None:
         self.position = position
         self._order = stream_id_key(position)
         self.states: dict[str, Event] = {}
+        self._open: set[str] = set()  # tasks not yet in a terminal status
 
     def is_new(self, event: Event) -> bool:
         return event.order > self._order and self.is_newer_state(event)
@@ -61,9 +82,14 @@ class _Sent:
         if event.order > self._order:
             self.position, self._order = event.id, event.order
         self.states[event.task_id] = event
+        if event.terminal:
+            self._open.discard(event.task_id)
+        else:
+            self._open.add(event.task_id)
 
-    def all_terminal(self) -> bool:
-        return bool(self.states) and all(event.terminal for event in self.states.values())
+    @property
+    def done(self) -> bool:
+        return bool(self.states) and not self._open
 
 
 class LiveSource:
@@ -81,7 +107,7 @@ class LiveSource:
         self._estimator = estimator
         self._timing = timing
 
-    # -- snapshots from PostgreSQL --------------------------------------------------
+    # -- rows from PostgreSQL, filtered by owner -----------------------------------------
     async def task_rows(self, user: Principal, task_id: uuid.UUID) -> Sequence[RowMapping]:
         params = {"task_id": task_id, "user_id": user.user_id, "admin": False}
         async with self._sessions() as session:
@@ -106,80 +132,58 @@ class LiveSource:
         ]
 
     # -- the stream -------------------------------------------------------------------
-    async def task_events(
-        self, user: Principal, task_id: uuid.UUID, last_event_id: str | None
-    ) -> AsyncIterator[Item]:
-        topic = task_topic(task_id)
-        async with self._hub.listen(topic) as listener:
-            async for item in self._stream(
-                topic, listener, last_event_id, lambda: self.task_rows(user, task_id), True
-            ):
-                yield item
-
-    async def session_events(
-        self, user: Principal, session_id: uuid.UUID, last_event_id: str | None
-    ) -> AsyncIterator[Item]:
-        topic = session_topic(session_id)
-        async with self._hub.listen(topic) as listener:
-            async for item in self._stream(
-                topic, listener, last_event_id, lambda: self.session_rows(user, session_id), False
-            ):
-                yield item
-
-    async def _stream(
+    async def stream(
         self,
-        topic: str,
-        listener: Listener,
-        last_event_id: str | None,
-        load_rows: _RowLoader,
-        single_task: bool,
-    ) -> AsyncIterator[Item]:
-        """Subscribed first (by the caller), then the state, then live events."""
-        sent = _Sent(last_event_id or START_ID)
-        for event in await self._opening(topic, last_event_id, load_rows, single_task):
-            sent.record(event)
-            yield event
-        deadline = time.monotonic() + self._timing.max_connection_seconds
-        while not sent.all_terminal():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                yield Marker.RECONNECT
-                return
-            incoming = await listener.get(min(self._timing.heartbeat_seconds, remaining))
-            if incoming is not None:
-                if sent.is_new(incoming):
-                    sent.record(incoming)
-                    yield incoming
-                continue
-            if time.monotonic() < deadline:
-                yield Marker.HEARTBEAT
-                for fresh in await self._snapshot(await load_rows(), topic, sent.position):
-                    if sent.is_newer_state(fresh):
-                        sent.record(fresh)
-                        yield fresh
+        request: StreamRequest,
+        render: Callable[[Item], T],
+        hold: AbstractContextManager[object],
+    ) -> AsyncIterator[T]:
+        """Subscribed first, then the state, then live events; `hold` spans the stream."""
+        with hold:
+            async with self._hub.listen(request.topic) as listener:
+                sent = _Sent(request.last_event_id or START_ID)
+                for event in await self._opening(request):
+                    sent.record(event)
+                    yield render(event)
+                deadline = time.monotonic() + self._timing.max_connection_seconds
+                while not sent.done:
+                    incoming = await listener.next()
+                    if incoming is not None:
+                        if sent.is_new(incoming):
+                            sent.record(incoming)
+                            yield render(incoming)
+                        continue
+                    if time.monotonic() >= deadline:
+                        yield render(Marker.RECONNECT)
+                        return
+                    if listener.quiet:
+                        yield render(Marker.HEARTBEAT)
+                        for fresh in await self._recheck(request, sent.position):
+                            if sent.is_newer_state(fresh):
+                                sent.record(fresh)
+                                yield render(fresh)
 
-    async def _opening(
-        self, topic: str, last_event_id: str | None, load_rows: _RowLoader, single_task: bool
-    ) -> list[Event]:
+    async def _recheck(self, request: StreamRequest, position: str) -> list[Event]:
+        return await self._snapshot(await request.load_rows(), request.topic, position)
+
+    async def _opening(self, request: StreamRequest) -> list[Event]:
         """Replay after Last-Event-ID, or the current state; PostgreSQL when the stream is gone."""
-        rows = await load_rows()  # also the ownership check
+        key = stream_key(request.topic)
+        last_event_id = request.last_event_id
         try:
             if last_event_id:
-                entries = await self._redis.xrange(stream_key(topic), f"({last_event_id}", "+")
-                if entries or await self._redis.exists(stream_key(topic)):
-                    return [_event(topic, entry) for entry in entries]
-            elif single_task:
-                entries = await self._redis.xrevrange(stream_key(topic), "+", "-", count=1)
+                entries = await self._redis.xrange(key, f"({last_event_id}", "+")
+                if entries or await self._redis.exists(key):
+                    return [_event(request.topic, entry) for entry in entries]
+            elif request.single_task:
+                entries = await self._redis.xrevrange(key, "+", "-", count=1)
                 if entries:
-                    return [_event(topic, entries[0])]
-            position = await self._latest_id(topic)
+                    return [_event(request.topic, entries[0])]
+            latest = await self._redis.xrevrange(key, "+", "-", count=1)
+            position = _text(latest[0][0]) if latest else START_ID
         except RedisError:
             position = last_event_id or START_ID
-        return await self._snapshot(rows, topic, position)
-
-    async def _latest_id(self, topic: str) -> str:
-        entries = await self._redis.xrevrange(stream_key(topic), "+", "-", count=1)
-        return _text(entries[0][0]) if entries else START_ID
+        return await self._snapshot(request.rows, request.topic, position)
 
 
 def _event(topic: str, entry: tuple[bytes, dict[bytes, bytes]]) -> Event:

@@ -16,11 +16,19 @@ async def test_a_slow_client_loses_intermediate_events_but_never_the_latest() ->
     listener = Listener(size=4)
     for n in range(10):  # the client is not reading
         listener.put(_event(n))
+    listener.tick()  # ends the drain below: next() answers None for a tick
     received = []
-    while (event := await listener.get(0.01)) is not None:
+    while (event := await listener.next()) is not None:
         received.append(event.id)
     assert received == ["1006-0", "1007-0", "1008-0", "1009-0"]
     assert listener.dropped == 6
+    assert listener.quiet is False  # events came since the previous tick
+
+
+async def test_a_tick_without_events_is_quiet() -> None:
+    listener = Listener(size=4)
+    listener.tick()
+    assert await listener.next() is None and listener.quiet is True
 
 
 async def test_one_encoding_shared_by_every_client() -> None:
@@ -28,6 +36,6 @@ async def test_one_encoding_shared_by_every_client() -> None:
     first, second = Listener(size=2), Listener(size=2)
     first.put(event)
     second.put(event)
-    a, b = await first.get(0.01), await second.get(0.01)
+    a, b = await first.next(), await second.next()
     assert a is b and a is not None
     assert a.frame == b"event: status\r\nid: 1001-0\r\ndata: " + a.doc + b"\r\n\r\n"
