@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -54,6 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             storage=LocalStorage(settings.storage_dir),
         )
         await hub.start()
+        # Everything built so far lives as long as the process: keep it out of the cyclic
+        # garbage collector's way (its full collections otherwise walk all of it).
+        gc.freeze()
         try:
             yield
         finally:

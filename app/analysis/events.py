@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import ExitStack
+from collections.abc import AsyncIterator, Sequence
+from functools import partial
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel
-from sqlalchemy import text
+from sqlalchemy import RowMapping, text
 from sse_starlette import EventSourceResponse
 from starlette.requests import HTTPConnection, Request
 
@@ -79,7 +79,7 @@ def _stream_token(state: AppState, user: Principal, topic: str, events_path: str
 # -- opening a stream (shared by SSE and WebSocket) -------------------------------------
 async def _open(
     connection: HTTPConnection, last_event_id: str | None
-) -> tuple[AppState, Principal, StreamRequest]:
+) -> tuple[AppState, Principal, StreamRequest, Sequence[RowMapping]]:
     """Authorise, check ownership (404 like an unknown id) and the per-user limit."""
     state: AppState = connection.app.state.vocalborn
     live = state.live
@@ -90,24 +90,34 @@ async def _open(
         topic = task_topic(task_id)
         user = stream_principal(connection, state.settings, topic)
         rows = await live.task_rows(user, task_id)
-        request = StreamRequest(topic, rows, lambda: live.task_rows(user, task_id), last, True)
+        request = StreamRequest(topic, partial(live.task_rows, user, task_id), last, True)
     else:
         session_id: uuid.UUID = params["session_id"]
         topic = session_topic(session_id)
         user = stream_principal(connection, state.settings, topic)
         rows = await live.session_rows(user, session_id)
-        load = lambda: live.session_rows(user, session_id)  # noqa: E731
-        request = StreamRequest(topic, rows, load, last, False)
+        request = StreamRequest(topic, partial(live.session_rows, user, session_id), last, False)
     state.limiter.check(user)
-    return state, user, request
+    return state, user, request, rows
 
 
-def _hold(state: AppState, user: Principal, transport: str) -> ExitStack:
-    """The stream's place in the per-user limit and the connection gauge."""
-    stack = ExitStack()
-    stack.enter_context(state.limiter.hold(user))
-    stack.enter_context(STREAM_CONNECTIONS.labels(transport).track_inprogress())
-    return stack
+class _StreamSlot:
+    """The stream's place in the per-user limit and in the connection gauge."""
+
+    __slots__ = ("_gauge", "_limiter", "_user")
+
+    def __init__(self, state: AppState, user: Principal, transport: str) -> None:
+        self._limiter = state.limiter
+        self._user = user
+        self._gauge = STREAM_CONNECTIONS.labels(transport)
+
+    def take(self) -> None:
+        self._limiter.take(self._user)
+        self._gauge.inc()
+
+    def give_back(self) -> None:
+        self._limiter.give_back(self._user)
+        self._gauge.dec()
 
 
 def _frame(item: Item) -> bytes:
@@ -118,8 +128,8 @@ def _frame(item: Item) -> bytes:
 
 async def sse_events(request: Request) -> EventSourceResponse:
     """GET …/{task_id}/events and …/session/{session_id}/events."""
-    state, user, stream = await _open(request, request.headers.get("last-event-id"))
-    frames = state.live.stream(stream, _frame, _hold(state, user, "sse"))
+    state, user, stream, rows = await _open(request, request.headers.get("last-event-id"))
+    frames = state.live.stream(stream, rows, _frame, _StreamSlot(state, user, "sse"))
     return EventSourceResponse(frames, ping=0)
 
 
@@ -145,11 +155,12 @@ async def task_websocket(websocket: WebSocket, task_id: uuid.UUID) -> None:
     """The same status documents as SSE, one text message each."""
     await websocket.accept()
     try:
-        state, user, stream = await _open(websocket, websocket.query_params.get("last_event_id"))
+        last_event_id = websocket.query_params.get("last_event_id")
+        state, user, stream, rows = await _open(websocket, last_event_id)
     except AppError as exc:
         await websocket.close(WS_CLOSE_CODES.get(exc.status_code, 4400), exc.message[:120])
         return
-    messages = state.live.stream(stream, _message, _hold(state, user, "websocket"))
+    messages = state.live.stream(stream, rows, _message, _StreamSlot(state, user, "websocket"))
     sender = asyncio.create_task(_send(websocket, messages))
     receiver = asyncio.create_task(_until_disconnect(websocket))
     done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)

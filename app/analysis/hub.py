@@ -147,24 +147,37 @@ class Hub:
     def listener_count(self) -> int:
         return sum(len(listeners) for listeners in self._listeners.values())
 
-    @contextlib.asynccontextmanager
-    async def listen(self, topic: str) -> AsyncIterator[Listener]:
+    async def join(self, topic: str) -> Listener:
+        """A new listener on `topic`; the first one subscribes the channel."""
         listener = Listener(self._queue_size)
         listeners = self._listeners.setdefault(topic, set())
         listeners.add(listener)
         if len(listeners) == 1:
             await self._subscribe(topic)
             self._has_topics.set()
+        return listener
+
+    async def leave(self, topic: str, listener: Listener) -> None:
+        """The last listener to leave unsubscribes the channel."""
+        listeners = self._listeners.get(topic)
+        if listeners is None:
+            return
+        listeners.discard(listener)
+        if listeners:
+            return
+        del self._listeners[topic]
+        with contextlib.suppress(RedisError, OSError):
+            async with self._lock:
+                if topic not in self._listeners:  # nobody came back meanwhile
+                    await self._pubsub.unsubscribe(channel(topic))
+
+    @contextlib.asynccontextmanager
+    async def listen(self, topic: str) -> AsyncIterator[Listener]:
+        listener = await self.join(topic)
         try:
             yield listener
         finally:
-            listeners.discard(listener)
-            if not listeners:
-                del self._listeners[topic]
-                with contextlib.suppress(RedisError, OSError):
-                    async with self._lock:
-                        if topic not in self._listeners:  # nobody came back meanwhile
-                            await self._pubsub.unsubscribe(channel(topic))
+            await self.leave(topic, listener)
 
     async def _subscribe(self, topic: str) -> None:
         try:

@@ -13,9 +13,8 @@ import enum
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -50,14 +49,20 @@ class StreamTiming:
 
 @dataclass(frozen=True, slots=True)
 class StreamRequest:
-    """One client's stream: its topic, its rows (already loaded: the ownership check), how to
-    reload them, and where it was (Last-Event-ID)."""
+    """One client's stream: its topic, how to reload its rows, where it was (Last-Event-ID)."""
 
     topic: str
-    rows: Sequence[RowMapping]
     load_rows: RowLoader
     last_event_id: str | None
     single_task: bool
+
+
+class Slot(Protocol):
+    """Held for the life of a stream (the per-user limit, the connection gauge)."""
+
+    def take(self) -> None: ...
+
+    def give_back(self) -> None: ...
 
 
 class _Sent:
@@ -135,38 +140,47 @@ class LiveSource:
     async def stream(
         self,
         request: StreamRequest,
+        rows: Sequence[RowMapping],
         render: Callable[[Item], T],
-        hold: AbstractContextManager[object],
+        slot: Slot,
     ) -> AsyncIterator[T]:
-        """Subscribed first, then the state, then live events; `hold` spans the stream."""
-        with hold:
-            async with self._hub.listen(request.topic) as listener:
-                sent = _Sent(request.last_event_id or START_ID)
-                for event in await self._opening(request):
-                    sent.record(event)
-                    yield render(event)
-                deadline = time.monotonic() + self._timing.max_connection_seconds
-                while not sent.done:
-                    incoming = await listener.next()
-                    if incoming is not None:
-                        if sent.is_new(incoming):
-                            sent.record(incoming)
-                            yield render(incoming)
-                        continue
-                    if time.monotonic() >= deadline:
-                        yield render(Marker.RECONNECT)
-                        return
-                    if listener.quiet:
-                        yield render(Marker.HEARTBEAT)
-                        for fresh in await self._recheck(request, sent.position):
-                            if sent.is_newer_state(fresh):
-                                sent.record(fresh)
-                                yield render(fresh)
+        """Subscribed first, then the state (from `rows`, already loaded by the ownership
+        check, when Redis has none), then live events."""
+        slot.take()
+        listener = await self._hub.join(request.topic)
+        try:
+            sent = _Sent(request.last_event_id or START_ID)
+            opening = await self._opening(request, rows)
+            del rows  # not kept for the life of the stream
+            for event in opening:
+                sent.record(event)
+                yield render(event)
+            del opening
+            deadline = time.monotonic() + self._timing.max_connection_seconds
+            while not sent.done:
+                incoming = await listener.next()
+                if incoming is not None:
+                    if sent.is_new(incoming):
+                        sent.record(incoming)
+                        yield render(incoming)
+                    continue
+                if time.monotonic() >= deadline:
+                    yield render(Marker.RECONNECT)
+                    return
+                if listener.quiet:
+                    yield render(Marker.HEARTBEAT)
+                    for fresh in await self._recheck(request, sent.position):
+                        if sent.is_newer_state(fresh):
+                            sent.record(fresh)
+                            yield render(fresh)
+        finally:
+            await self._hub.leave(request.topic, listener)
+            slot.give_back()
 
     async def _recheck(self, request: StreamRequest, position: str) -> list[Event]:
         return await self._snapshot(await request.load_rows(), request.topic, position)
 
-    async def _opening(self, request: StreamRequest) -> list[Event]:
+    async def _opening(self, request: StreamRequest, rows: Sequence[RowMapping]) -> list[Event]:
         """Replay after Last-Event-ID, or the current state; PostgreSQL when the stream is gone."""
         key = stream_key(request.topic)
         last_event_id = request.last_event_id
@@ -183,7 +197,7 @@ class LiveSource:
             position = _text(latest[0][0]) if latest else START_ID
         except RedisError:
             position = last_event_id or START_ID
-        return await self._snapshot(request.rows, request.topic, position)
+        return await self._snapshot(rows, request.topic, position)
 
 
 def _event(topic: str, entry: tuple[bytes, dict[bytes, bytes]]) -> Event:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import jwt
@@ -94,13 +92,11 @@ class StreamLimiter:
         if self._open[user.user_id] >= self._limit:
             raise AppError(429, "too_many_streams", f"At most {self._limit} open streams per user")
 
-    @contextmanager
-    def hold(self, user: Principal) -> Iterator[None]:
-        """For the life of the stream (taken when it starts, so it is always given back)."""
+    def take(self, user: Principal) -> None:
+        """When the stream starts (so that it is always given back when it ends)."""
         self._open[user.user_id] += 1
-        try:
-            yield
-        finally:
-            self._open[user.user_id] -= 1
-            if self._open[user.user_id] <= 0:
-                del self._open[user.user_id]
+
+    def give_back(self, user: Principal) -> None:
+        self._open[user.user_id] -= 1
+        if self._open[user.user_id] <= 0:
+            del self._open[user.user_id]

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.analysis.progress import stream_key, task_topic
 from app.embedded import EmbeddedRedis
-from tests.analysis.conftest import StartWorker, submit, upload_recording, wait_for_status
+from tests.analysis.conftest import StartWorker, submit, upload_recording, wait_for, wait_for_status
 from tests.conftest import ApiUser
 from tests.events.conftest import read_events
 from tests.fake_ai import FakeAI, ok
@@ -189,3 +189,13 @@ async def test_two_hundred_clients_share_one_pubsub_connection(
     assert int(subscribed[0]["sub"]) == len(tasks)
     opened_all.set()
     assert set(await asyncio.gather(*readers)) == {"pending"}
+
+    async def all_released() -> bool:  # every disconnect ends its stream and unsubscribes
+        return hub.listener_count == 0 and not await _subscribed(redis)
+
+    await wait_for(all_released, within=10)
+
+
+async def _subscribed(redis: Redis) -> list[dict[str, str]]:
+    listing = await redis.client_list()
+    return [c for c in listing if int(c.get("sub", 0)) > 0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 
 import httpx
@@ -91,6 +92,7 @@ async def test_per_user_limit_on_open_streams(
 ) -> None:
     server = start_live_api(max_streams_per_user=2)
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        open_before = await _open_sse_streams(http)
         task_id = await _task(http, alice)
         url = f"/api/v1/tasks/analysis/{task_id}/events"
         async with (
@@ -103,8 +105,7 @@ async def test_per_user_limit_on_open_streams(
             third = await http.get(url, headers=alice.headers)
             assert third.status_code == 429
             assert third.json()["error"]["code"] == "too_many_streams"
-            metrics = (await http.get("/metrics/")).text
-            assert 'vocalborn_stream_connections{transport="sse"} 2.0' in metrics
+            assert await _open_sse_streams(http) == open_before + 2
 
         # Streams closed: the slots come back.
         async def reopened() -> int:
@@ -115,6 +116,13 @@ async def test_per_user_limit_on_open_streams(
         while await reopened() != 200:
             assert time.monotonic() < deadline, "slots never released"
             await asyncio.sleep(0.1)
+
+
+async def _open_sse_streams(http: httpx.AsyncClient) -> float:
+    """The gauge (process-wide: other tests' servers in this process count too)."""
+    metrics = (await http.get("/metrics/")).text
+    found = re.search(r'vocalborn_stream_connections\{transport="sse"\} ([0-9.]+)', metrics)
+    return float(found.group(1)) if found else 0.0
 
 
 async def test_maximum_connection_lifetime_ends_with_reconnect(
