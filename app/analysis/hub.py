@@ -51,6 +51,7 @@ class Event:
     status: str
     task_id: str
     updated_at: datetime
+    terminal: bool
     frame: bytes = field(repr=False)
 
     @classmethod
@@ -65,12 +66,9 @@ class Event:
             status=parsed["status"],
             task_id=parsed["task_id"],
             updated_at=datetime.fromisoformat(parsed["updated_at"]),
+            terminal=parsed["status"] in TERMINAL_STATUSES,
             frame=frame,
         )
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
 
 
 class Listener:
