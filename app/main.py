@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hub = Hub(
             settings.redis_url, arq, settings.sse_client_queue_size, settings.sse_heartbeat_seconds
         )
-        timing = StreamTiming(settings.sse_heartbeat_seconds, settings.sse_max_connection_seconds)
+        timing = StreamTiming(settings.sse_max_connection_seconds)
         app.state.vocalborn = AppState(
             settings=settings,
             engine=engine,

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     retry_base_ai_service_seconds: float = 30.0
     retry_base_resource_seconds: float = 30.0
     retry_max_delay_seconds: float = 600.0
+    # Waits that spend no retry budget (AI service busy, circuit open) before they count as
+    # network errors: a service that is "busy" forever still fails the task in the end.
+    max_deferrals: int = Field(20, ge=0)
     breaker_failure_threshold: int = Field(5, ge=1)
     breaker_cooldown_seconds: float = Field(30.0, gt=0)
     worker_max_jobs: int = Field(50, ge=1)

@@ -10,7 +10,7 @@ import time
 
 from sqlalchemy import RowMapping
 
-from app.ai_client.errors import AnalysisError, ErrorClass, ServiceBusy
+from app.ai_client.errors import AnalysisError, ErrorClass, NetworkError, ServiceBusy
 from app.ai_client.wire import AIResult, ProgressLine
 from app.analysis import lifecycle, queue, steps
 from app.analysis.lifecycle import Claim
@@ -48,8 +48,10 @@ class Attempt:
     async def _run(self) -> str:
         decision = await self.deps.breaker.before_call()
         if not decision.allowed:
-            await self._retry_later(decision.retry_in, "circuit_open", budget=0, counted=False)
-            return "deferred: circuit open"
+            if self._may_defer("circuit_open"):
+                await self._retry_later(decision.retry_in, "circuit_open", budget=0, counted=False)
+                return "deferred: circuit open"
+            return await self._failed(NetworkError("The AI service circuit stayed open"))
         async with LeaseKeeper(self.deps, self.claimed, self.job_id) as keeper:
             self._keeper = keeper
             try:
@@ -124,7 +126,8 @@ class Attempt:
     async def _failed(self, error: AnalysisError) -> str:
         error_class = error.error_class
         TASK_ERRORS.labels(error_class.value).inc()
-        if isinstance(error, ServiceBusy):  # backpressure, not ill health: wait as told
+        if isinstance(error, ServiceBusy) and self._may_defer("ai_busy"):
+            # Backpressure, not ill health: wait as told, up to MAX_DEFERRALS times.
             delay = (error.retry_after or 1.0) * random.uniform(1.0, 1.5)
             await self._retry_later(delay, "ai_busy", budget=0, counted=False)
             return "deferred: AI service busy"
@@ -138,6 +141,9 @@ class Attempt:
             await self._retry_later(delay, error_class.value, message=error.message, budget=budget)
             return f"retry: {error_class}"
         return await self.give_up(error_class, error.message)
+
+    def _may_defer(self, reason: str) -> bool:
+        return self.claimed.retry_counts.get(reason, 0) < self.deps.settings.max_deferrals
 
     async def give_up(self, error_class: ErrorClass, message: str) -> str:
         row = await lifecycle.fail(self.deps.engine, self.claimed, error_class.value, message)

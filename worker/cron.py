@@ -41,14 +41,14 @@ ORPHANED_CANCELS = text(
     f"""
     WITH moved AS (
         UPDATE ai_analysis_tasks SET status = 'cancelled', completed_at = now(),
-            lease_expires_at = NULL, current_step = 'cancelled', updated_at = now()
+            lease_expires_at = NULL, current_step = 'cancelled', updated_at = clock_timestamp()
         WHERE cancel_requested_at IS NOT NULL
           AND (status IN ('pending', 'retry')
                OR (status = 'processing' AND lease_expires_at < now()))
         RETURNING {status_columns("ai_analysis_tasks")}
     ), released AS (
         UPDATE practice_records r SET record_status = {RECORD_AFTER_ANALYSIS_ENDED},
-            updated_at = now()
+            updated_at = clock_timestamp()
         FROM moved m WHERE r.practice_record_id = m.practice_record_id
     )
     SELECT * FROM moved

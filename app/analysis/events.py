@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from functools import partial
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -166,17 +166,18 @@ async def task_websocket(websocket: WebSocket, task_id: uuid.UUID) -> None:
     done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
-            await task
+    await asyncio.gather(*pending, return_exceptions=True)
     if sender in done:
+        failed = sender.exception() is not None
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-            await websocket.close()
+            await websocket.close(1011 if failed else 1000)
 
 
-async def _send(websocket: WebSocket, messages: AsyncIterator[str | None]) -> None:
-    async for message in messages:
-        if message is not None:
-            await websocket.send_text(message)
+async def _send(websocket: WebSocket, messages: AsyncGenerator[str | None]) -> None:
+    async with contextlib.aclosing(messages):  # the stream's slot and listener, released now
+        async for message in messages:
+            if message is not None:
+                await websocket.send_text(message)
 
 
 async def _until_disconnect(websocket: WebSocket) -> None:

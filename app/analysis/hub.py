@@ -91,10 +91,22 @@ class Listener:
 
     def put(self, event: Event) -> None:
         if len(self._events) == self._events.maxlen:
-            self.dropped += 1
+            self._drop_one()
         self._events.append(event)
         self._active = True
         self._ready.set()
+
+    def _drop_one(self) -> None:
+        """Drop the oldest event that a newer one of the same task supersedes (a session
+        stream must not lose one task's last state behind another task's progress); failing
+        that, the oldest."""
+        self.dropped += 1
+        last = {event.task_id: index for index, event in enumerate(self._events)}
+        for index, event in enumerate(self._events):
+            if index < last[event.task_id]:
+                del self._events[index]
+                return
+        self._events.popleft()
 
     def tick(self) -> None:
         self._tick = True
@@ -123,6 +135,8 @@ class Hub:
         self._tick_seconds = tick_seconds
         self._listeners: dict[str, set[Listener]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._subscribed: set[str] = set()  # topics whose SUBSCRIBE has been sent
+        self._background: set[asyncio.Task[None]] = set()
         self._has_topics = asyncio.Event()
         self._lock = asyncio.Lock()  # one (un)subscribe at a time on the shared connection
         self.connected = False
@@ -134,9 +148,10 @@ class Hub:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._background]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(RedisError, OSError):
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._client.aclose()
@@ -146,28 +161,29 @@ class Hub:
         return sum(len(listeners) for listeners in self._listeners.values())
 
     async def join(self, topic: str) -> Listener:
-        """A new listener on `topic`; the first one subscribes the channel."""
+        """A new listener on `topic`, returned once the channel's SUBSCRIBE has been sent."""
         listener = Listener(self._queue_size)
-        listeners = self._listeners.setdefault(topic, set())
-        listeners.add(listener)
-        if len(listeners) == 1:
+        self._listeners.setdefault(topic, set()).add(listener)
+        self._has_topics.set()
+        try:
             await self._subscribe(topic)
-            self._has_topics.set()
+        except BaseException:
+            self.leave(topic, listener)
+            raise
         return listener
 
-    async def leave(self, topic: str, listener: Listener) -> None:
-        """The last listener to leave unsubscribes the channel."""
+    def leave(self, topic: str, listener: Listener) -> None:
+        """Never waits (it runs while a stream is being cancelled): the last listener's
+        UNSUBSCRIBE is sent by a task of the hub's own."""
         listeners = self._listeners.get(topic)
         if listeners is None:
             return
         listeners.discard(listener)
-        if listeners:
-            return
-        del self._listeners[topic]
-        with contextlib.suppress(RedisError, OSError):
-            async with self._lock:
-                if topic not in self._listeners:  # nobody came back meanwhile
-                    await self._pubsub.unsubscribe(channel(topic))
+        if not listeners:
+            del self._listeners[topic]
+            task = asyncio.create_task(self._unsubscribe(topic))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     @contextlib.asynccontextmanager
     async def listen(self, topic: str) -> AsyncIterator[Listener]:
@@ -175,12 +191,23 @@ class Hub:
         try:
             yield listener
         finally:
-            await self.leave(topic, listener)
+            self.leave(topic, listener)
+
+    async def _unsubscribe(self, topic: str) -> None:
+        with contextlib.suppress(RedisError, OSError):  # else dropped at the next resubscribe
+            async with self._lock:
+                if topic not in self._listeners and topic in self._subscribed:
+                    await self._pubsub.unsubscribe(channel(topic))
+                    self._subscribed.discard(topic)
 
     async def _subscribe(self, topic: str) -> None:
+        if topic in self._subscribed:
+            return
         try:
             async with self._lock:
-                await self._pubsub.subscribe(channel(topic))
+                if topic in self._listeners and topic not in self._subscribed:
+                    await self._pubsub.subscribe(channel(topic))
+                    self._subscribed.add(topic)
         except (RedisError, OSError):  # resubscribed by _run once Redis is back
             log.warning("progress hub: subscribe to %s deferred, Redis unavailable", topic)
 
@@ -208,13 +235,18 @@ class Hub:
                 log.exception("progress hub: dispatch failed")
 
     async def _resubscribe(self) -> None:
-        """(Re)subscribe every topic with listeners; idle until there is one."""
+        """(Re)subscribe every topic with listeners, drop the others (an UNSUBSCRIBE lost in an
+        outage); idle until there is a listener."""
         while not self._listeners:
             self._has_topics.clear()
             await self._has_topics.wait()
-        channels = [channel(topic) for topic in list(self._listeners)]
         async with self._lock:
-            await self._pubsub.subscribe(*channels)
+            wanted = set(self._listeners)
+            await self._pubsub.subscribe(*(channel(topic) for topic in wanted))
+            known = {topic_of_channel(_text(name)) for name in self._pubsub.channels}
+            if stale := known - wanted:
+                await self._pubsub.unsubscribe(*(channel(topic) for topic in stale))
+            self._subscribed = wanted
         self.connected = True
 
     async def _with_buffered(self, first: dict[str, Any]) -> list[dict[str, Any]]:

@@ -20,6 +20,8 @@ from app.ai_client.wire import AIResult
 from app.analysis.status import status_columns
 
 _STATUS = status_columns("ai_analysis_tasks")
+# updated_at is clock_timestamp(), not now() (the transaction's start): clients order a task's
+# states by it, so it must follow the order in which the row changed.
 _FENCE = "task_id = :task_id AND attempt = :attempt AND status = 'processing'"
 # A retry or a failure must not overwrite a cancel requested meanwhile: that attempt is
 # cancelled instead (see `mark_cancelled`).
@@ -35,7 +37,7 @@ RECORD_AFTER_ANALYSIS_ENDED = """CASE WHEN EXISTS (
 
 def _move_record(record_status: str) -> str:
     return f"""
-    UPDATE practice_records r SET record_status = {record_status}, updated_at = now()
+    UPDATE practice_records r SET record_status = {record_status}, updated_at = clock_timestamp()
     FROM moved m WHERE r.practice_record_id = m.practice_record_id
     """
 
@@ -56,14 +58,15 @@ CLAIM = text(
             current_step = 'uploading',
             error_code = NULL,
             error_message = NULL,
-            updated_at = now()
+            updated_at = clock_timestamp()
         WHERE task_id = :task_id AND cancel_requested_at IS NULL AND (
             (status IN ('pending', 'retry')
              AND (next_attempt_at IS NULL OR next_attempt_at <= now() + interval '1 second'))
             OR (status = 'processing' AND lease_expires_at < now()))
         RETURNING {_STATUS}, crash_count, retry_counts, task_params, enqueued_at
     ), record AS (
-        UPDATE practice_records r SET record_status = 'ai_processing', updated_at = now()
+        UPDATE practice_records r
+        SET record_status = 'ai_processing', updated_at = clock_timestamp()
         FROM moved m WHERE r.practice_record_id = m.practice_record_id
         RETURNING r.audio_storage_key, r.audio_content_type
     )
@@ -74,7 +77,8 @@ CLAIM = text(
 PROGRESS = text(
     f"""
     UPDATE ai_analysis_tasks
-    SET progress = GREATEST(progress, :progress), current_step = :step, updated_at = now()
+    SET progress = GREATEST(progress, :progress), current_step = :step,
+        updated_at = clock_timestamp()
     WHERE {_FENCE} RETURNING {_STATUS}
     """
 )
@@ -91,7 +95,7 @@ SUCCEED = text(
     WITH moved AS (
         UPDATE ai_analysis_tasks SET
             status = 'success', progress = 100, current_step = 'completed',
-            completed_at = now(), lease_expires_at = NULL, updated_at = now()
+            completed_at = now(), lease_expires_at = NULL, updated_at = clock_timestamp()
         WHERE {_FENCE}
         RETURNING {_STATUS}
     ), stored AS (
@@ -117,12 +121,12 @@ RETRY = text(
             status = 'retry', retry_count = retry_count + :counted,
             retry_counts = jsonb_set(retry_counts, ARRAY[CAST(:error_code AS text)],
                 to_jsonb(COALESCE((retry_counts ->> CAST(:error_code AS text))::int, 0) + 1)),
-            max_retries = :budget,
+            max_retries = CASE WHEN :counted = 1 THEN :budget ELSE max_retries END,
             next_attempt_at = now() + make_interval(secs => :delay),
             enqueued_at = now() + make_interval(secs => :delay),
             error_code = :error_code, error_message = :error_message,
             lease_expires_at = NULL, progress = 0, current_step = 'waiting_retry',
-            updated_at = now()
+            updated_at = clock_timestamp()
         WHERE {_FENCE} AND {_NOT_CANCELLED}
         RETURNING {_STATUS}, next_attempt_at
     ), released AS ({_move_record("'ai_queued'")})
@@ -136,7 +140,7 @@ FAIL = text(
         UPDATE ai_analysis_tasks SET
             status = 'failure', error_code = :error_code, error_message = :error_message,
             completed_at = now(), lease_expires_at = NULL, current_step = 'failed',
-            updated_at = now()
+            updated_at = clock_timestamp()
         WHERE {_FENCE} AND {_NOT_CANCELLED}
         RETURNING {_STATUS}
     ), released AS ({_move_record(RECORD_AFTER_ANALYSIS_ENDED)})
@@ -149,7 +153,7 @@ CANCELLED = text(
     WITH moved AS (
         UPDATE ai_analysis_tasks SET
             status = 'cancelled', completed_at = now(), lease_expires_at = NULL,
-            current_step = 'cancelled', updated_at = now()
+            current_step = 'cancelled', updated_at = clock_timestamp()
         WHERE {_FENCE} AND cancel_requested_at IS NOT NULL
         RETURNING {_STATUS}
     ), released AS ({_move_record(RECORD_AFTER_ANALYSIS_ENDED)})
@@ -169,11 +173,11 @@ INTERRUPT = text(
             enqueued_at = CASE WHEN {_NOT_CANCELLED} THEN now() ELSE enqueued_at END,
             completed_at = CASE WHEN {_NOT_CANCELLED} THEN NULL ELSE now() END,
             progress = CASE WHEN {_NOT_CANCELLED} THEN 0 ELSE progress END,
-            lease_expires_at = NULL, updated_at = now()
+            lease_expires_at = NULL, updated_at = clock_timestamp()
         WHERE {_FENCE}
         RETURNING {_STATUS}
     ), released AS (
-        UPDATE practice_records r SET updated_at = now(), record_status = CASE
+        UPDATE practice_records r SET updated_at = clock_timestamp(), record_status = CASE
             WHEN m.status = 'retry' THEN 'ai_queued' ELSE {RECORD_AFTER_ANALYSIS_ENDED} END
         FROM moved m WHERE r.practice_record_id = m.practice_record_id
     )

@@ -10,9 +10,10 @@ client but the comparison with what that client was last sent.
 from __future__ import annotations
 
 import enum
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -27,6 +28,8 @@ from app.analysis.hub import Event, Hub, stream_id_key
 from app.analysis.progress import DOC_FIELD, stream_key
 from app.auth import Principal
 from app.errors import NotFound
+
+log = logging.getLogger(__name__)
 
 START_ID = "0-0"
 RowLoader = Callable[[], Awaitable[Sequence[RowMapping]]]
@@ -43,7 +46,8 @@ Item = Event | Marker
 
 @dataclass(frozen=True, slots=True)
 class StreamTiming:
-    heartbeat_seconds: float
+    """The heartbeat period is the hub's tick (`Hub(tick_seconds=…)`)."""
+
     max_connection_seconds: float
 
 
@@ -143,18 +147,20 @@ class LiveSource:
         rows: Sequence[RowMapping],
         render: Callable[[Item], T],
         slot: Slot,
-    ) -> AsyncIterator[T]:
-        """Subscribed first, then the state (from `rows`, already loaded by the ownership
-        check, when Redis has none), then live events."""
+    ) -> AsyncGenerator[T]:
+        """Subscribed first, then the state, then live events. `rows` are the ones the
+        ownership check loaded, just before."""
+        listener = None
         slot.take()
-        listener = await self._hub.join(request.topic)
         try:
+            listener = await self._hub.join(request.topic)
             sent = _Sent(request.last_event_id or START_ID)
             opening = await self._opening(request, rows)
             del rows  # not kept for the life of the stream
             for event in opening:
-                sent.record(event)
-                yield render(event)
+                if sent.is_newer_state(event):
+                    sent.record(event)
+                    yield render(event)
             del opening
             deadline = time.monotonic() + self._timing.max_connection_seconds
             while not sent.done:
@@ -167,37 +173,51 @@ class LiveSource:
                 if time.monotonic() >= deadline:
                     yield render(Marker.RECONNECT)
                     return
-                if listener.quiet:
-                    yield render(Marker.HEARTBEAT)
+                # A heartbeat tick. A task stream that got events since the last tick knows
+                # its pub/sub works; a session stream re-checks every time (one busy task must
+                # not hide another's lost event).
+                if listener.quiet or not request.single_task:
+                    if listener.quiet:
+                        yield render(Marker.HEARTBEAT)
                     for fresh in await self._recheck(request, sent.position):
                         if sent.is_newer_state(fresh):
                             sent.record(fresh)
                             yield render(fresh)
         finally:
-            await self._hub.leave(request.topic, listener)
-            slot.give_back()
+            slot.give_back()  # first: nothing below may keep it
+            if listener is not None:
+                self._hub.leave(request.topic, listener)
 
     async def _recheck(self, request: StreamRequest, position: str) -> list[Event]:
-        return await self._snapshot(await request.load_rows(), request.topic, position)
+        try:
+            return await self._snapshot(await request.load_rows(), request.topic, position)
+        except NotFound:
+            return []
+        except Exception:  # PostgreSQL unavailable: keep the stream, try at the next tick
+            log.warning("progress re-check of %s failed", request.topic, exc_info=True)
+            return []
 
     async def _opening(self, request: StreamRequest, rows: Sequence[RowMapping]) -> list[Event]:
-        """Replay after Last-Event-ID, or the current state; PostgreSQL when the stream is gone."""
+        """After subscribing: the replay after Last-Event-ID, or the current state (the newer
+        of the stream's last entry and PostgreSQL; PostgreSQL when the stream is gone)."""
         key = stream_key(request.topic)
         last_event_id = request.last_event_id
         try:
-            if last_event_id:
-                entries = await self._redis.xrange(key, f"({last_event_id}", "+")
-                if entries or await self._redis.exists(key):
-                    return [_event(request.topic, entry) for entry in entries]
-            elif request.single_task:
-                entries = await self._redis.xrevrange(key, "+", "-", count=1)
-                if entries:
-                    return [_event(request.topic, entries[0])]
             latest = await self._redis.xrevrange(key, "+", "-", count=1)
-            position = _text(latest[0][0]) if latest else START_ID
+            latest_event = _event(request.topic, latest[0]) if latest else None
+            position = latest_event.id if latest_event else START_ID
+            if last_event_id and latest_event:
+                if stream_id_key(last_event_id) <= latest_event.order:  # not from the future
+                    entries = await self._redis.xrange(key, f"({last_event_id}", "+")
+                    return [_event(request.topic, entry) for entry in entries]
+            if request.single_task and latest_event is not None:
+                if latest_event.updated_at >= rows[0]["updated_at"]:
+                    return [latest_event]
+                return await self._snapshot(rows, request.topic, position)
         except RedisError:
             position = last_event_id or START_ID
-        return await self._snapshot(rows, request.topic, position)
+        # No stream (a session, or expired): PostgreSQL, read after subscribing.
+        return await self._snapshot(await request.load_rows(), request.topic, position)
 
 
 def _event(topic: str, entry: tuple[bytes, dict[bytes, bytes]]) -> Event:

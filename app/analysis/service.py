@@ -38,13 +38,13 @@ CANCEL = text(
             completed_at = CASE WHEN status = 'processing' THEN NULL ELSE now() END,
             cancel_requested_at = coalesce(cancel_requested_at, now()),
             next_attempt_at = NULL,
-            updated_at = now()
+            updated_at = clock_timestamp()
         WHERE task_id = :task_id AND (user_id = :user_id OR CAST(:admin AS boolean))
           AND status IN ('pending', 'processing', 'retry')
         RETURNING {_STATUS}, job_id
     ), released AS (
         UPDATE practice_records r SET record_status = {RECORD_AFTER_ANALYSIS_ENDED},
-            updated_at = now()
+            updated_at = clock_timestamp()
         FROM cancelled c
         WHERE c.status = 'cancelled' AND r.practice_record_id = c.practice_record_id
     )
@@ -126,11 +126,12 @@ async def cancel(
             f"The task has already finished: its status is {current.status}",
             details={"status": current.status},
         )
+    # Published before the abort, so that the worker's `cancelled` comes after it.
+    await publisher.publish_row(row)
     job_id = row["job_id"] if row["status"] == "processing" else None
     job_id = job_id or queue.job_id_for(row["task_id"], row["attempt"])
     try:
         await queue.abort(arq, job_id)
     except Exception:  # the claim refuses cancelled rows; the reconciler finishes the rest
         log.warning("abort of job %s failed; the reconciler will finish the cancel", job_id)
-    await publisher.publish_row(row)
     return await get_status(session, arq, estimator, user, task_id, as_admin=True)

@@ -39,3 +39,20 @@ async def test_one_encoding_shared_by_every_client() -> None:
     a, b = await first.next(), await second.next()
     assert a is b and a is not None
     assert a.frame == b"event: status\r\nid: 1001-0\r\ndata: " + a.doc + b"\r\n\r\n"
+
+
+def _task_event(task: str, n: int) -> Event:
+    document = {"task_id": task, "status": "processing", "updated_at": f"2026-01-01T00:00:{n:02d}Z"}
+    return Event.build("session:s", f"{1000 + n}-0", json.dumps(document).encode())
+
+
+async def test_a_full_session_queue_drops_superseded_states_first() -> None:
+    listener = Listener(size=3)
+    listener.put(_task_event("a", 1))  # task a's last state
+    for n in range(2, 6):  # then task b keeps moving
+        listener.put(_task_event("b", n))
+    listener.tick()
+    kept = []
+    while (event := await listener.next()) is not None:
+        kept.append((event.task_id, event.id))
+    assert kept == [("a", "1001-0"), ("b", "1004-0"), ("b", "1005-0")]

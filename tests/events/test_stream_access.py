@@ -143,7 +143,9 @@ async def test_websocket_sends_the_same_documents(
     alice: ApiUser,
     fake_ai: FakeAI,
     start_worker: StartWorker,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     fake_ai.reset(default=ok(latency=0.5))
     task_id = await _task(http, alice)
     token = await _stream_token(http, alice, task_id)
@@ -165,6 +167,10 @@ async def test_websocket_sends_the_same_documents(
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    handshakes = [r.getMessage() for r in caplog.records if "WebSocket" in r.getMessage()]
+    assert handshakes and all("?[scrubbed]" in line for line in handshakes), handshakes
+    server_log = [r.getMessage() for r in caplog.records if not r.name.startswith("httpx")]
+    assert not any(token in line or alice.token in line for line in server_log)
 
 
 async def test_session_stream_carries_every_task(

@@ -181,3 +181,16 @@ async def test_idempotency_key_alone_deduplicates(
     }
     async with engine.connect() as connection:
         assert await connection.scalar(text("SELECT count(*) FROM ai_analysis_tasks")) == 1
+
+
+async def test_a_service_busy_forever_fails_the_task_in_the_end(
+    client: httpx.AsyncClient, alice: ApiUser, fake_ai: FakeAI, start_worker: StartWorker
+) -> None:
+    fake_ai.reset(default=status(503, retry_after="0"))
+    _, record_id, _ = await upload_recording(client, alice)
+    task_id = (await submit(client, alice, record_id))["task_id"]
+    await start_worker(max_deferrals=2)
+    final = await wait_for_status(client, alice, task_id, within=40)
+    assert final["status"] == "failure" and final["error_code"] == "network"
+    assert final["retry_count"] == 5  # two deferrals, then the network budget
+    assert fake_ai.call_count() == 2 + 5 + 1
