@@ -154,9 +154,9 @@ class LiveSource:
         slot.take()
         try:
             listener = await self._hub.join(request.topic)
-            sent = _Sent(request.last_event_id or START_ID)
-            opening = await self._opening(request, rows)
+            start, opening = await self._opening(request, rows)
             del rows  # not kept for the life of the stream
+            sent = _Sent(start)
             for event in opening:
                 if sent.is_newer_state(event):
                     sent.record(event)
@@ -197,9 +197,12 @@ class LiveSource:
             log.warning("progress re-check of %s failed", request.topic, exc_info=True)
             return []
 
-    async def _opening(self, request: StreamRequest, rows: Sequence[RowMapping]) -> list[Event]:
-        """After subscribing: the replay after Last-Event-ID, or the current state (the newer
-        of the stream's last entry and PostgreSQL; PostgreSQL when the stream is gone)."""
+    async def _opening(
+        self, request: StreamRequest, rows: Sequence[RowMapping]
+    ) -> tuple[str, list[Event]]:
+        """After subscribing: where the client is in the stream, and what to send first — the
+        replay after Last-Event-ID, or the current state (the newer of the stream's last entry
+        and PostgreSQL; PostgreSQL when the stream is gone)."""
         key = stream_key(request.topic)
         last_event_id = request.last_event_id
         try:
@@ -209,15 +212,16 @@ class LiveSource:
             if last_event_id and latest_event:
                 if stream_id_key(last_event_id) <= latest_event.order:  # not from the future
                     entries = await self._redis.xrange(key, f"({last_event_id}", "+")
-                    return [_event(request.topic, entry) for entry in entries]
+                    return last_event_id, [_event(request.topic, entry) for entry in entries]
             if request.single_task and latest_event is not None:
                 if latest_event.updated_at >= rows[0]["updated_at"]:
-                    return [latest_event]
-                return await self._snapshot(rows, request.topic, position)
+                    return START_ID, [latest_event]
+                return START_ID, await self._snapshot(rows, request.topic, position)
         except RedisError:
             position = last_event_id or START_ID
         # No stream (a session, or expired): PostgreSQL, read after subscribing.
-        return await self._snapshot(await request.load_rows(), request.topic, position)
+        rows = await request.load_rows()
+        return START_ID, await self._snapshot(rows, request.topic, position)
 
 
 def _event(topic: str, entry: tuple[bytes, dict[bytes, bytes]]) -> Event:
