@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import httpx
+import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,7 +18,7 @@ from tests.analysis.conftest import (
     wait_for_status,
 )
 from tests.conftest import ApiUser
-from tests.fake_ai import HANG, FakeAI, ok, status
+from tests.fake_ai import HANG, MALFORMED, NAN, FakeAI, Mode, ok, status
 
 
 async def test_happy_path(
@@ -140,12 +141,15 @@ async def test_rate_limit_honours_retry_after(
     assert second.at - first.at >= 2.0  # not before Retry-After, whatever the jitter drew
 
 
+@pytest.mark.parametrize("answer", [MALFORMED, NAN], ids=["truncated-json", "nan-in-result"])
 async def test_malformed_answer_is_an_ai_service_error(
-    client: httpx.AsyncClient, alice: ApiUser, fake_ai: FakeAI, start_worker: StartWorker
+    client: httpx.AsyncClient,
+    alice: ApiUser,
+    fake_ai: FakeAI,
+    start_worker: StartWorker,
+    answer: Mode,
 ) -> None:
-    from tests.fake_ai import MALFORMED
-
-    fake_ai.then(MALFORMED)
+    fake_ai.then(answer)  # retried as `ai_service`, then the next answer is fine
     _, record_id, _ = await upload_recording(client, alice)
     task_id = (await submit(client, alice, record_id))["task_id"]
     await start_worker()
