@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -76,25 +75,36 @@ class Listener:
 
     `next()` waits without a timer of its own: the hub ticks every listener once per heartbeat
     period (one timer per process, not one per client and event), and `next()` answers None
-    for a tick; `quiet` then says whether no event came since the previous tick.
+    for a tick; `quiet` then says whether no event came since the previous tick. Kept small
+    (a short list and a future made only while waiting): there is one per open stream.
     """
 
-    __slots__ = ("_active", "_events", "_ready", "_tick", "dropped", "quiet")
+    __slots__ = ("_active", "_events", "_size", "_tick", "_waiter", "dropped", "quiet")
 
     def __init__(self, size: int) -> None:
-        self._events: deque[Event] = deque(maxlen=size)
-        self._ready = asyncio.Event()
+        self._events: list[Event] = []
+        self._size = size
+        self._waiter: asyncio.Future[None] | None = None
         self._tick = False
         self._active = False
         self.quiet = False
         self.dropped = 0
 
     def put(self, event: Event) -> None:
-        if len(self._events) == self._events.maxlen:
+        if len(self._events) >= self._size:
             self._drop_one()
         self._events.append(event)
         self._active = True
-        self._ready.set()
+        self._wake()
+
+    def tick(self) -> None:
+        self._tick = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _drop_one(self) -> None:
         """Drop the oldest event that a newer one of the same task supersedes (a session
@@ -106,22 +116,21 @@ class Listener:
             if index < last[event.task_id]:
                 del self._events[index]
                 return
-        self._events.popleft()
-
-    def tick(self) -> None:
-        self._tick = True
-        self._ready.set()
+        del self._events[0]
 
     async def next(self) -> Event | None:
         while True:
             if self._events:
-                return self._events.popleft()
+                return self._events.pop(0)
             if self._tick:
                 self._tick = False
                 self.quiet, self._active = not self._active, False
                 return None
-            self._ready.clear()
-            await self._ready.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
 
 class Hub:
