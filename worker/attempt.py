@@ -98,12 +98,8 @@ class Attempt:
         self._last_progress = (progress, step.code)
         row = await lifecycle.report_progress(self.deps.engine, self.claimed, progress, step.code)
         await self.deps.publisher.publish_row(row)
-        if self._keeper is None:
-            return
-        if row is None:
-            self._keeper.stop(StopReason.LEASE_LOST)
-        elif row["cancel_requested_at"] is not None:
-            self._keeper.stop(StopReason.CANCEL_REQUESTED)
+        if self._keeper is not None:
+            self._keeper.observe(None if row is None else row["cancel_requested_at"] is not None)
 
     async def _interrupted(self, keeper: LeaseKeeper) -> str | None:
         """The attempt was cancelled. By us (lease lost, cancel seen): return an outcome. By

@@ -54,6 +54,14 @@ class LeaseKeeper:
             # wait() rather than await: a cancellation of this task must not be swallowed.
             await asyncio.wait([self._renewals])
 
+    def observe(self, cancel_requested: bool | None) -> None:
+        """What a fenced write of this attempt said: None, it lost the task; True, a cancel
+        was requested. Either stops the attempt."""
+        if cancel_requested is None:
+            self.stop(StopReason.LEASE_LOST)
+        elif cancel_requested:
+            self.stop(StopReason.CANCEL_REQUESTED)
+
     def stop(self, reason: StopReason) -> None:
         """Cancel the attempt (from the renewal loop or a progress write)."""
         if self.stop_reason is None and self._attempt_task is not None:
@@ -71,7 +79,4 @@ class LeaseKeeper:
             except Exception:
                 log.warning("lease renewal of %s failed; retrying", self._job_id, exc_info=True)
                 continue
-            if cancel_requested is None:
-                self.stop(StopReason.LEASE_LOST)
-            elif cancel_requested:
-                self.stop(StopReason.CANCEL_REQUESTED)
+            self.observe(cancel_requested)

@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -193,14 +192,6 @@ class Hub:
             task = asyncio.create_task(self._unsubscribe(topic))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-
-    @contextlib.asynccontextmanager
-    async def listen(self, topic: str) -> AsyncIterator[Listener]:
-        listener = await self.join(topic)
-        try:
-            yield listener
-        finally:
-            self.leave(topic, listener)
 
     async def _unsubscribe(self, topic: str) -> None:
         with contextlib.suppress(RedisError, OSError):  # else dropped at the next resubscribe

@@ -77,15 +77,24 @@ class Publisher:
             await self.publish_row(row)
 
     async def publish_row(self, row: RowMapping | None) -> None:
+        """Describe a row just written (None: nothing was written) and publish it."""
         if row is None:
             return
         try:
             document = await describe(row, self._redis, self._estimator)
-            await self.publish(document)
         except Exception:
-            log.warning("publishing the status of %s failed", row["task_id"], exc_info=True)
+            log.warning("describing the status of %s failed", row["task_id"], exc_info=True)
+            return
+        await self.publish(document)
 
     async def publish(self, document: TaskStatusOut) -> None:
+        """Best effort: a failure is logged, never raised to the writer of the row."""
+        try:
+            await self._append_and_announce(document)
+        except Exception:
+            log.warning("publishing the status of %s failed", document.task_id, exc_info=True)
+
+    async def _append_and_announce(self, document: TaskStatusOut) -> None:
         payload = document.model_dump_json().encode()
         ttl = (
             self._settings.ended_ttl_seconds

@@ -126,12 +126,13 @@ async def cancel(
             f"The task has already finished: its status is {current.status}",
             details={"status": current.status},
         )
+    document = await status.describe(row, arq, estimator)
     # Published before the abort, so that the worker's `cancelled` comes after it.
-    await publisher.publish_row(row)
+    await publisher.publish(document)
     job_id = row["job_id"] if row["status"] == "processing" else None
     job_id = job_id or queue.job_id_for(row["task_id"], row["attempt"])
     try:
         await queue.abort(arq, job_id)
     except Exception:  # the claim refuses cancelled rows; the reconciler finishes the rest
         log.warning("abort of job %s failed; the reconciler will finish the cancel", job_id)
-    return await get_status(session, arq, estimator, user, task_id, as_admin=True)
+    return document

@@ -20,7 +20,7 @@ from app.analysis import queue
 from app.analysis.eta import Estimator
 from app.analysis.progress import Publisher
 from app.analysis.schemas import AnalysisParameters, SubmittedTask
-from app.analysis.status import safe_position, status_columns
+from app.analysis.status import describe, safe_position, status_columns
 from app.analysis.steps import TOTAL_STEPS
 from app.auth import Principal
 from app.errors import AppError, NotFound
@@ -199,9 +199,12 @@ async def _enqueue(submitter: Submitter, rows: Sequence[RowMapping]) -> list[Sub
     except Exception:  # Redis down: the rows are the outbox, the reconciler enqueues them
         log.warning("enqueue failed; %d task(s) left to the reconciler", len(rows))
         return await _describe(submitter, rows, redis_up=False)
-    described = await _describe(submitter, rows)
-    await submitter.publisher.publish_rows(rows)
-    return described
+    tasks = []
+    for row in rows:  # one status document per task: the event, and the answer's figures
+        document = await describe(row, submitter.arq, submitter.estimator)
+        await submitter.publisher.publish(document)
+        tasks.append(await _submitted(submitter, row, document.queue_position))
+    return tasks
 
 
 async def _describe(
@@ -209,18 +212,20 @@ async def _describe(
 ) -> list[SubmittedTask]:
     tasks = []
     for row in rows:
-        job_id = queue.job_id_for(row["task_id"], row["attempt"])
         position = None
         if redis_up and row["status"] == "pending":
+            job_id = queue.job_id_for(row["task_id"], row["attempt"])
             position = await safe_position(submitter.arq, job_id)
-        tasks.append(
-            SubmittedTask(
-                task_id=row["task_id"],
-                practice_record_id=row["practice_record_id"],
-                job_id=job_id,
-                status=row["status"],
-                queue_position=position,
-                estimated_completion_time=await submitter.estimator.completion_time(position),
-            )
-        )
+        tasks.append(await _submitted(submitter, row, position))
     return tasks
+
+
+async def _submitted(submitter: Submitter, row: RowMapping, position: int | None) -> SubmittedTask:
+    return SubmittedTask(
+        task_id=row["task_id"],
+        practice_record_id=row["practice_record_id"],
+        job_id=queue.job_id_for(row["task_id"], row["attempt"]),
+        status=row["status"],
+        queue_position=position,
+        estimated_completion_time=await submitter.estimator.completion_time(position),
+    )

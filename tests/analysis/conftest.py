@@ -130,6 +130,12 @@ async def submit(
     return body
 
 
+async def new_task(client: httpx.AsyncClient, user: ApiUser) -> str:
+    """A recording of `user`'s, submitted: its task id."""
+    _, record_id, _ = await upload_recording(client, user)
+    return str((await submit(client, user, record_id))["task_id"])
+
+
 async def task_status(client: httpx.AsyncClient, user: ApiUser, task_id: str) -> dict[str, Any]:
     response = await client.get(f"/api/v1/tasks/analysis/{task_id}/status", headers=user.headers)
     assert response.status_code == 200, response.text

@@ -11,13 +11,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.analysis.progress import stream_key, task_topic
 from app.embedded import EmbeddedRedis
-from tests.analysis.conftest import StartWorker, submit, upload_recording, wait_for, wait_for_status
+from tests.analysis.conftest import (
+    TERMINAL,
+    StartWorker,
+    submit,
+    upload_recording,
+    wait_for,
+    wait_for_status,
+)
 from tests.conftest import ApiUser
 from tests.events.conftest import read_events
 from tests.fake_ai import FakeAI, ok
 from tests.servers import UvicornThread
-
-TERMINAL = {"success", "failure", "cancelled"}
 
 
 def _events_url(task_id: str) -> str:
@@ -70,14 +75,16 @@ async def test_reconnect_with_last_event_id_gets_exactly_what_was_missed(
     start_worker: StartWorker,
     redis: Redis,
 ) -> None:
-    fake_ai.reset(default=ok(latency=1.5))
+    fake_ai.reset(default=ok(latency=3.0))
     _, record_id, _ = await upload_recording(http, alice)
     task_id = (await submit(http, alice, record_id))["task_id"]
     await start_worker()
     async with http.stream("GET", _events_url(task_id), headers=alice.headers) as response:
         first = await read_events(response.aiter_lines(), limit=2)
-    # The client is gone while the task moves on, and comes back after it finished.
-    await wait_for_status(http, alice, task_id, TERMINAL)
+    # The client drops and comes back while the task is still running: what it missed is
+    # replayed from the stream, then live events follow, without overlap.
+    running = await http.get(f"/api/v1/tasks/analysis/{task_id}/status", headers=alice.headers)
+    assert running.json()["status"] not in TERMINAL
     headers = alice.headers | {"Last-Event-ID": first[-1].id}
     async with http.stream("GET", _events_url(task_id), headers=headers) as response:
         rest = await read_events(response.aiter_lines())

@@ -14,16 +14,11 @@ import pytest
 import websockets
 
 from app.settings import Settings
-from tests.analysis.conftest import StartWorker, submit, upload_recording
+from tests.analysis.conftest import StartWorker, new_task, upload_recording
 from tests.conftest import ApiUser
 from tests.events.conftest import StartApi, read_events
 from tests.fake_ai import FakeAI, ok
 from tests.servers import UvicornThread
-
-
-async def _task(http: httpx.AsyncClient, user: ApiUser) -> str:
-    _, record_id, _ = await upload_recording(http, user)
-    return str((await submit(http, user, record_id))["task_id"])
 
 
 async def _stream_token(http: httpx.AsyncClient, user: ApiUser, task_id: str) -> str:
@@ -39,7 +34,7 @@ async def test_stream_token_opens_the_stream_and_never_reaches_the_log(
     http: httpx.AsyncClient, alice: ApiUser, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    task_id = await _task(http, alice)
+    task_id = await new_task(http, alice)
     token = await _stream_token(http, alice, task_id)
     url = f"/api/v1/tasks/analysis/{task_id}/events?stream_token={token}"
     async with http.stream("GET", url) as response:
@@ -55,8 +50,8 @@ async def test_stream_token_opens_the_stream_and_never_reaches_the_log(
 async def test_who_may_not_open_a_stream(
     http: httpx.AsyncClient, alice: ApiUser, bob: ApiUser, settings: Settings
 ) -> None:
-    task_id = await _task(http, alice)
-    other_task = await _task(http, alice)
+    task_id = await new_task(http, alice)
+    other_task = await new_task(http, alice)
     events = f"/api/v1/tasks/analysis/{task_id}/events"
 
     async def status_of(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
@@ -93,7 +88,7 @@ async def test_per_user_limit_on_open_streams(
     server = start_live_api(max_streams_per_user=2)
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         open_before = await _open_sse_streams(http)
-        task_id = await _task(http, alice)
+        task_id = await new_task(http, alice)
         url = f"/api/v1/tasks/analysis/{task_id}/events"
         async with (
             http.stream("GET", url, headers=alice.headers) as first,
@@ -130,7 +125,7 @@ async def test_maximum_connection_lifetime_ends_with_reconnect(
 ) -> None:
     server = start_live_api(sse_max_connection_seconds=1.0)
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-        task_id = await _task(http, alice)
+        task_id = await new_task(http, alice)
         url = f"/api/v1/tasks/analysis/{task_id}/events"
         async with http.stream("GET", url, headers=alice.headers) as response:
             events = await asyncio.wait_for(read_events(response.aiter_lines()), timeout=10)
@@ -147,7 +142,7 @@ async def test_websocket_sends_the_same_documents(
 ) -> None:
     caplog.set_level(logging.INFO)
     fake_ai.reset(default=ok(latency=0.5))
-    task_id = await _task(http, alice)
+    task_id = await new_task(http, alice)
     token = await _stream_token(http, alice, task_id)
     ws_url = live_api.url.replace("http", "ws") + f"/api/v1/tasks/ws/task/{task_id}"
     documents = []

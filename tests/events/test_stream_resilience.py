@@ -9,15 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.analysis.progress import stream_key, task_topic
 from app.embedded import EmbeddedRedis
-from tests.analysis.conftest import submit, upload_recording, wait_for
+from tests.analysis.conftest import new_task, wait_for
 from tests.conftest import ApiUser
 from tests.events.conftest import read_events
 from tests.servers import UvicornThread
-
-
-async def _task(http: httpx.AsyncClient, user: ApiUser) -> str:
-    _, record_id, _ = await upload_recording(http, user)
-    return str((await submit(http, user, record_id))["task_id"])
 
 
 async def test_a_client_leaving_while_redis_is_down_gives_its_slot_back(
@@ -28,7 +23,7 @@ async def test_a_client_leaving_while_redis_is_down_gives_its_slot_back(
 ) -> None:
     assert redis_server is not None, "needs the embedded Redis (TEST_REDIS_URL is set)"
     state = live_api.app.state.vocalborn  # type: ignore[attr-defined]
-    task_id = await _task(http, alice)
+    task_id = await new_task(http, alice)
     url = f"/api/v1/tasks/analysis/{task_id}/events"
     async with http.stream("GET", url, headers=alice.headers) as response:
         await read_events(response.aiter_lines(), limit=1)
@@ -47,7 +42,7 @@ async def test_a_client_leaving_while_redis_is_down_gives_its_slot_back(
 async def test_the_opening_state_is_the_newest_of_stream_and_database(
     http: httpx.AsyncClient, alice: ApiUser, engine: AsyncEngine, redis: Redis
 ) -> None:
-    task_id = await _task(http, alice)
+    task_id = await new_task(http, alice)
     assert await redis.xlen(stream_key(task_topic(task_id))) == 1  # the pending document
     async with engine.begin() as connection:  # its `cancelled` was never published
         await connection.execute(
@@ -64,7 +59,7 @@ async def test_the_opening_state_is_the_newest_of_stream_and_database(
 async def test_a_last_event_id_from_the_future_gets_the_current_state(
     http: httpx.AsyncClient, alice: ApiUser
 ) -> None:
-    task_id = await _task(http, alice)
+    task_id = await new_task(http, alice)
     headers = alice.headers | {"Last-Event-ID": "99999999999999-0"}
     url = f"/api/v1/tasks/analysis/{task_id}/events"
     async with http.stream("GET", url, headers=headers) as response:
