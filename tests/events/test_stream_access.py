@@ -14,7 +14,7 @@ import pytest
 import websockets
 
 from app.settings import Settings
-from tests.analysis.conftest import StartWorker, new_task, upload_recording
+from tests.analysis.conftest import StartWorker, new_task, upload_recording, wait_for
 from tests.conftest import ApiUser
 from tests.events.conftest import StartApi, read_events
 from tests.fake_ai import FakeAI, ok
@@ -103,14 +103,11 @@ async def test_per_user_limit_on_open_streams(
             assert await _open_sse_streams(http) == open_before + 2
 
         # Streams closed: the slots come back.
-        async def reopened() -> int:
+        async def reopened() -> bool:
             async with http.stream("GET", url, headers=alice.headers) as again:
-                return again.status_code
+                return again.status_code == 200
 
-        deadline = time.monotonic() + 10
-        while await reopened() != 200:
-            assert time.monotonic() < deadline, "slots never released"
-            await asyncio.sleep(0.1)
+        await wait_for(reopened, within=10)
 
 
 async def _open_sse_streams(http: httpx.AsyncClient) -> float:
