@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         estimator = Estimator(engine, slots=settings.ai_service_concurrency)
         sessions = create_sessionmaker(engine)
         hub = Hub(
-            settings.redis_url, arq, settings.sse_client_queue_size, settings.sse_heartbeat_seconds
+            settings.redis_url, settings.sse_client_queue_size, settings.sse_heartbeat_seconds
         )
         timing = StreamTiming(settings.sse_max_connection_seconds)
         app.state.vocalborn = AppState(

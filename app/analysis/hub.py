@@ -1,35 +1,36 @@
 """The progress hub: ONE Redis pub/sub connection per API process, whatever the number of
 clients (DESIGN §5; after SAQ's multiplexer).
 
-Clients `listen(topic)`; the hub subscribes to a topic's channel when its first listener comes
+Clients `join(topic)`; the hub subscribes to a topic's channel when its first listener comes
 and unsubscribes when the last goes. For each notice (a stream entry id) it reads the status
-document once, builds the SSE frame once, and hands the same `Event` to every listener's
-bounded queue. A full queue drops its oldest event, so a slow client may miss intermediate
-states but always has the latest, and never slows the others.
+document once (XRANGE on a second connection of its own), builds the SSE frame once, and hands
+the same `Event` to every listener's bounded queue. A full queue drops its oldest event, so a
+slow client may miss intermediate states but always has the latest, and never slows the others.
+Both connections are `RespConnection`s (app/analysis/resp.py): this path runs for every
+notice, and redis-py's layers cost several times its work.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from functools import partial
 
-from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from app.analysis.models import TERMINAL_STATUSES
 from app.analysis.progress import DOC_FIELD, channel, stream_key, topic_of_channel
+from app.analysis.resp import Reply, RespConnection
 
 log = logging.getLogger(__name__)
 
 RECONNECT_DELAY_SECONDS = 0.5
-DISPATCH_BATCH = 256
+SUBSCRIBE_TIMEOUT_SECONDS = 2.0
 
 
 def stream_id_key(entry_id: str) -> tuple[int, int]:
@@ -133,154 +134,203 @@ class Listener:
 
 
 class Hub:
-    def __init__(self, redis_url: str, reader: Redis, queue_size: int, tick_seconds: float) -> None:
-        self._client = Redis.from_url(
-            redis_url, client_name=f"vocalborn-hub-{os.getpid()}", health_check_interval=15
-        )
-        self._pubsub: PubSub = self._client.pubsub(ignore_subscribe_messages=True)
-        self._reader = reader
+    def __init__(self, redis_url: str, queue_size: int, tick_seconds: float) -> None:
+        self._url = redis_url
+        self._name = f"vocalborn-hub-{os.getpid()}"
         self._queue_size = queue_size
         self._tick_seconds = tick_seconds
         self._listeners: dict[str, set[Listener]] = {}
+        self._subscriber: RespConnection | None = None  # the ONE pub/sub connection
+        self._reader: RespConnection | None = None  # reads the announced stream entries
+        self._subscribed: set[str] = set()  # topics whose SUBSCRIBE went out on this connection
+        self._confirming: dict[str, deque[asyncio.Future[None]]] = {}  # SUBSCRIBEs unanswered
+        self._unanswered_pings = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._subscribed: set[str] = set()  # topics whose SUBSCRIBE has been sent
-        self._background: set[asyncio.Task[None]] = set()
-        self._has_topics = asyncio.Event()
-        self._lock = asyncio.Lock()  # one (un)subscribe at a time on the shared connection
         self.connected = False
 
     async def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._run(), name="progress-hub"),
+            asyncio.create_task(self._keep_connected(), name="progress-hub"),
             asyncio.create_task(self._tick_forever(), name="progress-hub-ticks"),
         ]
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *self._background]
-        for task in tasks:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        with contextlib.suppress(RedisError, OSError):
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-        await self._client.aclose()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._disconnected()
 
     @property
     def listener_count(self) -> int:
         return sum(len(listeners) for listeners in self._listeners.values())
 
     async def join(self, topic: str) -> Listener:
-        """A new listener on `topic`, returned once the channel's SUBSCRIBE has been sent."""
+        """A new listener on `topic`, returned once Redis has confirmed the subscription (or at
+        once while Redis is unavailable: the stream then relies on its heartbeat re-checks, and
+        the hub subscribes when Redis is back)."""
         listener = Listener(self._queue_size)
         self._listeners.setdefault(topic, set()).add(listener)
-        self._has_topics.set()
         try:
-            await self._subscribe(topic)
+            await self._subscribed_to(topic)
         except BaseException:
             self.leave(topic, listener)
             raise
         return listener
 
     def leave(self, topic: str, listener: Listener) -> None:
-        """Never waits (it runs while a stream is being cancelled): the last listener's
-        UNSUBSCRIBE is sent by a task of the hub's own."""
+        """Never waits (it runs while a stream is being cancelled)."""
         listeners = self._listeners.get(topic)
         if listeners is None:
             return
         listeners.discard(listener)
-        if not listeners:
-            del self._listeners[topic]
-            task = asyncio.create_task(self._unsubscribe(topic))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    async def _unsubscribe(self, topic: str) -> None:
-        with contextlib.suppress(RedisError, OSError):  # else dropped at the next resubscribe
-            async with self._lock:
-                if topic not in self._listeners and topic in self._subscribed:
-                    await self._pubsub.unsubscribe(channel(topic))
-                    self._subscribed.discard(topic)
-
-    async def _subscribe(self, topic: str) -> None:
-        if topic in self._subscribed:
+        if listeners:
             return
+        del self._listeners[topic]
+        if topic in self._subscribed:
+            self._subscribed.discard(topic)
+            self._send_to_subscriber(("UNSUBSCRIBE", channel(topic)))
+
+    async def _subscribed_to(self, topic: str) -> None:
+        if topic not in self._subscribed:
+            if not self._send_to_subscriber(("SUBSCRIBE", channel(topic))):
+                log.warning("progress hub: subscribe to %s deferred, Redis unavailable", topic)
+                return
+            self._subscribed.add(topic)
+            self._expect_confirmation(topic)
+        pending = self._confirming.get(topic)
+        if pending:
+            try:
+                await asyncio.wait_for(asyncio.shield(pending[-1]), SUBSCRIBE_TIMEOUT_SECONDS)
+            except TimeoutError:
+                log.warning("progress hub: no confirmation of the subscription to %s", topic)
+
+    def _expect_confirmation(self, topic: str) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._confirming.setdefault(topic, deque()).append(future)
+
+    def _confirmed(self, topic: str) -> None:
+        pending = self._confirming.get(topic)
+        if not pending:
+            return
+        future = pending.popleft()
+        if not pending:
+            del self._confirming[topic]
+        if not future.done():
+            future.set_result(None)
+
+    def _send_to_subscriber(self, command: tuple[str, ...]) -> bool:
+        subscriber = self._subscriber
+        if subscriber is None or not subscriber.is_open:
+            return False
+        subscriber.send([(command, None)])  # answered by a push
+        return True
+
+    # -- the connection's life --------------------------------------------------------------
+    async def _keep_connected(self) -> None:
+        while True:
+            try:
+                subscriber, reader = await self._connect()
+            except (OSError, RedisError, TimeoutError) as exc:
+                log.warning("progress hub: cannot reach Redis (%s); retrying", exc)
+                await asyncio.sleep(RECONNECT_DELAY_SECONDS)
+                continue
+            await asyncio.wait([subscriber.closed, reader.closed], return_when="FIRST_COMPLETED")
+            log.warning("progress hub: connection to Redis lost; reconnecting")
+            self._disconnected()
+            await asyncio.sleep(RECONNECT_DELAY_SECONDS)  # back-off before reconnecting
+
+    async def _connect(self) -> tuple[RespConnection, RespConnection]:
+        """Both connections, and a subscription to every topic that has listeners."""
+        subscriber = await RespConnection.open(self._url, self._name, on_push=self._on_push)
         try:
-            async with self._lock:
-                if topic in self._listeners and topic not in self._subscribed:
-                    await self._pubsub.subscribe(channel(topic))
-                    self._subscribed.add(topic)
-        except (RedisError, OSError):  # resubscribed by _run once Redis is back
-            log.warning("progress hub: subscribe to %s deferred, Redis unavailable", topic)
+            reader = await RespConnection.open(self._url, f"{self._name}-reader")
+        except BaseException:
+            subscriber.close()
+            raise
+        self._subscriber, self._reader = subscriber, reader
+        self._unanswered_pings = 0
+        if topics := list(self._listeners):
+            for topic in topics:
+                self._expect_confirmation(topic)
+            self._subscribed = set(topics)
+            subscriber.send([(("SUBSCRIBE", *(channel(topic) for topic in topics)), None)])
+        self.connected = True
+        return subscriber, reader
+
+    def _disconnected(self) -> None:
+        self.connected = False
+        self._subscribed.clear()
+        for pending in self._confirming.values():
+            for future in pending:
+                if not future.done():
+                    future.set_result(None)  # a joining stream goes on without pub/sub
+        self._confirming.clear()
+        for connection in (self._subscriber, self._reader):
+            if connection is not None:
+                connection.close()
+        self._subscriber = self._reader = None
 
     async def _tick_forever(self) -> None:
         while True:
             await asyncio.sleep(self._tick_seconds)  # the heartbeat period
+            self._check_alive()
             for listeners in list(self._listeners.values()):
                 for listener in listeners:
                     listener.tick()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                if not self.connected or not self._pubsub.subscribed:
-                    await self._resubscribe()
-                message = await self._pubsub.get_message(timeout=1.0)
-                if message is not None:
-                    await self._dispatch(await self._with_buffered(message))
-            except (RedisError, OSError):
-                if self.connected:
-                    log.warning("progress hub: pub/sub connection lost; reconnecting")
-                self.connected = False
-                await asyncio.sleep(RECONNECT_DELAY_SECONDS)  # back-off before reconnecting
-            except Exception:  # never let one bad message stop the hub
-                log.exception("progress hub: dispatch failed")
-
-    async def _resubscribe(self) -> None:
-        """(Re)subscribe every topic with listeners, drop the others (an UNSUBSCRIBE lost in an
-        outage); idle until there is a listener."""
-        while not self._listeners:
-            self._has_topics.clear()
-            await self._has_topics.wait()
-        async with self._lock:
-            wanted = set(self._listeners)
-            await self._pubsub.subscribe(*(channel(topic) for topic in wanted))
-            known = {topic_of_channel(_text(name)) for name in self._pubsub.channels}
-            if stale := known - wanted:
-                await self._pubsub.unsubscribe(*(channel(topic) for topic in stale))
-            self._subscribed = wanted
-        self.connected = True
-
-    async def _with_buffered(self, first: dict[str, Any]) -> list[dict[str, Any]]:
-        """The first notice and those already received behind it: one batch, one round trip."""
-        batch = [first]
-        while len(batch) < DISPATCH_BATCH:
-            more = await self._pubsub.get_message(timeout=0.0)
-            if more is None:
-                break
-            batch.append(more)
-        return batch
-
-    async def _dispatch(self, messages: list[dict[str, Any]]) -> None:
-        wanted = []
-        for message in messages:
-            if message.get("type") != "message":
-                continue
-            topic = topic_of_channel(_text(message["channel"]))
-            if topic in self._listeners:
-                wanted.append((topic, _text(message["data"])))
-        if not wanted:
+    def _check_alive(self) -> None:
+        """PING both connections every heartbeat; one that has not answered the previous PING
+        is closed (a half-open TCP connection otherwise passes for a quiet one)."""
+        if not self.connected:
             return
-        async with self._reader.pipeline(transaction=False) as pipe:
-            for topic, entry_id in wanted:
-                pipe.xrange(stream_key(topic), entry_id, entry_id)
-            results = await pipe.execute()
-        for (topic, entry_id), entries in zip(wanted, results, strict=True):
-            listeners = self._listeners.get(topic)
-            if not entries or not listeners:
+        if self._unanswered_pings:
+            log.warning("progress hub: Redis did not answer PING; reconnecting")
+            self._disconnected()
+            return
+        assert self._subscriber is not None and self._reader is not None
+        self._unanswered_pings = 2
+        self._subscriber.send([(("PING",), None)])  # answered by a push
+        self._reader.send([(("PING",), self._pong)])
+
+    def _pong(self, _reply: Reply) -> None:
+        self._unanswered_pings = max(0, self._unanswered_pings - 1)
+
+    # -- notices -----------------------------------------------------------------------------
+    def _on_push(self, pushes: list[Reply]) -> None:
+        """Every notice received in one read: one XRANGE each, written in one go."""
+        wanted: list[tuple[str, str]] = []
+        for push in pushes:
+            if not isinstance(push, list) or not push:
+                if push == b"PONG":  # a PING while subscribed to nothing
+                    self._pong(push)
                 continue
-            event = Event.build(topic, entry_id, entries[0][1][DOC_FIELD])
-            for listener in listeners:
-                listener.put(event)
+            kind = push[0]
+            if kind == b"message":
+                topic = topic_of_channel(push[1].decode())
+                if topic in self._listeners:
+                    wanted.append((topic, push[2].decode()))
+            elif kind == b"subscribe":
+                self._confirmed(topic_of_channel(push[1].decode()))
+            elif kind == b"pong":
+                self._pong(push)
+        reader = self._reader
+        if not wanted or reader is None or not reader.is_open:
+            return  # a lost notice: the streams' heartbeat re-check covers it
+        reader.send(
+            [
+                (("XRANGE", stream_key(topic), entry_id, entry_id), partial(self._deliver, topic))
+                for topic, entry_id in wanted
+            ]
+        )
 
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    def _deliver(self, topic: str, entries: Reply) -> None:
+        listeners = self._listeners.get(topic)
+        if not listeners or not isinstance(entries, list) or not entries:
+            return
+        entry_id, fields = entries[0]
+        document = dict(zip(fields[::2], fields[1::2], strict=True)).get(DOC_FIELD)
+        if document is None:
+            return
+        event = Event.build(topic, entry_id.decode(), document)
+        for listener in listeners:
+            listener.put(event)
