@@ -57,6 +57,10 @@ GOAL_CLIENTS = 2000
 SERVER_START_SECONDS = 30.0
 PHASE_SLACK_SECONDS = 20.0
 MAX_WARMUP = 40.0
+SERVER_CPU, LOAD_CPU = (
+    1,
+    0,
+)  # with --pin: the server alone on one core, everything else on the other
 
 
 # -- the servers (run as `serve` in their own process) -----------------------------------------
@@ -316,6 +320,7 @@ class Environment:
     warmup: float
     measure: float
     profile: bool
+    pin: bool
 
 
 async def run_scenario(env: Environment, kind: str, clients: int) -> dict[str, Any]:
@@ -341,6 +346,8 @@ async def run_scenario(env: Environment, kind: str, clients: int) -> dict[str, A
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    if env.pin:
+        os.sched_setaffinity(server.pid, {SERVER_CPU})
     try:
         await wait_healthy(port, server)
         if kind == "ours":
@@ -442,6 +449,8 @@ async def run_scenario(env: Environment, kind: str, clients: int) -> dict[str, A
         "server_cpu_seconds": server_cpu,
         "server_core_fraction": server_cpu / elapsed,
         "server_cpu_us_per_event": server_cpu / max(delivered, 1) * 1e6,
+        "server_user_us_per_event": (cpu1.user - cpu0.user) / max(delivered, 1) * 1e6,
+        "server_system_us_per_event": (cpu1.system - cpu0.system) / max(delivered, 1) * 1e6,
         "rss_before_mib": rss_before / 2**20,
         "rss_after_mib": rss_after / 2**20,
         "rss_per_connection_kib": (rss_after - rss_before) / open_clients / 1024,
@@ -520,6 +529,8 @@ def table(bare: dict[str, Any], ours: dict[str, Any]) -> tuple[list[Row], dict[s
         )
     )
     goal_row("server CPU per delivered event (us)", "server_cpu_us_per_event", ".1f", "cpu")
+    info_row("  of which user (us)", "server_user_us_per_event", ".1f")
+    info_row("  system (us)", "server_system_us_per_event", ".1f")
     info_row("server CPU (fraction of a core)", "server_core_fraction", ".2f")
     goal_row("server RSS per connection (KiB)", "rss_per_connection_kib", ".1f", "rss")
     info_row("  marginal: RSS(N) - RSS(N/2), per conn (KiB)", "rss_slope_kib", ".1f")
@@ -561,6 +572,8 @@ async def orchestrate(args: argparse.Namespace) -> int:
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.pin:
+        os.sched_setaffinity(0, {LOAD_CPU})  # inherited by Redis, PostgreSQL, the load generator
     workdir = Path(tempfile.mkdtemp(prefix="sse-fanout-"))
     postgres = EmbeddedPostgres(workdir / "postgres")
     redis_server = EmbeddedRedis(workdir / "redis")
@@ -607,6 +620,7 @@ async def orchestrate(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             measure=args.measure,
             profile=args.profile,
+            pin=args.pin,
         )
         for clients in args.clients:
             for kind in ("bare", "ours"):
@@ -698,6 +712,12 @@ def main() -> None:
         help="cProfile both servers at 2,000 clients over the window (slows them; not for tables)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (server logs)")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=(os.cpu_count() or 1) >= 2,
+        help="the server alone on one core, load generator/Redis/publisher on another",
+    )
     parser.add_argument(
         "--no-write", dest="write", action="store_false", help="do not write the results file"
     )
