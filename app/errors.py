@@ -72,9 +72,13 @@ def error_response(
     return JSONResponse(error_body(code, message, details), status_code, headers=headers)
 
 
+def app_error_response(exc: AppError) -> JSONResponse:
+    return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+
 async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+    return app_error_response(exc)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

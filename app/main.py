@@ -13,7 +13,7 @@ from app import access_log
 from app.admin.router import router as admin_router
 from app.analysis import queue
 from app.analysis.eta import Estimator
-from app.analysis.events import SSE_PATHS, sse_events
+from app.analysis.events import SSE_PATHS, ServeStreamsFirst, sse_events
 from app.analysis.events import router as events_router
 from app.analysis.hub import Hub
 from app.analysis.live import LiveSource, StreamTiming
@@ -71,7 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(analysis_router, prefix="/api/v1")
     app.include_router(events_router, prefix="/api/v1")
     for path in SSE_PATHS:
-        app.add_route(f"/api/v1{path}", sse_events, methods=["GET"], include_in_schema=False)
+        app.add_route(path, sse_events, methods=["GET"], include_in_schema=False)
+    app.add_middleware(ServeStreamsFirst)
     app.mount("/metrics", make_asgi_app())
     access_log.install()
     app.include_router(admin_router, prefix="/api/v1")

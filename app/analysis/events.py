@@ -1,8 +1,8 @@
 """Live progress endpoints: SSE (sse-starlette) and the seed's WebSocket, plus stream tokens.
 
-The SSE routes are plain Starlette routes: a stream lives for minutes, and FastAPI's
-per-request dependency machinery would stay alive with it (memory per connection). They are
-documented in the README rather than the OpenAPI schema.
+The SSE routes are plain Starlette routes served by `ServeStreamsFirst`, ahead of FastAPI's
+per-request layers: a stream lives for minutes, and those layers would stay alive with it
+(memory per connection). They are documented in the README rather than the OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from pydantic import BaseModel
 from sqlalchemy import RowMapping, text
 from sse_starlette import EventSourceResponse
 from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.analysis.hub import Event
 from app.analysis.live import Item, Marker, StreamRequest
@@ -26,7 +29,7 @@ from app.analysis.progress import session_topic, task_topic
 from app.analysis.stream_auth import issue_stream_token, stream_principal
 from app.auth import Principal
 from app.deps import SessionDep, StateDep, UserDep
-from app.errors import AppError, NotFound
+from app.errors import AppError, NotFound, app_error_response
 from app.metrics import STREAM_CONNECTIONS
 from app.state import AppState
 
@@ -126,18 +129,43 @@ def _frame(item: Item) -> bytes:
     return HEARTBEAT_FRAME if item is Marker.HEARTBEAT else RECONNECT_FRAME
 
 
-async def sse_events(request: Request) -> EventSourceResponse:
-    """GET …/{task_id}/events and …/session/{session_id}/events."""
-    state, user, stream, rows = await _open(request, request.headers.get("last-event-id"))
+async def sse_events(request: Request) -> Response:
+    """GET …/{task_id}/events and …/session/{session_id}/events. Renders its own errors: it
+    is served ahead of the exception middleware (`ServeStreamsFirst`)."""
+    try:
+        state, user, stream, rows = await _open(request, request.headers.get("last-event-id"))
+    except AppError as exc:
+        return app_error_response(exc)
     frames = state.live.stream(stream, rows, _frame, _StreamSlot(state, user, "sse"))
     return EventSourceResponse(frames, ping=0)
 
 
-# Registered on the application itself by `app.main` (paths under /api/v1).
 SSE_PATHS = (
-    "/tasks/analysis/{task_id:uuid}/events",
-    "/tasks/analysis/session/{session_id:uuid}/events",
+    "/api/v1/tasks/analysis/{task_id:uuid}/events",
+    "/api/v1/tasks/analysis/session/{session_id:uuid}/events",
 )
+
+
+class ServeStreamsFirst:
+    """ASGI middleware serving the SSE routes ahead of FastAPI's exception middleware, exit
+    stack and router: a stream lives for minutes, and each of those layers would keep its
+    frames (and an exit stack) alive with it, about 1 KiB per open stream, and wrap every
+    event's `send`. The application registers the same routes as well, so other methods get
+    its 405."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.routes = [Route(path, sse_events, methods=["GET"]) for path in SSE_PATHS]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/events"):
+            for route in self.routes:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child_scope)
+                    await route.handle(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 # -- the seed's WebSocket ----------------------------------------------------------------

@@ -73,10 +73,11 @@ class Event:
 class Listener:
     """A client's bounded queue; the newest event always survives.
 
-    `next()` waits without a timer of its own: the hub ticks every listener once per heartbeat
-    period (one timer per process, not one per client and event), and `next()` answers None
-    for a tick; `quiet` then says whether no event came since the previous tick. Kept small
-    (a short list and a future made only while waiting): there is one per open stream.
+    The stream takes events with `pop()` and, when there are none, awaits `wakeup()`: a bare
+    future (no coroutine per wait), resolved by the next `put()` or tick. There is no timer
+    per client: the hub ticks every listener once per heartbeat period, and `take_tick()` then
+    says a tick came, with `quiet` telling whether no event came since the previous one. Kept
+    small (a short list, a future only while waiting): there is one per open stream.
     """
 
     __slots__ = ("_active", "_events", "_size", "_tick", "_waiter", "dropped", "quiet")
@@ -103,8 +104,10 @@ class Listener:
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _drop_one(self) -> None:
         """Drop the oldest event that a newer one of the same task supersedes (a session
@@ -118,19 +121,29 @@ class Listener:
                 return
         del self._events[0]
 
-    async def next(self) -> Event | None:
-        while True:
-            if self._events:
-                return self._events.pop(0)
-            if self._tick:
-                self._tick = False
-                self.quiet, self._active = not self._active, False
-                return None
+    def pop(self) -> Event | None:
+        return self._events.pop(0) if self._events else None
+
+    def take_tick(self) -> bool:
+        if not self._tick:
+            return False
+        self._tick = False
+        self.quiet, self._active = not self._active, False
+        return True
+
+    def wakeup(self) -> asyncio.Future[None]:
+        if self._waiter is None:
             self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+        return self._waiter
+
+    async def next(self) -> Event | None:
+        """The next event, or None for a tick."""
+        while True:
+            if (event := self.pop()) is not None:
+                return event
+            if self.take_tick():
+                return None
+            await self.wakeup()
 
 
 class Hub:

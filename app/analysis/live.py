@@ -78,23 +78,21 @@ class _Sent:
         self.position = position
         self._order = stream_id_key(position)
         self.states: dict[str, Event] = {}
-        self._open: set[str] = set()  # tasks not yet in a terminal status
+        self._open = 0  # tasks not yet in a terminal status
 
-    def is_new(self, event: Event) -> bool:
-        return event.order > self._order and self.is_newer_state(event)
-
-    def is_newer_state(self, event: Event) -> bool:
+    def accept(self, event: Event, after_position: bool = True) -> bool:
+        """Whether to send `event`, recorded if so: a newer state of its task than the one
+        sent and, for a live event, later in the stream than the client's position."""
+        if after_position and event.order <= self._order:
+            return False
         known = self.states.get(event.task_id)
-        return known is None or event.updated_at > known.updated_at
-
-    def record(self, event: Event) -> None:
+        if known is not None and event.updated_at <= known.updated_at:
+            return False
         if event.order > self._order:
             self.position, self._order = event.id, event.order
         self.states[event.task_id] = event
-        if event.terminal:
-            self._open.discard(event.task_id)
-        else:
-            self._open.add(event.task_id)
+        self._open += (not event.terminal) - (known is not None and not known.terminal)
+        return True
 
     @property
     def done(self) -> bool:
@@ -157,19 +155,24 @@ class LiveSource:
             start, opening = await self._opening(request, rows)
             del rows  # not kept for the life of the stream
             sent = _Sent(start)
+            event: Event | None = None
             for event in opening:
-                if sent.is_newer_state(event):
-                    sent.record(event)
+                if sent.accept(event, False):
                     yield render(event)
             del opening
+            event = None  # the opening's events are not kept for the life of the stream
             deadline = time.monotonic() + self._timing.max_connection_seconds
-            while not sent.done:
-                incoming = await listener.next()
-                if incoming is not None:
-                    if sent.is_new(incoming):
-                        sent.record(incoming)
+            while not sent.done:  # it can only change when a state is sent
+                while True:  # live events, until a heartbeat tick
+                    incoming = listener.pop()
+                    if incoming is None:
+                        if listener.take_tick():
+                            break
+                        await listener.wakeup()
+                    elif sent.accept(incoming):
                         yield render(incoming)
-                    continue
+                        if incoming.terminal and sent.done:
+                            return
                 if time.monotonic() >= deadline:
                     yield render(Marker.RECONNECT)
                     return
@@ -179,10 +182,10 @@ class LiveSource:
                 if listener.quiet or not request.single_task:
                     if listener.quiet:
                         yield render(Marker.HEARTBEAT)
-                    for fresh in await self._recheck(request, sent.position):
-                        if sent.is_newer_state(fresh):
-                            sent.record(fresh)
-                            yield render(fresh)
+                    for event in await self._recheck(request, sent.position):
+                        if sent.accept(event, False):
+                            yield render(event)
+                    event = None
         finally:
             slot.give_back()  # first: nothing below may keep it
             if listener is not None:
