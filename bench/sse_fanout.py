@@ -57,10 +57,9 @@ GOAL_CLIENTS = 2000
 SERVER_START_SECONDS = 30.0
 PHASE_SLACK_SECONDS = 20.0
 MAX_WARMUP = 40.0
-SERVER_CPU, LOAD_CPU = (
-    1,
-    0,
-)  # with --pin: the server alone on one core, everything else on the other
+# With --pin: the server side (the API server and Redis) on one core, the outside world (load
+# generator, the publisher standing in for the workers, PostgreSQL) on the other.
+SERVER_CPU, LOAD_CPU = 1, 0
 
 
 # -- the servers (run as `serve` in their own process) -----------------------------------------
@@ -573,7 +572,7 @@ async def orchestrate(args: argparse.Namespace) -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.pin:
-        os.sched_setaffinity(0, {LOAD_CPU})  # inherited by Redis, PostgreSQL, the load generator
+        os.sched_setaffinity(0, {LOAD_CPU})  # inherited by PostgreSQL and the load generator
     workdir = Path(tempfile.mkdtemp(prefix="sse-fanout-"))
     postgres = EmbeddedPostgres(workdir / "postgres")
     redis_server = EmbeddedRedis(workdir / "redis")
@@ -582,6 +581,8 @@ async def orchestrate(args: argparse.Namespace) -> int:
     try:
         await asyncio.to_thread(postgres.start)
         await asyncio.to_thread(redis_server.start)
+        if args.pin:
+            os.sched_setaffinity(redis_server.pid, {SERVER_CPU})
         pg_url = await ensure_database(postgres.url, "vocalborn_bench")
         database_url = asyncpg_url(pg_url)
         await asyncio.to_thread(migrate.upgrade, database_url)
@@ -714,9 +715,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (server logs)")
     parser.add_argument(
         "--pin",
-        action=argparse.BooleanOptionalAction,
-        default=(os.cpu_count() or 1) >= 2,
-        help="the server alone on one core, load generator/Redis/publisher on another",
+        action="store_true",
+        help="server and Redis on core 1, load generator, publisher and PostgreSQL on core 0",
     )
     parser.add_argument(
         "--no-write", dest="write", action="store_false", help="do not write the results file"
