@@ -132,9 +132,10 @@ class Listener:
         return True
 
     def wakeup(self) -> asyncio.Future[None]:
-        if self._waiter is None:
-            self._waiter = asyncio.get_running_loop().create_future()
-        return self._waiter
+        waiter = self._waiter
+        if waiter is None or waiter.done():  # done: cancelled with a stream that awaited it
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        return waiter
 
     async def next(self) -> Event | None:
         """The next event, or None for a tick."""
