@@ -248,6 +248,10 @@ class Hub:
                 log.warning("progress hub: cannot reach Redis (%s); retrying", exc)
                 await asyncio.sleep(RECONNECT_DELAY_SECONDS)
                 continue
+            except Exception:  # never stop trying: the streams depend on it
+                log.exception("progress hub: connecting to Redis failed; retrying")
+                await asyncio.sleep(RECONNECT_DELAY_SECONDS)
+                continue
             await asyncio.wait([subscriber.closed, reader.closed], return_when="FIRST_COMPLETED")
             log.warning("progress hub: connection to Redis lost; reconnecting")
             self._disconnected()
@@ -287,27 +291,35 @@ class Hub:
     async def _tick_forever(self) -> None:
         while True:
             await asyncio.sleep(self._tick_seconds)  # the heartbeat period
-            self._check_alive()
+            try:
+                self._check_alive()
+            except Exception:  # the ticks below must never stop: every stream relies on them
+                log.exception("progress hub: checking the Redis connections failed")
             for listeners in list(self._listeners.values()):
                 for listener in listeners:
                     listener.tick()
 
     def _check_alive(self) -> None:
         """PING both connections every heartbeat; one that has not answered the previous PING
-        is closed (a half-open TCP connection otherwise passes for a quiet one)."""
+        is closed (a half-open TCP connection otherwise passes for a quiet one), and so is one
+        already lost whose loss the connection keeper has not handled yet."""
         if not self.connected:
+            return
+        subscriber, reader = self._subscriber, self._reader
+        if subscriber is None or reader is None or not (subscriber.is_open and reader.is_open):
+            self._disconnected()
             return
         if self._unanswered_pings:
             log.warning("progress hub: Redis did not answer PING; reconnecting")
             self._disconnected()
             return
-        assert self._subscriber is not None and self._reader is not None
         self._unanswered_pings = 2
-        self._subscriber.send([(("PING",), None)])  # answered by a push
-        self._reader.send([(("PING",), self._pong)])
+        subscriber.send([(("PING",), None)])  # answered by a push
+        reader.send([(("PING",), self._pong)])
 
-    def _pong(self, _reply: Reply) -> None:
-        self._unanswered_pings = max(0, self._unanswered_pings - 1)
+    def _pong(self, reply: Reply) -> None:
+        if not isinstance(reply, Exception):  # a lost connection answers with its error
+            self._unanswered_pings = max(0, self._unanswered_pings - 1)
 
     # -- notices -----------------------------------------------------------------------------
     def _on_push(self, pushes: list[Reply]) -> None:
@@ -317,6 +329,8 @@ class Hub:
             if not isinstance(push, list) or not push:
                 if push == b"PONG":  # a PING while subscribed to nothing
                     self._pong(push)
+                elif isinstance(push, Exception):  # e.g. an ACL refusing a SUBSCRIBE
+                    log.error("progress hub: Redis refused a command: %s", push)
                 continue
             kind = push[0]
             if kind == b"message":

@@ -18,11 +18,11 @@ import asyncio
 import logging
 import ssl
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import hiredis
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import RedisSSLContext, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
@@ -59,12 +59,11 @@ class RespConnection(asyncio.Protocol):
                     lambda: cls(on_push), options["path"]
                 )
             else:
-                secure = ssl.create_default_context() if url.startswith("rediss:") else None
                 _, connection = await loop.create_connection(
                     lambda: cls(on_push),
                     options.get("host", "localhost"),
                     options.get("port", 6379),
-                    ssl=secure,
+                    ssl=_tls(url, options),
                 )
             try:
                 if options.get("password"):
@@ -138,11 +137,24 @@ class RespConnection(asyncio.Protocol):
         return value
 
     def close(self) -> None:
+        """At once, unsent data dropped: a connection is closed when it is judged dead or no
+        longer wanted (a graceful close could wait on a half-open peer until TCP gives up)."""
         if self._transport is not None:
-            self._transport.close()  # connection_lost follows
+            self._transport.abort()  # connection_lost follows
         elif not self.closed.done():
             self.closed.set_result(None)
 
     async def aclose(self) -> None:
         self.close()
         await self.closed
+
+
+def _tls(url: str, options: Mapping[str, Any]) -> ssl.SSLContext | None:
+    """For `rediss://`, the TLS settings redis-py would take from the same URL."""
+    if not url.startswith("rediss:"):
+        return None
+    return RedisSSLContext(
+        cert_reqs=options.get("ssl_cert_reqs", "required"),
+        ca_certs=options.get("ssl_ca_certs"),
+        check_hostname=options.get("ssl_check_hostname", False),
+    ).get()

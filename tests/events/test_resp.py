@@ -162,3 +162,30 @@ async def test_a_hub_whose_pings_go_unanswered_reconnects(
         assert (await _next_event(listener)).id == entry_id
     finally:
         await hub.stop()
+
+
+async def test_a_tick_right_after_a_loss_still_ticks_and_reconnects(
+    settings: Settings, redis: Redis
+) -> None:
+    """The gap between a connection's loss and the keeper handling it: a heartbeat tick that
+    falls into it must neither raise (that would end the ticks of every stream) nor send."""
+    hub = Hub(settings.redis_url, queue_size=8, tick_seconds=60)
+    await hub.start()
+    try:
+        listener = await hub.join(TOPIC)
+        lost = await wait_for(lambda: _hub_subscription(redis), within=5)
+        subscriber = hub._subscriber
+        assert subscriber is not None
+        subscriber.close()  # lost; the keeper has not run yet
+        assert hub.connected and not subscriber.is_open
+        hub._check_alive()  # what the tick does first: must not raise
+        assert not hub.connected
+
+        async def reconnected() -> bool:
+            return (await _hub_subscription(redis)) not in (None, lost)
+
+        await wait_for(reconnected, within=10)
+        entry_id = await _announce(redis, 4)
+        assert (await _next_event(listener)).id == entry_id
+    finally:
+        await hub.stop()

@@ -80,6 +80,9 @@ async def test_who_may_not_open_a_stream(
     assert await status_of(f"{events}?access_token={alice.token}") == (401, "unauthorized")
     # No credentials at all.
     assert await status_of(events) == (401, "unauthorized")
+    # Another method on a stream's path: the API's own 405, in its error shape.
+    post = await http.post(events, headers=alice.headers)
+    assert (post.status_code, post.json()["error"]["code"]) == (405, "method_not_allowed")
 
 
 async def test_per_user_limit_on_open_streams(
