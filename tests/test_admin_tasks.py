@@ -5,7 +5,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.users.models import Role
-from tests.analysis.conftest import submit, upload_recording
+from tests.analysis.conftest import new_task
 from tests.conftest import ApiUser, MakeUser
 
 
@@ -13,8 +13,7 @@ async def test_admin_task_api(
     client: httpx.AsyncClient, alice: ApiUser, make_user: MakeUser, engine: AsyncEngine
 ) -> None:
     admin = await make_user("root@example.test", Role.ADMIN)
-    _, record_id, _ = await upload_recording(client, alice)
-    task_id = (await submit(client, alice, record_id))["task_id"]
+    task_id = await new_task(client, alice)
     for method, path in (
         ("GET", "/api/v1/admin/tasks/stats"),
         ("DELETE", f"/api/v1/admin/tasks/{task_id}"),
@@ -35,10 +34,10 @@ async def test_admin_task_api(
 
     retried = await client.post(f"/api/v1/admin/tasks/{task_id}/retry", headers=admin.headers)
     assert retried.status_code == 202
-    new_task = retried.json()
-    assert new_task["task_id"] != task_id and new_task["status"] == "pending"
+    retried_task = retried.json()
+    assert retried_task["task_id"] != task_id and retried_task["status"] == "pending"
     owned = await client.get(
-        f"/api/v1/tasks/analysis/{new_task['task_id']}/status", headers=alice.headers
+        f"/api/v1/tasks/analysis/{retried_task['task_id']}/status", headers=alice.headers
     )
     assert owned.status_code == 200  # the retry belongs to the recording's owner
 

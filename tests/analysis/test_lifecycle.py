@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.analysis.conftest import (
     StartWorker,
+    new_task,
     record_status,
     submit,
     task_status,
@@ -76,8 +77,7 @@ async def test_503_twice_then_ok(
     client: httpx.AsyncClient, alice: ApiUser, fake_ai: FakeAI, start_worker: StartWorker
 ) -> None:
     fake_ai.then(status(503), times=2)
-    _, record_id, _ = await upload_recording(client, alice)
-    task_id = (await submit(client, alice, record_id))["task_id"]
+    task_id = await new_task(client, alice)
     await start_worker()
     final = await wait_for_status(client, alice, task_id)
     assert final["status"] == "success"
@@ -115,8 +115,7 @@ async def test_hang_times_out_retries_then_fails(
     client: httpx.AsyncClient, alice: ApiUser, fake_ai: FakeAI, start_worker: StartWorker
 ) -> None:
     fake_ai.reset(default=HANG)
-    _, record_id, _ = await upload_recording(client, alice)
-    task_id = (await submit(client, alice, record_id))["task_id"]
+    task_id = await new_task(client, alice)
     await start_worker(ai_deadline_seconds=1.0)
     final = await wait_for_status(client, alice, task_id, within=30)
     assert final["status"] == "failure"
@@ -130,8 +129,7 @@ async def test_rate_limit_honours_retry_after(
     client: httpx.AsyncClient, alice: ApiUser, fake_ai: FakeAI, start_worker: StartWorker
 ) -> None:
     fake_ai.then(status(429, retry_after="2"))
-    _, record_id, _ = await upload_recording(client, alice)
-    task_id = (await submit(client, alice, record_id))["task_id"]
+    task_id = await new_task(client, alice)
     await start_worker()
     waiting = await wait_for_status(client, alice, task_id, {"retry"})
     assert waiting["error_code"] == "ai_service"
@@ -150,8 +148,7 @@ async def test_malformed_answer_is_an_ai_service_error(
     answer: Mode,
 ) -> None:
     fake_ai.then(answer)  # retried as `ai_service`, then the next answer is fine
-    _, record_id, _ = await upload_recording(client, alice)
-    task_id = (await submit(client, alice, record_id))["task_id"]
+    task_id = await new_task(client, alice)
     await start_worker()
     final = await wait_for_status(client, alice, task_id)
     assert final["status"] == "success" and final["retry_count"] == 1
@@ -161,8 +158,7 @@ async def test_ai_down_then_back(
     client: httpx.AsyncClient, alice: ApiUser, fake_ai: FakeAI, start_worker: StartWorker
 ) -> None:
     fake_ai.stop()
-    _, record_id, _ = await upload_recording(client, alice)
-    task_id = (await submit(client, alice, record_id))["task_id"]
+    task_id = await new_task(client, alice)
     await start_worker()
     waiting = await wait_for_status(client, alice, task_id, {"retry"})
     assert waiting["error_code"] == "network"

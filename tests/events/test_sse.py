@@ -14,7 +14,9 @@ from app.embedded import EmbeddedRedis
 from tests.analysis.conftest import (
     TERMINAL,
     StartWorker,
+    new_task,
     submit,
+    task_status,
     upload_recording,
     wait_for,
     wait_for_status,
@@ -42,15 +44,12 @@ async def test_client_sees_every_step_in_order(
     redis: Redis,
 ) -> None:
     fake_ai.reset(default=ok(latency=1.0))
-    _, record_id, _ = await upload_recording(http, alice)
-    task_id = (await submit(http, alice, record_id))["task_id"]
+    task_id = await new_task(http, alice)
     async with http.stream("GET", _events_url(task_id), headers=alice.headers) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         await start_worker()
-        events = await read_events(
-            response.aiter_lines()
-        )  # returns when the server ends the stream
+        events = await read_events(response.aiter_lines())  # ends when the server ends it
 
     documents = [event.json() for event in events]
     assert all(event.event == "status" for event in events)
@@ -62,9 +61,7 @@ async def test_client_sees_every_step_in_order(
     for step in ("uploading", "preprocessing", "feature_extraction", "scoring", "completed"):
         assert step in steps
     assert [event.id for event in events] == await _stream_ids(redis, task_id)
-    final = (
-        await http.get(f"/api/v1/tasks/analysis/{task_id}/status", headers=alice.headers)
-    ).json()
+    final = await task_status(http, alice, task_id)
     assert documents[-1] | {"queue_position": None} == final | {"queue_position": None}
 
 
@@ -76,15 +73,13 @@ async def test_reconnect_with_last_event_id_gets_exactly_what_was_missed(
     redis: Redis,
 ) -> None:
     fake_ai.reset(default=ok(latency=3.0))
-    _, record_id, _ = await upload_recording(http, alice)
-    task_id = (await submit(http, alice, record_id))["task_id"]
+    task_id = await new_task(http, alice)
     await start_worker()
     async with http.stream("GET", _events_url(task_id), headers=alice.headers) as response:
         first = await read_events(response.aiter_lines(), limit=2)
     # The client drops and comes back while the task is still running: what it missed is
     # replayed from the stream, then live events follow, without overlap.
-    running = await http.get(f"/api/v1/tasks/analysis/{task_id}/status", headers=alice.headers)
-    assert running.json()["status"] not in TERMINAL
+    assert (await task_status(http, alice, task_id))["status"] not in TERMINAL
     headers = alice.headers | {"Last-Event-ID": first[-1].id}
     async with http.stream("GET", _events_url(task_id), headers=headers) as response:
         rest = await read_events(response.aiter_lines())
@@ -97,8 +92,7 @@ async def test_reconnect_with_last_event_id_gets_exactly_what_was_missed(
 async def test_connect_after_the_end_gets_one_terminal_event(
     http: httpx.AsyncClient, alice: ApiUser, fake_ai: FakeAI, start_worker: StartWorker
 ) -> None:
-    _, record_id, _ = await upload_recording(http, alice)
-    task_id = (await submit(http, alice, record_id))["task_id"]
+    task_id = await new_task(http, alice)
     await start_worker()
     await wait_for_status(http, alice, task_id, TERMINAL)
     async with http.stream("GET", _events_url(task_id), headers=alice.headers) as response:
@@ -109,8 +103,7 @@ async def test_connect_after_the_end_gets_one_terminal_event(
 async def test_terminal_task_without_a_stream_is_served_from_postgres(
     http: httpx.AsyncClient, alice: ApiUser, engine: AsyncEngine, redis: Redis
 ) -> None:
-    _, record_id, _ = await upload_recording(http, alice)
-    task_id = (await submit(http, alice, record_id))["task_id"]
+    task_id = await new_task(http, alice)
     async with engine.begin() as connection:
         await connection.execute(
             text(
@@ -133,8 +126,7 @@ async def test_progress_while_pubsub_was_down_arrives_through_the_heartbeat(
     redis_server: EmbeddedRedis | None,
 ) -> None:
     assert redis_server is not None, "needs the embedded Redis (TEST_REDIS_URL is set)"
-    _, record_id, _ = await upload_recording(http, alice)
-    task_id = (await submit(http, alice, record_id))["task_id"]
+    task_id = await new_task(http, alice)
     async with http.stream("GET", _events_url(task_id), headers=alice.headers) as response:
         lines = response.aiter_lines()
         first = await read_events(lines, limit=1)

@@ -10,7 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.ai_client.wire import AIResult
 from app.analysis import lifecycle
-from tests.analysis.conftest import StartWorker, submit, upload_recording, wait_for, wait_for_status
+from tests.analysis.conftest import (
+    StartWorker,
+    new_task,
+    wait_for,
+    wait_for_status,
+)
 from tests.conftest import ApiUser
 from tests.fake_ai import AI_RESULT, FakeAI
 
@@ -37,8 +42,7 @@ async def _results(engine: AsyncEngine, task_id: str) -> list[Any]:
 async def test_stale_attempt_cannot_write(
     client: httpx.AsyncClient, alice: ApiUser, engine: AsyncEngine
 ) -> None:
-    _, record_id, _ = await upload_recording(client, alice)
-    task_id = (await submit(client, alice, record_id))["task_id"]
+    task_id = await new_task(client, alice)
 
     first = await lifecycle.claim(engine, task_id, f"{task_id}:0", "worker-a", lease=0.2)
     assert first is not None and first.attempt == 1
@@ -72,8 +76,7 @@ async def test_crash_loop_fails_the_task(
     fake_ai: FakeAI,
     start_worker: StartWorker,
 ) -> None:
-    _, record_id, _ = await upload_recording(client, alice)
-    task_id = (await submit(client, alice, record_id))["task_id"]
+    task_id = await new_task(client, alice)
     # Three workers died holding this task: each claimed it and its lease ran out.
     for n in range(3):
         claimed = await lifecycle.claim(engine, task_id, f"{task_id}:{n}", f"dead-{n}", 0.05)
@@ -96,8 +99,7 @@ async def test_circuit_breaker_stops_calls_then_probes(
     from tests.fake_ai import ok, status
 
     fake_ai.reset(default=status(503))
-    _, record_id, _ = await upload_recording(client, alice)
-    task_id = (await submit(client, alice, record_id))["task_id"]
+    task_id = await new_task(client, alice)
     await start_worker(breaker_failure_threshold=2, breaker_cooldown_seconds=2.0)
 
     async def circuit_open() -> bool:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.analysis import lifecycle
 from tests.analysis.conftest import (
     StartWorker,
+    new_task,
     record_status,
     submit,
     task_status,
@@ -102,8 +103,7 @@ async def test_busy_ai_service_defers_without_spending_the_budget(
     redis: Redis,
 ) -> None:
     fake_ai.then(status(503, retry_after="1"), times=6)
-    _, record_id, _ = await upload_recording(client, alice)
-    task_id = (await submit(client, alice, record_id))["task_id"]
+    task_id = await new_task(client, alice)
     await start_worker(breaker_failure_threshold=2)
     waiting = await wait_for_status(client, alice, task_id, {"retry"})
     assert waiting["error_code"] == "ai_busy"
@@ -120,8 +120,7 @@ async def test_each_error_class_has_its_own_budget(
     # Two network errors, then two timeouts: within the network (5) and timeout (2) budgets,
     # though four retries in all exceed the timeout budget.
     fake_ai.then(status(503), status(503), HANG, HANG)
-    _, record_id, _ = await upload_recording(client, alice)
-    task_id = (await submit(client, alice, record_id))["task_id"]
+    task_id = await new_task(client, alice)
     await start_worker(ai_deadline_seconds=1.0)
     final = await wait_for_status(client, alice, task_id, within=40)
     assert final["status"] == "success", final
@@ -176,8 +175,7 @@ async def test_a_service_busy_forever_fails_the_task_in_the_end(
     client: httpx.AsyncClient, alice: ApiUser, fake_ai: FakeAI, start_worker: StartWorker
 ) -> None:
     fake_ai.reset(default=status(503, retry_after="0"))
-    _, record_id, _ = await upload_recording(client, alice)
-    task_id = (await submit(client, alice, record_id))["task_id"]
+    task_id = await new_task(client, alice)
     await start_worker(max_deferrals=2)
     final = await wait_for_status(client, alice, task_id, within=40)
     assert final["status"] == "failure" and final["error_code"] == "network"
