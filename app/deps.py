@@ -1,4 +1,7 @@
-"""FastAPI dependencies: settings, a database session per request, the caller."""
+"""FastAPI dependencies: settings, a database session per request, the caller.
+
+All `async def`, though none awaits: FastAPI runs a plain `def` dependency in a worker thread,
+a thread hop per dependency and request."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from app.storage import Storage
 _bearer = HTTPBearer(auto_error=False)
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.vocalborn
     return state
 
@@ -26,11 +29,11 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_settings(state: StateDep) -> Settings:
+async def get_settings(state: StateDep) -> Settings:
     return state.settings
 
 
-def get_storage(state: StateDep) -> Storage:
+async def get_storage(state: StateDep) -> Storage:
     return state.storage
 
 
@@ -40,16 +43,16 @@ async def get_session(state: StateDep) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def current_user(
+async def current_user(
     state: StateDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    if credentials is None or credentials.scheme.lower() != "bearer":
+    if credentials is None:  # HTTPBearer(auto_error=False): absent, or not a bearer scheme
         raise Unauthorized("Missing bearer token")
     return decode_access_token(credentials.credentials, state.settings)
 
 
-def require_admin(user: Annotated[Principal, Depends(current_user)]) -> Principal:
+async def require_admin(user: Annotated[Principal, Depends(current_user)]) -> Principal:
     if not user.is_admin:
         raise AppError(403, "forbidden", "Administrator role required")
     return user

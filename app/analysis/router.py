@@ -23,7 +23,7 @@ IdempotencyKey = Annotated[
 ]
 
 
-def get_submitter(state: StateDep) -> submit.Submitter:
+async def get_submitter(state: StateDep) -> submit.Submitter:
     return submit.Submitter(arq=state.arq, estimator=state.estimator, publisher=state.publisher)
 
 
