@@ -51,8 +51,8 @@ class AppError(Exception):
 
 
 class NotFound(AppError):
-    def __init__(self, what: str, **details: Any) -> None:
-        super().__init__(404, "not_found", f"{what} not found", details=details or None)
+    def __init__(self, what: str) -> None:
+        super().__init__(404, "not_found", f"{what} not found")
 
 
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:

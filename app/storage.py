@@ -35,11 +35,9 @@ class Storage(Protocol):
 
     def writer(self, key: str) -> contextlib.AbstractAsyncContextManager[AudioWriter]: ...
 
-    def read(self, key: str, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]: ...
+    def read(self, key: str) -> AsyncIterator[bytes]: ...
 
     async def delete(self, key: str) -> None: ...
-
-    async def exists(self, key: str) -> bool: ...
 
     def local_path(self, key: str) -> Path | None: ...
 
@@ -90,7 +88,7 @@ class LocalStorage:
             await asyncio.to_thread(partial.unlink, missing_ok=True)
             raise
 
-    async def read(self, key: str, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+    async def read(self, key: str) -> AsyncIterator[bytes]:
         try:
             handle = await asyncio.to_thread(open, self._path(key), "rb")
         except FileNotFoundError:
@@ -98,13 +96,10 @@ class LocalStorage:
         except OSError as exc:
             raise StorageUnavailable(str(exc)) from exc
         try:
-            while chunk := await asyncio.to_thread(handle.read, chunk_size):
+            while chunk := await asyncio.to_thread(handle.read, CHUNK_SIZE):
                 yield chunk
         finally:
             await asyncio.to_thread(handle.close)
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
-
-    async def exists(self, key: str) -> bool:
-        return await asyncio.to_thread(self._path(key).exists)

@@ -34,7 +34,6 @@ class TaskStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-ACTIVE_STATUSES = (TaskStatus.PENDING, TaskStatus.PROCESSING, TaskStatus.RETRY)
 TERMINAL_STATUSES = (TaskStatus.SUCCESS, TaskStatus.FAILURE, TaskStatus.CANCELLED)
 ACTIVE_STATUS_SQL = "status IN ('pending', 'processing', 'retry')"
 

@@ -64,5 +64,5 @@ def overall_progress(ai_progress: float) -> int:
     return AI_PROGRESS_FLOOR + int(clamped * span / 100)
 
 
-def ai_step(code: str | None, fallback: Step = FEATURE_EXTRACTION) -> Step:
+def ai_step(code: str | None, fallback: Step) -> Step:
     return AI_STEP_MAP.get(code or "", fallback)
