@@ -27,8 +27,7 @@ async def create_session(
         await session.commit()
     except IntegrityError as exc:  # the token's subject is not a known user
         raise Unauthorized("Unknown user") from exc
-    await session.refresh(practice)
-    return practice
+    return practice  # server defaults came back with the INSERT (RETURNING)
 
 
 async def get_owned_session(
@@ -93,8 +92,7 @@ async def upload_record(
         )
         session.add(record)
         await session.commit()
-    await session.refresh(record)
-    return record
+    return record  # server defaults came back with the INSERT (RETURNING)
 
 
 async def _duration(storage: Storage, key: str) -> float | None:
