@@ -73,6 +73,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 def worker_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `arq.Worker`; every duration comes from settings."""
     job_timeout = settings.job_timeout_seconds
+    if settings.ai_deadline_seconds >= job_timeout:  # our deadline must fire before arq's
+        raise ValueError("AI_DEADLINE_SECONDS must be below JOB_TIMEOUT_SECONDS")
     return {
         "functions": [
             func(
@@ -114,10 +116,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
 
 
 def _settings_class() -> type:
-    settings = get_settings()
-    if settings.ai_deadline_seconds >= settings.job_timeout_seconds:
-        raise ValueError("AI_DEADLINE_SECONDS must be below JOB_TIMEOUT_SECONDS")
-    return type("WorkerSettings", (), worker_options(settings))
+    return type("WorkerSettings", (), worker_options(get_settings()))
 
 
 WorkerSettings = _settings_class()

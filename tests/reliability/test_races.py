@@ -72,7 +72,9 @@ async def test_worker_shutdown_hands_the_task_back_without_counting_a_crash(
     fake_ai.reset(default=HANG)
     _, record_id, _ = await upload_recording(client, alice)
     task_id = (await submit(client, alice, record_id))["task_id"]
-    worker = await start_worker(lease_seconds=60.0, ai_deadline_seconds=30.0)
+    worker = await start_worker(
+        lease_seconds=60.0, ai_deadline_seconds=30.0, job_timeout_seconds=40.0
+    )
     await wait_for_status(client, alice, task_id, {"processing"})
 
     async def ai_called() -> bool:
