@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import text
 
 from app.analysis import queue
-from app.analysis.lifecycle import RECORD_AFTER_ANALYSIS_ENDED
+from app.analysis.lifecycle import RECORD_AFTER_ANALYSIS_ENDED, SET_CANCELLED, move_record
 from app.analysis.maintenance import delete_expired_tasks
 from app.analysis.status import status_columns
 from app.metrics import QUEUE_DEPTH, TASKS_FINISHED, WORKER_HEARTBEAT
@@ -40,17 +40,12 @@ DUE = text(
 ORPHANED_CANCELS = text(
     f"""
     WITH moved AS (
-        UPDATE ai_analysis_tasks SET status = 'cancelled', completed_at = now(),
-            lease_expires_at = NULL, current_step = 'cancelled', updated_at = clock_timestamp()
+        UPDATE ai_analysis_tasks SET {SET_CANCELLED}
         WHERE cancel_requested_at IS NOT NULL
           AND (status IN ('pending', 'retry')
                OR (status = 'processing' AND lease_expires_at < now()))
         RETURNING {status_columns("ai_analysis_tasks")}
-    ), released AS (
-        UPDATE practice_records r SET record_status = {RECORD_AFTER_ANALYSIS_ENDED},
-            updated_at = clock_timestamp()
-        FROM moved m WHERE r.practice_record_id = m.practice_record_id
-    )
+    ), released AS ({move_record(RECORD_AFTER_ANALYSIS_ENDED)})
     SELECT * FROM moved
     """
 )

@@ -35,11 +35,18 @@ RECORD_AFTER_ANALYSIS_ENDED = """CASE WHEN EXISTS (
 ) THEN 'ai_analyzed' ELSE 'recorded' END"""
 
 
-def _move_record(record_status: str) -> str:
+def move_record(record_status: str, where: str = "TRUE") -> str:
+    """The CTE step that moves the records of the task rows in `moved` (`m`) to
+    `record_status`."""
     return f"""
     UPDATE practice_records r SET record_status = {record_status}, updated_at = clock_timestamp()
-    FROM moved m WHERE r.practice_record_id = m.practice_record_id
+    FROM moved m WHERE r.practice_record_id = m.practice_record_id AND {where}
     """
+
+
+# A task ending as cancelled (by its worker, the reconciler or the cancel request itself).
+SET_CANCELLED = """status = 'cancelled', completed_at = now(), lease_expires_at = NULL,
+    current_step = 'cancelled', updated_at = clock_timestamp()"""
 
 
 CLAIM = text(
@@ -109,7 +116,7 @@ SUCCEED = text(
         FROM moved
         ON CONFLICT (task_id) DO NOTHING
         RETURNING result_id
-    ), released AS ({_move_record("'ai_analyzed'")})
+    ), released AS ({move_record("'ai_analyzed'")})
     SELECT * FROM moved
     """
 )
@@ -129,7 +136,7 @@ RETRY = text(
             updated_at = clock_timestamp()
         WHERE {_FENCE} AND {_NOT_CANCELLED}
         RETURNING {_STATUS}, next_attempt_at
-    ), released AS ({_move_record("'ai_queued'")})
+    ), released AS ({move_record("'ai_queued'")})
     SELECT * FROM moved
     """
 )
@@ -143,7 +150,7 @@ FAIL = text(
             updated_at = clock_timestamp()
         WHERE {_FENCE} AND {_NOT_CANCELLED}
         RETURNING {_STATUS}
-    ), released AS ({_move_record(RECORD_AFTER_ANALYSIS_ENDED)})
+    ), released AS ({move_record(RECORD_AFTER_ANALYSIS_ENDED)})
     SELECT * FROM moved
     """
 )
@@ -151,12 +158,10 @@ FAIL = text(
 CANCELLED = text(
     f"""
     WITH moved AS (
-        UPDATE ai_analysis_tasks SET
-            status = 'cancelled', completed_at = now(), lease_expires_at = NULL,
-            current_step = 'cancelled', updated_at = clock_timestamp()
+        UPDATE ai_analysis_tasks SET {SET_CANCELLED}
         WHERE {_FENCE} AND cancel_requested_at IS NOT NULL
         RETURNING {_STATUS}
-    ), released AS ({_move_record(RECORD_AFTER_ANALYSIS_ENDED)})
+    ), released AS ({move_record(RECORD_AFTER_ANALYSIS_ENDED)})
     SELECT * FROM moved
     """
 )

@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analysis import queue, status
 from app.analysis.eta import Estimator
-from app.analysis.lifecycle import RECORD_AFTER_ANALYSIS_ENDED
+from app.analysis.lifecycle import RECORD_AFTER_ANALYSIS_ENDED, move_record
+from app.analysis.models import ACTIVE_STATUS_SQL
 from app.analysis.progress import Publisher
 from app.analysis.schemas import AnalysisResultOut, SessionStatusOut, TaskStatusOut
 from app.auth import Principal
@@ -31,7 +32,7 @@ RESULT = text(
 _STATUS = status.status_columns("ai_analysis_tasks")
 CANCEL = text(
     f"""
-    WITH cancelled AS (
+    WITH moved AS (
         UPDATE ai_analysis_tasks SET
             status = CASE WHEN status = 'processing' THEN status ELSE 'cancelled' END,
             current_step = CASE WHEN status = 'processing' THEN current_step ELSE 'cancelled' END,
@@ -40,15 +41,10 @@ CANCEL = text(
             next_attempt_at = NULL,
             updated_at = clock_timestamp()
         WHERE task_id = :task_id AND (user_id = :user_id OR CAST(:admin AS boolean))
-          AND status IN ('pending', 'processing', 'retry')
+          AND {ACTIVE_STATUS_SQL}
         RETURNING {_STATUS}, job_id
-    ), released AS (
-        UPDATE practice_records r SET record_status = {RECORD_AFTER_ANALYSIS_ENDED},
-            updated_at = clock_timestamp()
-        FROM cancelled c
-        WHERE c.status = 'cancelled' AND r.practice_record_id = c.practice_record_id
-    )
-    SELECT * FROM cancelled
+    ), released AS ({move_record(RECORD_AFTER_ANALYSIS_ENDED, "m.status = 'cancelled'")})
+    SELECT * FROM moved
     """
 )
 

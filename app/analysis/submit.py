@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analysis import queue
 from app.analysis.eta import Estimator
+from app.analysis.models import ACTIVE_STATUS_SQL
 from app.analysis.progress import Publisher
 from app.analysis.schemas import AnalysisParameters, SubmittedTask
 from app.analysis.status import describe, safe_position, status_columns
@@ -62,13 +63,12 @@ SUBMIT_RECORD = text(
 )
 
 EXISTING_FOR_RECORD = text(
-    """
+    f"""
     SELECT t.task_id, t.practice_record_id, t.status, t.attempt, t.idempotency_key
     FROM ai_analysis_tasks t
     WHERE t.user_id = :user_id
       AND (t.idempotency_key = CAST(:key AS text)
-           OR (t.practice_record_id = :record_id
-               AND t.status IN ('pending', 'processing', 'retry')))
+           OR (t.practice_record_id = :record_id AND t.{ACTIVE_STATUS_SQL}))
     ORDER BY (t.idempotency_key IS NOT DISTINCT FROM CAST(:key AS text)) DESC
     LIMIT 1
     """
