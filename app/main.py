@@ -22,6 +22,7 @@ from app.analysis.router import router as analysis_router
 from app.analysis.stream_auth import StreamLimiter
 from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
+from app.logs import configure_logging
 from app.practice.router import router as practice_router
 from app.settings import Settings, get_settings
 from app.state import AppState
@@ -31,6 +32,7 @@ from app.storage import LocalStorage
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.check_serving_security()
+    configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

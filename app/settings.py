@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     max_audio_file_size: int = 52_428_800
     supported_audio_formats: Annotated[tuple[str, ...], NoDecode] = ("mp3", "wav", "m4a", "aac")
 
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "text"] = "text"
 
     # Task lifecycle; every duration is a setting so that tests can shrink time.

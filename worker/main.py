@@ -14,6 +14,7 @@ from app.analysis import queue
 from app.analysis.eta import Estimator
 from app.analysis.progress import Publisher, publish_settings
 from app.db import create_engine
+from app.logs import configure_logging
 from app.settings import Settings, get_settings
 from app.storage import LocalStorage
 from worker.breaker import CircuitBreaker
@@ -35,6 +36,7 @@ def _every(seconds: int) -> dict[str, Any]:
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get("settings") or get_settings()
+    configure_logging(settings)
     arq = queue.connect(settings.redis_url)
     engine = create_engine(settings)
     estimator = Estimator(engine, slots=settings.ai_service_concurrency)
