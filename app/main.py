@@ -20,6 +20,7 @@ from app.analysis.live import LiveSource, StreamTiming
 from app.analysis.progress import Publisher, publish_settings
 from app.analysis.router import router as analysis_router
 from app.analysis.stream_auth import StreamLimiter
+from app.analysis.submit import Submitter
 from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
 from app.logs import configure_logging
@@ -44,13 +45,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.redis_url, settings.sse_client_queue_size, settings.sse_heartbeat_seconds
         )
         timing = StreamTiming(settings.sse_max_connection_seconds)
+        publisher = Publisher(arq, estimator, publish_settings(settings))
         app.state.vocalborn = AppState(
             settings=settings,
             engine=engine,
             sessions=sessions,
             arq=arq,
             estimator=estimator,
-            publisher=Publisher(arq, estimator, publish_settings(settings)),
+            publisher=publisher,
+            submitter=Submitter(arq, estimator, publisher),
             hub=hub,
             live=LiveSource(hub, arq, sessions, estimator, timing),
             limiter=StreamLimiter(settings.max_streams_per_user),

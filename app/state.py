@@ -12,6 +12,7 @@ from app.analysis.hub import Hub
 from app.analysis.live import LiveSource
 from app.analysis.progress import Publisher
 from app.analysis.stream_auth import StreamLimiter
+from app.analysis.submit import Submitter
 from app.settings import Settings
 from app.storage import Storage
 
@@ -24,6 +25,7 @@ class AppState:
     arq: ArqRedis  # the queue's client, also used for any other Redis access
     estimator: Estimator
     publisher: Publisher
+    submitter: Submitter
     hub: Hub
     live: LiveSource
     limiter: StreamLimiter

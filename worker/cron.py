@@ -20,7 +20,6 @@ from worker.context import WorkerDeps, deps_of
 log = logging.getLogger(__name__)
 
 RECONCILE_BATCH = 500
-WORKER_KEY_PREFIX = "vocalborn:worker:"
 
 # Rows whose job should be in arq but may not be: pending rows (their enqueue may have failed),
 # retry rows that are due, processing rows whose lease expired (their worker died).
@@ -87,7 +86,7 @@ HEARTBEAT_SECONDS = 5.0
 
 async def heartbeat_forever(deps: WorkerDeps) -> None:
     """A per-worker key with a short TTL: a worker-down alert can rely on it."""
-    key = WORKER_KEY_PREFIX + deps.worker_name
+    key = queue.WORKER_KEY_PREFIX + deps.worker_name
     while True:
         try:
             now = time.time()

@@ -50,7 +50,14 @@ async def stats(session: AsyncSession, state: AppState) -> TaskStats:
     depth = workers = None
     try:
         depth = await queue.queued_count(state.arq)
-        workers = len([key async for key in state.arq.scan_iter(match="vocalborn:worker:*")])
+        workers = len(
+            [
+                key
+                async for key in state.arq.scan_iter(
+                    match=f"{queue.WORKER_KEY_PREFIX}*", count=1000
+                )
+            ]
+        )
     except Exception:  # Redis down: the database half still answers
         pass
     mean = row["mean_processing_seconds_last_hour"]
@@ -78,10 +85,9 @@ async def retry(session: AsyncSession, state: AppState, task_id: uuid.UUID) -> S
         )
     owner = Principal(row["user_id"], Role.USER)
     parameters = AnalysisParameters.model_validate(_known(row["task_params"]))
-    submitter = submit.Submitter(state.arq, state.estimator, state.publisher)
     # If the recording already has an active analysis, that one is returned.
     return await submit.submit_record(
-        session, submitter, owner, row["practice_record_id"], parameters, None
+        session, state.submitter, owner, row["practice_record_id"], parameters, None
     )
 
 

@@ -20,6 +20,7 @@ from redis.asyncio import ConnectionPool, Redis
 
 QUEUE_NAME = "ai_analysis"
 ANALYZE_FUNCTION = "analyze_recording"
+WORKER_KEY_PREFIX = "vocalborn:worker:"  # a heartbeat key per live worker (worker/cron.py)
 
 
 def serialize(obj: Any) -> bytes:

@@ -24,7 +24,7 @@ IdempotencyKey = Annotated[
 
 
 async def get_submitter(state: StateDep) -> submit.Submitter:
-    return submit.Submitter(arq=state.arq, estimator=state.estimator, publisher=state.publisher)
+    return state.submitter
 
 
 SubmitterDep = Annotated[submit.Submitter, Depends(get_submitter)]
