@@ -49,7 +49,7 @@ class Attempt:
         decision = await self.deps.breaker.before_call()
         if not decision.allowed:
             if self._may_defer("circuit_open"):
-                await self._retry_later(decision.retry_in, "circuit_open", budget=0, counted=False)
+                await self._retry_later(decision.retry_in, "circuit_open", budget=None)
                 return "deferred: circuit open"
             return await self._failed(NetworkError("The AI service circuit stayed open"))
         async with LeaseKeeper(self.deps, self.claimed, self.job_id) as keeper:
@@ -62,7 +62,7 @@ class Attempt:
                     raise  # arq's abort or the worker's shutdown: arq must see it
                 return outcome
             except Exception as exc:
-                return await self._failed(classify(exc))
+                return await self._failed(classify(exc), ai_called=True)
         await self.deps.breaker.record_success()
         stored = await lifecycle.succeed(self.deps.engine, self.claimed, result)
         await self.deps.publisher.publish_row(stored)
@@ -119,15 +119,17 @@ class Attempt:
         TASKS_FINISHED.labels("cancelled").inc()
         return "cancelled"
 
-    async def _failed(self, error: AnalysisError) -> str:
+    async def _failed(self, error: AnalysisError, *, ai_called: bool = False) -> str:
+        """`ai_called`: the AI service's own call failed. Only that counts for the circuit
+        breaker; a database or Redis error, or the circuit itself staying open, does not."""
         error_class = error.error_class
         TASK_ERRORS.labels(error_class.value).inc()
         if isinstance(error, ServiceBusy) and self._may_defer("ai_busy"):
             # Backpressure, not ill health: wait as told, up to MAX_DEFERRALS times.
             delay = (error.retry_after or 1.0) * random.uniform(1.0, 1.5)
-            await self._retry_later(delay, "ai_busy", budget=0, counted=False)
+            await self._retry_later(delay, "ai_busy", budget=None)
             return "deferred: AI service busy"
-        if error_class in SERVICE_FAILURES:
+        if ai_called and error_class in SERVICE_FAILURES:
             await self.deps.breaker.record_failure()
         so_far = self.claimed.retry_counts.get(error_class.value, 0)
         policy = self.deps.policy
@@ -148,12 +150,19 @@ class Attempt:
         return f"failure: {error_class}"
 
     async def _retry_later(
-        self, delay: float, code: str, *, budget: int, message: str = "", counted: bool = True
+        self, delay: float, code: str, *, budget: int | None, message: str = ""
     ) -> None:
+        """A retry within `budget`, or with None a deferral, which spends no budget."""
         message = message or "The AI service is unavailable; the analysis will be retried"
         TASK_RETRIES.labels(code).inc()
         row = await lifecycle.schedule_retry(
-            self.deps.engine, self.claimed, delay, code, message, budget=budget, counted=counted
+            self.deps.engine,
+            self.claimed,
+            delay,
+            code,
+            message,
+            budget=budget or 0,
+            counted=budget is not None,
         )
         if not await self._published_or_cancelled(row) or row is None:
             return

@@ -183,3 +183,21 @@ async def test_a_service_busy_forever_fails_the_task_in_the_end(
     assert final["status"] == "failure" and final["error_code"] == "network"
     assert final["retry_count"] == 5  # two deferrals, then the network budget
     assert fake_ai.call_count() == 2 + 5 + 1
+
+
+async def test_a_circuit_that_stays_open_fails_the_task_without_reopening_itself(
+    client: httpx.AsyncClient,
+    alice: ApiUser,
+    fake_ai: FakeAI,
+    start_worker: StartWorker,
+    redis: Redis,
+) -> None:
+    await redis.set("vocalborn:breaker:ai:open", "1", px=60_000)  # opened by earlier failures
+    task_id = await new_task(client, alice)
+    await start_worker(max_deferrals=0)
+    final = await wait_for_status(client, alice, task_id, {"retry", "failure"})
+    assert final["error_code"] == "network"
+    assert fake_ai.call_count() == 0
+    # Only the AI service's own failures count: the breaker's state is as the test left it.
+    assert await redis.get("vocalborn:breaker:ai:failures") is None
+    assert await redis.pttl("vocalborn:breaker:ai:open") > 50_000
