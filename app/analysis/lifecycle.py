@@ -208,8 +208,14 @@ class Claim:
         return {"task_id": self.task_id, "attempt": self.attempt}
 
 
+def _single_statement(engine: AsyncEngine) -> AsyncEngine:
+    """For one statement (each transition here is one, CTEs and all): atomic by itself, so no
+    BEGIN and COMMIT around it, two round trips less on the worker's hottest path."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 async def _one(engine: AsyncEngine, statement: Any, params: dict[str, Any]) -> RowMapping | None:
-    async with engine.begin() as connection:
+    async with _single_statement(engine).connect() as connection:
         return (await connection.execute(statement, params)).mappings().first()
 
 
@@ -233,7 +239,7 @@ async def report_progress(
 
 async def renew_lease(engine: AsyncEngine, claimed: Claim, lease: float) -> bool | None:
     """None: this attempt lost the task. Otherwise whether a cancel was requested."""
-    async with engine.begin() as connection:
+    async with _single_statement(engine).connect() as connection:
         cancel_requested: bool | None = await connection.scalar(
             RENEW, claimed.fence | {"lease": float(lease)}
         )
