@@ -38,3 +38,18 @@ CIRCUIT_OPEN = Gauge("vocalborn_ai_circuit_open", "1 while the AI circuit breake
 WORKER_HEARTBEAT = Gauge(
     "vocalborn_worker_heartbeat_timestamp_seconds", "Last heartbeat of this worker", ["worker"]
 )
+DB_WRITE_RETRIES = Counter(
+    "vocalborn_db_write_retries",
+    "Retries of a task's outcome write after a transient database error, by write",
+    ["write"],
+)
+AFTER_COMMIT_FAILURES = Counter(
+    "vocalborn_after_commit_failures",
+    "Effects after an outcome was committed (breaker, publish, re-enqueue) that failed for good;"
+    " the committed outcome stands",
+    ["effect"],
+)
+BREAKER_UNREADABLE = Counter(
+    "vocalborn_breaker_unreadable",
+    "AI calls let through because the circuit breaker's state could not be read",
+)
