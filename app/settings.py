@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# The development secret `.env.example` ships with is public: weak by definition.
+ENV_EXAMPLE_JWT_SECRET = "development-only-secret-from-env-example-not-for-production"
 WEAK_SECRETS = frozenset(
-    {"secret", "changeme", "change-me", "password", "jwt-secret", "your_jwt_secret", "dev", "test"}
+    {
+        "secret",
+        "changeme",
+        "change-me",
+        "password",
+        "jwt-secret",
+        "your_jwt_secret",
+        "dev",
+        "test",
+        ENV_EXAMPLE_JWT_SECRET,
+    }
 )
 MIN_SECRET_BYTES = 32
 LENIENT_ENVIRONMENTS = frozenset({"development", "test"})
@@ -29,7 +41,12 @@ class InsecureConfiguration(RuntimeError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # env_ignore_empty: `NAME=` (as .env.example has it for every optional setting), in the
+    # environment or in .env, means unset: the default applies. Read as "" it would switch on
+    # the JWT audience and issuer checks and refuse every token.
+    model_config = SettingsConfigDict(
+        env_file=".env", env_ignore_empty=True, extra="ignore", frozen=True
+    )
 
     environment: Literal["development", "test", "staging", "production"] = "production"
     database_url: str = "postgresql+asyncpg://localhost/vocalborn"
@@ -90,6 +107,16 @@ class Settings(BaseSettings):
     stream_token_ttl_seconds: int = Field(60, ge=1)
     stream_token_secret: str | None = None
     max_streams_per_user: int = Field(20, ge=1)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object, info: ValidationInfo) -> object:
+        """The same for values given in code (`Settings(jwt_issuer="")`): an optional
+        setting given as "" is None, never a check against the empty string."""
+        field = cls.model_fields[info.field_name or ""]
+        if value == "" and type(None) in get_args(field.annotation):
+            return None
+        return value
 
     @field_validator("supported_audio_formats", mode="before")
     @classmethod
