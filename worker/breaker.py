@@ -11,11 +11,14 @@ their state in process memory or in a synchronous Redis client.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from app.metrics import CIRCUIT_OPEN
+from app.metrics import BREAKER_UNREADABLE, CIRCUIT_OPEN
+
+log = logging.getLogger(__name__)
 
 PREFIX = "vocalborn:breaker:ai"
 FAILURES = f"{PREFIX}:failures"
@@ -36,6 +39,18 @@ class CircuitBreaker:
         self._cooldown_ms = int(cooldown * 1000)
 
     async def before_call(self) -> Decision:
+        """Whether to call the AI service now. Never raises: a breaker whose state cannot be
+        read (Redis down) lets the call through, logged and counted
+        (`vocalborn_breaker_unreadable`): a Redis blip must not turn into a retry of work that
+        has not failed."""
+        try:
+            return await self._decide()
+        except Exception as exc:
+            BREAKER_UNREADABLE.inc()
+            log.warning("circuit breaker unreadable (%r); calling the AI service", exc)
+            return Decision(True)
+
+    async def _decide(self) -> Decision:
         open_ttl = await self._redis.pttl(OPEN)
         if open_ttl > 0:
             return Decision(False, open_ttl / 1000)
@@ -48,10 +63,13 @@ class CircuitBreaker:
         return Decision(False, max(await self._redis.pttl(PROBE), 100) / 1000)
 
     async def record_success(self) -> None:
+        """Close the breaker. Raises on a Redis error (the caller decides how hard to try)."""
         await self._redis.delete(FAILURES, PROBE, OPEN)
         CIRCUIT_OPEN.set(0)
 
     async def record_failure(self) -> None:
+        """Count a failure of the AI service; open the breaker at the threshold. Raises on a
+        Redis error."""
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.incr(FAILURES)
             pipe.delete(PROBE)

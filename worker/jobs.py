@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from app.ai_client.errors import ErrorClass
 from app.analysis import lifecycle
+from app.analysis.lifecycle import Claim
 from app.metrics import TASK_WAIT, TASKS_IN_FLIGHT
 from worker.attempt import Attempt
-from worker.context import deps_of
+from worker.context import WorkerDeps, deps_of
+from worker.durable import durable
 
 log = logging.getLogger(__name__)
 
@@ -17,20 +20,43 @@ log = logging.getLogger(__name__)
 async def analyze_recording(ctx: dict[str, Any], task_id: str) -> str:
     deps = deps_of(ctx)
     job_id: str = ctx["job_id"]
-    claimed = await lifecycle.claim(
-        deps.engine, task_id, job_id, deps.worker_name, deps.settings.lease_seconds
-    )
+    lease_deadline = time.monotonic() + deps.settings.lease_seconds
+    try:
+        claimed = await claim(deps, task_id, job_id, lease_deadline)
+    except Exception as exc:  # the database stayed down: the reconciler offers the job again
+        log.warning("task %s: claim failed: %r", task_id, exc)
+        return "not claimed: database unavailable"
     if claimed is None:
         return "not claimed: finished, cancelled, not due or owned by a live attempt"
     enqueued_at = claimed.row["enqueued_at"]
     if enqueued_at is not None:
         TASK_WAIT.observe(max((claimed.row["started_at"] - enqueued_at).total_seconds(), 0.0))
-    attempt = Attempt(deps, claimed, job_id)
+    attempt = Attempt(deps, claimed, job_id, lease_deadline)
     if claimed.crash_count >= deps.settings.crash_loop_limit:
         message = f"The analysis crashed its worker {claimed.crash_count} times"
-        return await attempt.give_up(ErrorClass.CRASH_LOOP, message)
+        return await attempt.fail_now(ErrorClass.CRASH_LOOP, message)
     await deps.publisher.publish_row(claimed.row)
     with TASKS_IN_FLIGHT.track_inprogress():
         outcome = await attempt.run()
     log.info("task %s attempt %d: %s", task_id, claimed.attempt, outcome)
     return outcome
+
+
+async def claim(deps: WorkerDeps, task_id: str, job_id: str, deadline: float) -> Claim | None:
+    """Claim the task, retrying transient database errors until `deadline` (monotonic). A
+    retry first looks for the row an earlier try moved if its answer was lost, so that a
+    dropped connection is not taken for a crash once the lease expires."""
+    tries = 0
+
+    async def once() -> Claim | None:
+        nonlocal tries
+        tries += 1
+        if tries > 1:
+            adopted = await lifecycle.adopt(deps.engine, task_id, job_id, deps.worker_name)
+            if adopted is not None:
+                return adopted
+        return await lifecycle.claim(
+            deps.engine, task_id, job_id, deps.worker_name, deps.settings.lease_seconds
+        )
+
+    return await durable(once, "claim", deadline)

@@ -1,22 +1,32 @@
-"""Keeps an attempt's lease alive while it runs, whatever the AI service is doing.
+"""Keeps an attempt's lease alive while its AI call runs, whatever the AI service is doing.
 
-Every third of the lease it extends `lease_expires_at` in the row and arq's in-progress key,
-so a killed worker's task is picked up again in about one lease time. If the row says the
-attempt lost the task, or that a cancel was requested, the attempt is cancelled.
+Every third of the lease it extends `lease_expires_at` in the row (and arq's in-progress key,
+best effort), so a killed worker's task is picked up again in about one lease time. If the row
+says the attempt lost the task, or that a cancel was requested, it resolves `stopped`, which
+the attempt waits on beside its AI call.
+
+It cancels nothing and is never stopped by cancelling a command in flight: `close()` sets an
+event that the loop checks between renewals and waits a bounded time for it to end. A renewal
+stuck in a command (redis-py can swallow a cancellation inside its timeout block, its issues
+2028 and 2551) is left to end by itself; it can never hold the attempt open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
-from types import TracebackType
+import time
 
 from app.analysis import lifecycle, queue
 from app.analysis.lifecycle import Claim
 from worker.context import WorkerDeps
 
 log = logging.getLogger(__name__)
+
+# How long `close()` waits for a renewal in flight before leaving it to end by itself.
+CLOSE_WAIT_SECONDS = 2.0
 
 
 class StopReason(enum.StrEnum):
@@ -25,58 +35,73 @@ class StopReason(enum.StrEnum):
 
 
 class LeaseKeeper:
-    def __init__(self, deps: WorkerDeps, claimed: Claim, job_id: str) -> None:
+    def __init__(self, deps: WorkerDeps, claimed: Claim, job_id: str, deadline: float) -> None:
+        """`deadline`: when the lease taken by the claim ends (time.monotonic())."""
         self._deps = deps
         self._claimed = claimed
         self._job_id = job_id
-        self._attempt_task: asyncio.Task[object] | None = None
+        self._closing = asyncio.Event()
         self._renewals: asyncio.Task[None] | None = None
-        self.stop_reason: StopReason | None = None
+        self.stopped: asyncio.Future[StopReason] = asyncio.get_running_loop().create_future()
+        self.deadline = deadline
 
     @property
     def lease(self) -> float:
         return self._deps.settings.lease_seconds
 
-    async def __aenter__(self) -> LeaseKeeper:
-        self._attempt_task = asyncio.current_task()
-        await queue.extend_in_progress(self._deps.arq, self._job_id, int(self.lease * 1000))
-        self._renewals = asyncio.create_task(self._renew_forever())
-        return self
+    def start(self) -> None:
+        """Start renewing; the first step cuts arq's in-progress marker to one lease."""
+        self._renewals = asyncio.create_task(self._renew_until_closed())
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._renewals is not None:
-            self._renewals.cancel()
-            # wait() rather than await: a cancellation of this task must not be swallowed.
-            await asyncio.wait([self._renewals])
+    async def close(self) -> None:
+        """Stop renewing: returns within CLOSE_WAIT_SECONDS, whatever a renewal is doing."""
+        self._closing.set()
+        if self._renewals is None:
+            return
+        done, _ = await asyncio.wait([self._renewals], timeout=CLOSE_WAIT_SECONDS)
+        if not done:
+            log.warning("lease renewal of %s still in flight; left to end", self._job_id)
+            self._renewals.cancel()  # not awaited: it may never acknowledge
 
     def observe(self, cancel_requested: bool | None) -> None:
         """What a fenced write of this attempt said: None, it lost the task; True, a cancel
-        was requested. Either stops the attempt."""
+        was requested. Either resolves `stopped`, unless the keeper is closing."""
         if cancel_requested is None:
-            self.stop(StopReason.LEASE_LOST)
+            self._stop(StopReason.LEASE_LOST)
         elif cancel_requested:
-            self.stop(StopReason.CANCEL_REQUESTED)
+            self._stop(StopReason.CANCEL_REQUESTED)
 
-    def stop(self, reason: StopReason) -> None:
-        """Cancel the attempt (from the renewal loop or a progress write)."""
-        if self.stop_reason is None and self._attempt_task is not None:
-            self.stop_reason = reason
-            self._attempt_task.cancel()
+    def _stop(self, reason: StopReason) -> None:
+        if not self.stopped.done() and not self._closing.is_set():
+            self.stopped.set_result(reason)
 
-    async def _renew_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease / 3)  # a period, not a wait for a condition
+    async def _renew_until_closed(self) -> None:
+        await self._extend_in_progress()
+        while not await self._closed_within(self.lease / 3):
+            started = time.monotonic()
             try:
                 cancel_requested = await lifecycle.renew_lease(
                     self._deps.engine, self._claimed, self.lease
                 )
-                await queue.extend_in_progress(self._deps.arq, self._job_id, int(self.lease * 1000))
             except Exception:
                 log.warning("lease renewal of %s failed; retrying", self._job_id, exc_info=True)
                 continue
+            if cancel_requested is not None:
+                self.deadline = started + self.lease
             self.observe(cancel_requested)
+            if cancel_requested is not None:
+                await self._extend_in_progress()
+
+    async def _closed_within(self, seconds: float) -> bool:
+        """Wait up to `seconds` for `close()`: True if it came."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._closing.wait()
+        return self._closing.is_set()
+
+    async def _extend_in_progress(self) -> None:
+        """arq's in-progress key follows the lease; best effort (the row decides)."""
+        try:
+            await queue.extend_in_progress(self._deps.arq, self._job_id, int(self.lease * 1000))
+        except Exception as exc:
+            log.warning("extending arq's in-progress key of %s failed: %r", self._job_id, exc)

@@ -64,7 +64,7 @@ class RetryPolicy:
 
 def classify(exc: BaseException) -> AnalysisError:
     """Map any exception of an attempt onto an error class, by type only."""
-    for cause in _chain(exc):
+    for cause in causes(exc):
         if isinstance(cause, AnalysisError):
             return cause
         # TimeoutError is an OSError: test it first.
@@ -79,7 +79,8 @@ def classify(exc: BaseException) -> AnalysisError:
     return AnalysisError(f"Unexpected error: {exc!r}")
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from or during, outermost first."""
     seen: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and current not in seen:

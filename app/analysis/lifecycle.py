@@ -81,6 +81,24 @@ CLAIM = text(
     """
 )
 
+# A claim whose answer was lost (the connection dropped after the server ran it): the row that
+# this job's own claim moved, recognised by job id and worker, and still leased.
+ADOPT = text(
+    f"""
+    SELECT {status_columns("t")}, t.crash_count, t.retry_counts, t.task_params, t.enqueued_at,
+        r.audio_storage_key, r.audio_content_type
+    FROM ai_analysis_tasks t JOIN practice_records r ON r.practice_record_id = t.practice_record_id
+    WHERE t.task_id = :task_id AND t.status = 'processing' AND t.job_id = :job_id
+      AND t.worker_name = :worker_name AND t.cancel_requested_at IS NULL
+      AND t.lease_expires_at > now()
+    """
+)
+
+# The row as this attempt left it, whatever its status (None once another attempt claimed it).
+OWN = text(
+    f"SELECT {_STATUS} FROM ai_analysis_tasks WHERE task_id = :task_id AND attempt = :attempt"
+)
+
 PROGRESS = text(
     f"""
     UPDATE ai_analysis_tasks
@@ -222,12 +240,28 @@ async def _one(engine: AsyncEngine, statement: Any, params: dict[str, Any]) -> R
 async def claim(
     engine: AsyncEngine, task_id: str, job_id: str, worker_name: str, lease: float
 ) -> Claim | None:
+    """Take the task for a new attempt (attempt + 1, a lease of `lease` seconds); None when it
+    is finished, cancelled, not due or held by a live attempt."""
     params = {"task_id": task_id, "job_id": job_id, "worker_name": worker_name}
-    row = await _one(engine, CLAIM, params | {"lease": float(lease)})
+    return _claim_of(await _one(engine, CLAIM, params | {"lease": float(lease)}))
+
+
+async def adopt(engine: AsyncEngine, task_id: str, job_id: str, worker_name: str) -> Claim | None:
+    """The claim this job made if a `claim` whose answer was lost did run: None otherwise."""
+    params = {"task_id": task_id, "job_id": job_id, "worker_name": worker_name}
+    return _claim_of(await _one(engine, ADOPT, params))
+
+
+def _claim_of(row: RowMapping | None) -> Claim | None:
     if row is None:
         return None
     fields = {name: row[name] for name in Claim.__dataclass_fields__ if name != "row"}
     return Claim(**fields, row=row)
+
+
+async def own_row(engine: AsyncEngine, claimed: Claim) -> RowMapping | None:
+    """The task's status columns if no later attempt has claimed it, else None."""
+    return await _one(engine, OWN, claimed.fence)
 
 
 async def report_progress(

@@ -77,15 +77,19 @@ class Publisher:
             await self.publish_row(row)
 
     async def publish_row(self, row: RowMapping | None) -> None:
-        """Describe a row just written (None: nothing was written) and publish it."""
+        """Describe a row just written (None: nothing was written) and publish it. Best
+        effort: a failure is logged, never raised to the writer of the row."""
         if row is None:
             return
         try:
-            document = await describe(row, self._redis, self._estimator)
-        except Exception:
-            log.warning("describing the status of %s failed", row["task_id"], exc_info=True)
-            return
-        await self.publish(document)
+            await self.send_row(row)
+        except Exception as exc:
+            log.warning("publishing the status of %s failed: %r", row["task_id"], exc)
+
+    async def send_row(self, row: RowMapping) -> None:
+        """Describe a row just written and publish it; raises what Redis raised (for callers
+        that retry, such as the worker after committing an outcome)."""
+        await self._append_and_announce(await describe(row, self._redis, self._estimator))
 
     async def publish(self, document: TaskStatusOut) -> None:
         """Best effort: a failure is logged, never raised to the writer of the row."""

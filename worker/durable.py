@@ -1,0 +1,108 @@
+"""The two kinds of I/O around an attempt's outcome (DESIGN §4):
+
+- `durable`: a write that decides the outcome (claim, success, retry, failure, cancel, hand-back)
+  goes to PostgreSQL, the source of truth. A transient database error (a dropped or refused
+  connection, a server shutting down or out of connections, a serialization failure) is retried
+  with exponential backoff and full jitter while the attempt's lease is still ours; anything
+  else is raised at once.
+- `after_commit`: what follows a committed outcome and touches Redis (breaker bookkeeping,
+  publishing, re-enqueueing) is best effort: retried for a short while, then logged and counted.
+  It can never change the committed outcome.
+
+Retrying is tenacity's (a maintained library), not a loop of ours.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from app.metrics import AFTER_COMMIT_FAILURES, DB_WRITE_RETRIES
+from worker.retry import causes
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# SQLSTATE classes that say "try again": connection exceptions, insufficient resources, operator
+# intervention (admin shutdown, cannot connect now), serialization failure, deadlock.
+TRANSIENT_SQLSTATES = ("08", "53", "57P", "40001", "40P01")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a database error may succeed if the same statement is sent again."""
+    for cause in causes(exc):
+        if isinstance(cause, DBAPIError) and cause.connection_invalidated:
+            return True
+        if isinstance(cause, OperationalError | InterfaceError | OSError):
+            return True  # OSError: refused, reset, timed out (TimeoutError is one)
+        sqlstate = getattr(cause, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(TRANSIENT_SQLSTATES):
+            return True
+        if type(cause).__module__.startswith("asyncpg") and "Connection" in type(cause).__name__:
+            return True  # asyncpg's ConnectionDoesNotExistError and kin
+    return False
+
+
+def _until(deadline: float) -> Callable[[RetryCallState], bool]:
+    """Stop when the next try would start after `deadline` (time.monotonic())."""
+
+    def stop(state: RetryCallState) -> bool:
+        return time.monotonic() + (state.upcoming_sleep or 0.0) >= deadline
+
+    return stop
+
+
+async def durable(write: Callable[[], Awaitable[T]], name: str, deadline: float) -> T:
+    """Run the outcome write `write` (named `name` in logs and metrics), retrying transient
+    database errors with backoff until it succeeds or the next try would start after
+    `deadline` (time.monotonic(): the end of the attempt's lease). Raises the last error then,
+    or any non-transient error at once."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        DB_WRITE_RETRIES.labels(name).inc()
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("%s write failed (%r); retrying in %.2f s", name, error, state.upcoming_sleep)
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(is_transient),
+        wait=wait_random_exponential(multiplier=0.1, max=2.0),
+        stop=_until(deadline),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            result = await write()
+    return result
+
+
+async def after_commit(effect: str, call: Callable[[], Awaitable[object]], within: float) -> bool:
+    """Run `call`, an effect that follows a committed outcome, retrying any error for up to
+    `within` seconds. Never raises: a failure for good is logged and counted
+    (`vocalborn_after_commit_failures{effect}`); returns whether it happened."""
+    retrying = AsyncRetrying(
+        wait=wait_random_exponential(multiplier=0.1, max=1.0),
+        stop=stop_after_delay(within),
+        reraise=True,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                await call()
+    except Exception as exc:
+        AFTER_COMMIT_FAILURES.labels(effect).inc()
+        log.warning("%s after the commit failed for good: %r", effect, exc)
+        return False
+    return True
