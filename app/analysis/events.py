@@ -12,6 +12,7 @@ import contextlib
 import re
 import uuid
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -24,7 +25,7 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.analysis.hub import Event
-from app.analysis.live import Item, Marker, StreamRequest
+from app.analysis.live import Item, LiveSource, Marker, StreamRequest
 from app.analysis.progress import session_topic, task_topic
 from app.analysis.stream_auth import issue_stream_token, stream_principal
 from app.auth import Principal
@@ -80,10 +81,41 @@ def _stream_token(state: AppState, user: Principal, topic: str, events_path: str
 
 
 # -- opening a stream (shared by SSE and WebSocket) -------------------------------------
-async def _open(
-    connection: HTTPConnection, last_event_id: str | None
-) -> tuple[AppState, Principal, StreamRequest, Sequence[RowMapping]]:
-    """Authorise, check ownership (404 like an unknown id) and the per-user limit."""
+class _StreamSlot:
+    """The stream's place in the per-user limit and in the connection gauge: taken when built
+    (429 when none is free), given back once, however often `give_back` is called."""
+
+    __slots__ = ("_gauge", "_held", "_limiter", "_user")
+
+    def __init__(self, state: AppState, user: Principal, transport: str) -> None:
+        state.limiter.take(user)  # checked and taken in one step
+        self._limiter = state.limiter
+        self._user = user
+        self._gauge = STREAM_CONNECTIONS.labels(transport)
+        self._gauge.inc()
+        self._held = True
+
+    def give_back(self) -> None:
+        """The first call gives the place back; later ones do nothing."""
+        if self._held:
+            self._held = False
+            self._limiter.give_back(self._user)
+            self._gauge.dec()
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """A stream ready to run, holding its place: `slot` must be given back by its owner."""
+
+    live: LiveSource
+    request: StreamRequest
+    rows: Sequence[RowMapping]
+    slot: _StreamSlot
+
+
+async def _open(connection: HTTPConnection, last_event_id: str | None, transport: str) -> _Opened:
+    """Authorise, check ownership (404 like an unknown id), take a place in the per-user limit
+    (429), all before the response starts."""
     state: AppState = connection.app.state.vocalborn
     live = state.live
     params = connection.path_params
@@ -100,27 +132,7 @@ async def _open(
         user = stream_principal(connection, state.settings, topic)
         rows = await live.session_rows(user, session_id)
         request = StreamRequest(topic, partial(live.session_rows, user, session_id), last, False)
-    state.limiter.check(user)
-    return state, user, request, rows
-
-
-class _StreamSlot:
-    """The stream's place in the per-user limit and in the connection gauge."""
-
-    __slots__ = ("_gauge", "_limiter", "_user")
-
-    def __init__(self, state: AppState, user: Principal, transport: str) -> None:
-        self._limiter = state.limiter
-        self._user = user
-        self._gauge = STREAM_CONNECTIONS.labels(transport)
-
-    def take(self) -> None:
-        self._limiter.take(self._user)
-        self._gauge.inc()
-
-    def give_back(self) -> None:
-        self._limiter.give_back(self._user)
-        self._gauge.dec()
+    return _Opened(live, request, rows, _StreamSlot(state, user, transport))  # nothing awaited
 
 
 def _frame(item: Item) -> bytes:
@@ -129,15 +141,35 @@ def _frame(item: Item) -> bytes:
     return HEARTBEAT_FRAME if item is Marker.HEARTBEAT else RECONNECT_FRAME
 
 
+class _StreamResponse(EventSourceResponse):
+    """A stream's response, giving its place back when it is done, whether or not the body ever
+    ran: sse-starlette never starts the generator for HEAD, nor when the client is gone first,
+    and then the generator's own `finally` never runs."""
+
+    def __init__(self, opened: _Opened) -> None:
+        self._slot = opened.slot
+        try:
+            frames = opened.live.stream(opened.request, opened.rows, _frame, opened.slot)
+            super().__init__(frames, ping=0)
+        except BaseException:
+            self._slot.give_back()
+            raise
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slot.give_back()
+
+
 async def sse_events(request: Request) -> Response:
     """GET …/{task_id}/events and …/session/{session_id}/events. Renders its own errors: it
     is served ahead of the exception middleware (`ServeStreamsFirst`)."""
     try:
-        state, user, stream, rows = await _open(request, request.headers.get("last-event-id"))
+        opened = await _open(request, request.headers.get("last-event-id"), "sse")
     except AppError as exc:
         return app_error_response(exc)
-    frames = state.live.stream(stream, rows, _frame, _StreamSlot(state, user, "sse"))
-    return EventSourceResponse(frames, ping=0)
+    return _StreamResponse(opened)  # called at once by the route: nothing awaited in between
 
 
 SSE_PATHS = (
@@ -183,12 +215,18 @@ async def task_websocket(websocket: WebSocket, task_id: uuid.UUID) -> None:
     """The same status documents as SSE, one text message each."""
     await websocket.accept()
     try:
-        last_event_id = websocket.query_params.get("last_event_id")
-        state, user, stream, rows = await _open(websocket, last_event_id)
+        opened = await _open(websocket, websocket.query_params.get("last_event_id"), "websocket")
     except AppError as exc:
         await websocket.close(WS_CLOSE_CODES.get(exc.status_code, 4400), exc.message[:120])
         return
-    messages = state.live.stream(stream, rows, _message, _StreamSlot(state, user, "websocket"))
+    try:
+        await _serve(websocket, opened)
+    finally:
+        opened.slot.give_back()  # whether or not the stream ever ran
+
+
+async def _serve(websocket: WebSocket, opened: _Opened) -> None:
+    messages = opened.live.stream(opened.request, opened.rows, _message, opened.slot)
     sender = asyncio.create_task(_send(websocket, messages))
     receiver = asyncio.create_task(_until_disconnect(websocket))
     done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)

@@ -62,9 +62,8 @@ class StreamRequest:
 
 
 class Slot(Protocol):
-    """Held for the life of a stream (the per-user limit, the connection gauge)."""
-
-    def take(self) -> None: ...
+    """The stream's place (the per-user limit, the connection gauge), taken before the stream
+    starts; given back once, however often `give_back` is called."""
 
     def give_back(self) -> None: ...
 
@@ -147,9 +146,9 @@ class LiveSource:
         slot: Slot,
     ) -> AsyncGenerator[T]:
         """Subscribed first, then the state, then live events. `rows` are the ones the
-        ownership check loaded, just before."""
+        ownership check loaded, just before; `slot` is already taken, and given back here when
+        the stream ends (its owner gives it back too, if the stream never ran)."""
         listener = None
-        slot.take()
         try:
             listener = await self._hub.join(request.topic)
             start, opening = await self._opening(request, rows)

@@ -87,16 +87,20 @@ class StreamLimiter:
         self._limit = limit
         self._open: Counter[uuid.UUID] = Counter()
 
-    def check(self, user: Principal) -> None:
-        """Before the response starts (a 429 cannot be sent once the stream is open)."""
+    def take(self, user: Principal) -> None:
+        """One of the user's places, checked and taken in one step (nothing is awaited in
+        between, so concurrent openings cannot all pass the same check), before the response
+        starts: a 429 cannot be sent once the stream is open."""
         if self._open[user.user_id] >= self._limit:
             raise AppError(429, "too_many_streams", f"At most {self._limit} open streams per user")
-
-    def take(self, user: Principal) -> None:
-        """When the stream starts (so that it is always given back when it ends)."""
         self._open[user.user_id] += 1
 
     def give_back(self, user: Principal) -> None:
+        """Once per `take` (the caller makes sure of it)."""
         self._open[user.user_id] -= 1
         if self._open[user.user_id] <= 0:
             del self._open[user.user_id]
+
+    def open_streams(self, user_id: uuid.UUID) -> int:
+        """The places `user_id` holds now."""
+        return self._open[user_id]
