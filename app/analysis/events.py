@@ -113,9 +113,12 @@ class _Opened:
     slot: _StreamSlot
 
 
-async def _open(connection: HTTPConnection, last_event_id: str | None, transport: str) -> _Opened:
+async def _open(
+    connection: HTTPConnection, last_event_id: str | None, transport: str
+) -> _Opened | None:
     """Authorise, check ownership (404 like an unknown id), take a place in the per-user limit
-    (429), all before the response starts."""
+    (429), all before the response starts. None: a reconnect after the end, the client already
+    has every final state (nothing to send, no place taken)."""
     state: AppState = connection.app.state.vocalborn
     live = state.live
     params = connection.path_params
@@ -132,6 +135,8 @@ async def _open(connection: HTTPConnection, last_event_id: str | None, transport
         user = stream_principal(connection, state.settings, topic)
         rows = await live.session_rows(user, session_id)
         request = StreamRequest(topic, partial(live.session_rows, user, session_id), last, False)
+    if await live.ended(request, rows):
+        return None
     return _Opened(live, request, rows, _StreamSlot(state, user, transport))  # nothing awaited
 
 
@@ -164,11 +169,14 @@ class _StreamResponse(EventSourceResponse):
 
 async def sse_events(request: Request) -> Response:
     """GET …/{task_id}/events and …/session/{session_id}/events. Renders its own errors: it
-    is served ahead of the exception middleware (`ServeStreamsFirst`)."""
+    is served ahead of the exception middleware (`ServeStreamsFirst`). A reconnect after the
+    end answers 204, which tells EventSource to stop reconnecting."""
     try:
         opened = await _open(request, request.headers.get("last-event-id"), "sse")
     except AppError as exc:
         return app_error_response(exc)
+    if opened is None:
+        return Response(status_code=204)
     return _StreamResponse(opened)  # called at once by the route: nothing awaited in between
 
 
@@ -218,6 +226,9 @@ async def task_websocket(websocket: WebSocket, task_id: uuid.UUID) -> None:
         opened = await _open(websocket, websocket.query_params.get("last_event_id"), "websocket")
     except AppError as exc:
         await websocket.close(WS_CLOSE_CODES.get(exc.status_code, 4400), exc.message[:120])
+        return
+    if opened is None:  # a resume after the end: nothing to send
+        await websocket.close(1000)
         return
     try:
         await _serve(websocket, opened)

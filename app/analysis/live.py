@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.analysis import status
 from app.analysis.eta import Estimator
 from app.analysis.hub import Event, Hub, stream_id_key
+from app.analysis.models import TERMINAL_STATUSES
 from app.analysis.progress import DOC_FIELD, stream_key
 from app.auth import Principal
 from app.errors import NotFound
@@ -98,6 +99,23 @@ class _Sent:
         return bool(self.states) and not self._open
 
 
+@dataclass(frozen=True, slots=True)
+class _Opening:
+    """Where a client starts: its position, each task's state it already has (recorded, never
+    sent) and what to send first."""
+
+    position: str
+    seen: list[Event]
+    send: list[Event]
+
+    def start(self) -> tuple[_Sent, list[Event]]:
+        """The client's record, and the events of `send` it does not have yet."""
+        sent = _Sent(self.position)
+        for event in self.seen:
+            sent.accept(event, False)
+        return sent, [event for event in self.send if sent.accept(event, False)]
+
+
 class LiveSource:
     def __init__(
         self,
@@ -138,6 +156,23 @@ class LiveSource:
         ]
 
     # -- the stream -------------------------------------------------------------------
+    async def ended(self, request: StreamRequest, rows: Sequence[RowMapping]) -> bool:
+        """Whether a reconnecting client already has the final state of every task: there is
+        nothing to send. EventSource reconnects after every end, with the last id it got."""
+        last_event_id = request.last_event_id
+        if last_event_id is None or not rows:
+            return False
+        if any(row["status"] not in TERMINAL_STATUSES for row in rows):
+            return False
+        try:
+            latest = await self._latest(request.topic)
+            if latest is None or stream_id_key(last_event_id) > latest.order:
+                return False  # no stream, or an id it never gave: the client's state is unknown
+            sent, first = (await self._resume(request, last_event_id, rows, latest)).start()
+        except RedisError:
+            return False
+        return sent.done and not first
+
     async def stream(
         self,
         request: StreamRequest,
@@ -151,14 +186,12 @@ class LiveSource:
         listener = None
         try:
             listener = await self._hub.join(request.topic)
-            start, opening = await self._opening(request, rows)
+            sent, first = (await self._opening(request, rows)).start()
             del rows  # not kept for the life of the stream
-            sent = _Sent(start)
             event: Event | None = None
-            for event in opening:
-                if sent.accept(event, False):
-                    yield render(event)
-            del opening
+            for event in first:
+                yield render(event)
+            del first
             event = None  # the opening's events are not kept for the life of the stream
             deadline = time.monotonic() + self._timing.max_connection_seconds
             while not sent.done:  # it can only change when a state is sent
@@ -199,31 +232,56 @@ class LiveSource:
             log.warning("progress re-check of %s failed", request.topic, exc_info=True)
             return []
 
-    async def _opening(
-        self, request: StreamRequest, rows: Sequence[RowMapping]
-    ) -> tuple[str, list[Event]]:
-        """After subscribing: where the client is in the stream, and what to send first — the
-        replay after Last-Event-ID, or the current state (the newer of the stream's last entry
-        and PostgreSQL; PostgreSQL when the stream is gone)."""
-        key = stream_key(request.topic)
+    async def _opening(self, request: StreamRequest, rows: Sequence[RowMapping]) -> _Opening:
+        """After subscribing: where the client is in the stream, what it has, and what to send
+        first — what it missed after Last-Event-ID, or the current state (the newer of the
+        stream's last entry and PostgreSQL; PostgreSQL when the stream is gone)."""
         last_event_id = request.last_event_id
         try:
-            latest = await self._redis.xrevrange(key, "+", "-", count=1)
-            latest_event = _event(request.topic, latest[0]) if latest else None
-            position = latest_event.id if latest_event else START_ID
-            if last_event_id and latest_event:
-                if stream_id_key(last_event_id) <= latest_event.order:  # not from the future
-                    entries = await self._redis.xrange(key, f"({last_event_id}", "+")
-                    return last_event_id, [_event(request.topic, entry) for entry in entries]
-            if request.single_task and latest_event is not None:
-                if latest_event.updated_at >= rows[0]["updated_at"]:
-                    return START_ID, [latest_event]
-                return START_ID, await self._snapshot(rows, request.topic, position)
+            latest = await self._latest(request.topic)
+            position = latest.id if latest else START_ID
+            if last_event_id and latest and stream_id_key(last_event_id) <= latest.order:
+                return await self._resume(request, last_event_id, rows, latest)
+            if request.single_task and latest is not None:  # an id from the future: ignored
+                if latest.updated_at >= rows[0]["updated_at"]:
+                    return _Opening(START_ID, [], [latest])
+                return _Opening(START_ID, [], await self._snapshot(rows, request.topic, position))
         except RedisError:
             position = last_event_id or START_ID
         # No stream (a session, or expired): PostgreSQL, read after subscribing.
         rows = await request.load_rows()
-        return START_ID, await self._snapshot(rows, request.topic, position)
+        return _Opening(START_ID, [], await self._snapshot(rows, request.topic, position))
+
+    async def _latest(self, topic: str) -> Event | None:
+        latest = await self._redis.xrevrange(stream_key(topic), "+", "-", count=1)
+        return _event(topic, latest[0]) if latest else None
+
+    async def _resume(
+        self, request: StreamRequest, last_event_id: str, rows: Sequence[RowMapping], latest: Event
+    ) -> _Opening:
+        """A client back within the stream: each task's newest entry up to its Last-Event-ID is
+        what it has, the entries after are what it missed. A task the stream does not show (its
+        publishing failed, or its entries were trimmed) comes from PostgreSQL, unless it had
+        ended before the part of the stream the client has passed."""
+        key, topic = stream_key(request.topic), request.topic
+        count = 1 if request.single_task else None
+        before = await self._redis.xrevrange(key, last_event_id, "-", count=count)
+        seen: dict[str, Event] = {}
+        for entry in before:  # newest first
+            event = _event(topic, entry)
+            seen.setdefault(event.task_id, event)
+        entries = await self._redis.xrange(key, f"({last_event_id}", "+")
+        missed = [_event(topic, entry) for entry in entries]
+        shown = seen.keys() | {event.task_id for event in missed}
+        unshown = [
+            row
+            for row in rows
+            if str(row["task_id"]) not in shown
+            and not (before and row["status"] in TERMINAL_STATUSES)
+        ]
+        if unshown:
+            missed += await self._snapshot(unshown, topic, latest.id)
+        return _Opening(last_event_id, list(seen.values()), missed)
 
 
 def _event(topic: str, entry: tuple[bytes, dict[bytes, bytes]]) -> Event:
