@@ -115,6 +115,30 @@ async def test_a_session_reconnect_gets_only_what_is_new_and_ends_with_the_last_
     assert [(e.json()["task_id"], e.json()["status"]) for e in rest] == [(second, "cancelled")]
 
 
+async def test_a_session_reconnect_does_not_end_while_a_task_without_news_runs(
+    http: httpx.AsyncClient, alice: ApiUser
+) -> None:
+    """The client comes back with both tasks pending; the second ends first. The first had no
+    entry after the client's id, yet the stream must wait for it too."""
+    session_id, [first, second] = await _session_of_two(http, alice)
+    url = f"/api/v1/tasks/analysis/session/{session_id}/events"
+    async with asyncio.timeout(WITHIN), http.stream("GET", url, headers=alice.headers) as r:
+        seen = await read_events(r.aiter_lines(), limit=2)
+    assert {e.json()["status"] for e in seen} == {"pending"}
+
+    headers = alice.headers | {"Last-Event-ID": seen[-1].id}
+    async with asyncio.timeout(WITHIN), http.stream("GET", url, headers=headers) as response:
+        lines = response.aiter_lines()
+        await _cancel(http, alice, second)
+        received = await read_events(lines, limit=1)
+        await _cancel(http, alice, first)
+        received += await read_events(lines)
+    assert [(e.json()["task_id"], e.json()["status"]) for e in received] == [
+        (second, "cancelled"),
+        (first, "cancelled"),
+    ]
+
+
 async def test_a_task_the_session_stream_never_showed_is_sent_at_once(
     http: httpx.AsyncClient, alice: ApiUser, redis: Redis
 ) -> None:
