@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 DEADLINE_GRACE_SECONDS = 2.0
 # How long an abandoned AI call is given to acknowledge its cancellation.
 ABANDON_WAIT_SECONDS = 2.0
+# The longest wait between two tries of an outcome write, as a share of the lease.
+RETRY_WAIT_SHARE = 0.1
 # The time all of an attempt's after-commit effects share for retrying.
 AFTER_COMMIT_SECONDS = 5.0
 
@@ -321,7 +323,8 @@ class Attempt:
 
     async def _durable(self, name: str, write: Write) -> RowMapping | None:
         try:
-            return await durable(write, name, self._lease_deadline)
+            lease = self.deps.settings.lease_seconds
+            return await durable(write, name, self._lease_deadline, lease * RETRY_WAIT_SHARE)
         except Exception as exc:
             raise NotRecorded(f"the {name} write failed until the lease ran out: {exc!r}") from exc
 

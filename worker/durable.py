@@ -64,11 +64,15 @@ def _until(deadline: float) -> Callable[[RetryCallState], bool]:
     return stop
 
 
-async def durable(write: Callable[[], Awaitable[T]], name: str, deadline: float) -> T:
+async def durable(
+    write: Callable[[], Awaitable[T]], name: str, deadline: float, max_wait: float
+) -> T:
     """Run the outcome write `write` (named `name` in logs and metrics), retrying transient
-    database errors with backoff until it succeeds or the next try would start after
-    `deadline` (time.monotonic(): the end of the attempt's lease). Raises the last error then,
-    or any non-transient error at once."""
+    database errors until it succeeds or the next try would start after `deadline`
+    (time.monotonic(): the end of the attempt's lease). Waits between tries are full-jitter
+    exponential, at most `max_wait` seconds (a fraction of the lease, so that the write is
+    tried again soon after an outage ends). Raises the last error then, or any non-transient
+    error at once."""
 
     def before_sleep(state: RetryCallState) -> None:
         DB_WRITE_RETRIES.labels(name).inc()
@@ -77,7 +81,7 @@ async def durable(write: Callable[[], Awaitable[T]], name: str, deadline: float)
 
     retrying = AsyncRetrying(
         retry=retry_if_exception(is_transient),
-        wait=wait_random_exponential(multiplier=0.1, max=2.0),
+        wait=wait_random_exponential(multiplier=0.05, max=max_wait),
         stop=_until(deadline),
         before_sleep=before_sleep,
         reraise=True,

@@ -10,7 +10,7 @@ from app.ai_client.errors import ErrorClass
 from app.analysis import lifecycle
 from app.analysis.lifecycle import Claim
 from app.metrics import TASK_WAIT, TASKS_IN_FLIGHT
-from worker.attempt import Attempt
+from worker.attempt import RETRY_WAIT_SHARE, Attempt
 from worker.context import WorkerDeps, deps_of
 from worker.durable import durable
 
@@ -59,4 +59,4 @@ async def claim(deps: WorkerDeps, task_id: str, job_id: str, deadline: float) ->
             deps.engine, task_id, job_id, deps.worker_name, deps.settings.lease_seconds
         )
 
-    return await durable(once, "claim", deadline)
+    return await durable(once, "claim", deadline, deps.settings.lease_seconds * RETRY_WAIT_SHARE)

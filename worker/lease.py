@@ -25,6 +25,8 @@ from worker.context import WorkerDeps
 
 log = logging.getLogger(__name__)
 
+# After a failed renewal, the next one comes after this share of the lease.
+RETRY_SHARE = 0.1
 # How long `close()` waits for a renewal in flight before leaving it to end by itself.
 CLOSE_WAIT_SECONDS = 2.0
 
@@ -76,21 +78,27 @@ class LeaseKeeper:
             self.stopped.set_result(reason)
 
     async def _renew_until_closed(self) -> None:
-        await self._extend_in_progress()
-        while not await self._closed_within(self.lease / 3):
-            started = time.monotonic()
-            try:
-                cancel_requested = await lifecycle.renew_lease(
-                    self._deps.engine, self._claimed, self.lease
-                )
-            except Exception:
-                log.warning("lease renewal of %s failed; retrying", self._job_id, exc_info=True)
-                continue
-            if cancel_requested is not None:
-                self.deadline = started + self.lease
-            self.observe(cancel_requested)
-            if cancel_requested is not None:
-                await self._extend_in_progress()
+        renewed = await self._extend_in_progress()
+        while not await self._closed_within(
+            self.lease / 3 if renewed else self.lease * RETRY_SHARE
+        ):
+            # After a failure, soon again: an outage shorter than the lease costs nothing.
+            renewed = await self._renew() and await self._extend_in_progress()
+
+    async def _renew(self) -> bool:
+        """Extend the lease in the row; False when that failed (to be tried again soon)."""
+        started = time.monotonic()
+        try:
+            cancel_requested = await lifecycle.renew_lease(
+                self._deps.engine, self._claimed, self.lease
+            )
+        except Exception as exc:
+            log.warning("lease renewal of %s failed (%r); retrying", self._job_id, exc)
+            return False
+        if cancel_requested is not None:
+            self.deadline = started + self.lease
+        self.observe(cancel_requested)
+        return True
 
     async def _closed_within(self, seconds: float) -> bool:
         """Wait up to `seconds` for `close()`: True if it came."""
@@ -99,9 +107,13 @@ class LeaseKeeper:
                 await self._closing.wait()
         return self._closing.is_set()
 
-    async def _extend_in_progress(self) -> None:
-        """arq's in-progress key follows the lease; best effort (the row decides)."""
+    async def _extend_in_progress(self) -> bool:
+        """arq's in-progress key follows the lease, so that arq starts a dead worker's job
+        again after about one lease (the row still decides who runs it). False on failure:
+        tried again soon, or arq would start the job a second time beside this attempt."""
         try:
             await queue.extend_in_progress(self._deps.arq, self._job_id, int(self.lease * 1000))
         except Exception as exc:
             log.warning("extending arq's in-progress key of %s failed: %r", self._job_id, exc)
+            return False
+        return True

@@ -8,6 +8,7 @@ from typing import Any
 
 import prometheus_client
 from arq import cron, func
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.ai_client.client import AIClient
 from app.analysis import queue
@@ -37,8 +38,9 @@ def _every(seconds: int) -> dict[str, Any]:
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get("settings") or get_settings()
     configure_logging(settings)
-    arq = queue.connect(settings.redis_url)
-    engine = create_engine(settings)
+    # The ctx may bring test seams: a Redis connection class, an engine, an AI transport.
+    arq = queue.connect(settings.redis_url, connection_class=ctx.get("redis_connection_class"))
+    engine: AsyncEngine = ctx.get("engine") or create_engine(settings)
     estimator = Estimator(engine, slots=settings.ai_service_concurrency)
     deps = WorkerDeps(
         settings=settings,

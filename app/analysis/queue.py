@@ -17,6 +17,7 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.constants import abort_jobs_ss, in_progress_key_prefix
 from arq.utils import timestamp_ms
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import Connection
 
 QUEUE_NAME = "ai_analysis"
 ANALYZE_FUNCTION = "analyze_recording"
@@ -42,11 +43,12 @@ def redis_settings(url: str) -> RedisSettings:
     return settings
 
 
-def connect(url: str) -> ArqRedis:
+def connect(url: str, connection_class: type[Connection] | None = None) -> ArqRedis:
     """A client for the queue (and any other Redis use); connects lazily, so a process can
-    start while Redis is down."""
+    start while Redis is down. `connection_class`: redis-py's, unless given (a test seam)."""
+    options: dict[str, Any] = {"connection_class": connection_class} if connection_class else {}
     pool = ConnectionPool.from_url(
-        url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=15
+        url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=15, **options
     )
     return ArqRedis(
         connection_pool=pool,

@@ -1,0 +1,172 @@
+"""Fault injection at the seams of our I/O: the engine, the Redis client, the AI transport.
+
+A `FaultPlan` is attached where a worker takes its dependencies (its ctx: `engine`,
+`redis_connection_class`, `ai_transport`), never by patching our functions. It records every
+call an analysis attempt makes, by kind ("sql:success", "redis:PEXPIRE", "ai"), and fails the
+Nth call of one kind the way the real thing fails:
+
+- a database statement: its connection is terminated just before the statement is sent, so the
+  driver raises what a dropped connection raises;
+- a Redis command: the connection is closed and redis-py's ConnectionError raised, as on a
+  reset; while the layer is down, new connections are refused as by a stopped server;
+- the AI call: httpx's ConnectError, as when the service refuses connections.
+
+`down_for` > 0 keeps the whole layer failing for that many seconds from the Nth call: every
+statement or command of that layer, attempt or not, as in a real outage. The AI service's
+outage is counted in requests instead (`AI_OUTAGE_REQUESTS`): the worker waits a random time
+between two requests (full jitter), so an outage in seconds would spend a random number of
+retries, and its outcome would be random too.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.analysis import lifecycle
+
+# Set for the duration of an analysis job (arq's on_job_start), so that calls of the
+# reconciler and the heartbeat are neither counted nor targeted.
+IN_ATTEMPT: contextvars.ContextVar[bool] = contextvars.ContextVar("in_attempt", default=False)
+
+STATEMENTS = {
+    "claim": lifecycle.CLAIM,
+    "adopt": lifecycle.ADOPT,
+    "read": lifecycle.OWN,
+    "progress": lifecycle.PROGRESS,
+    "renew": lifecycle.RENEW,
+    "success": lifecycle.SUCCEED,
+    "retry": lifecycle.RETRY,
+    "failure": lifecycle.FAIL,
+    "cancel": lifecycle.CANCELLED,
+    "hand-back": lifecycle.INTERRUPT,
+}
+AI_OUTAGE_REQUESTS = 3
+_COMMAND_NAME = re.compile(rb"\*\d+\r\n\$\d+\r\n([A-Za-z]+)\r\n")
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str  # "sql:<statement>", "redis:<COMMAND[+COMMAND…]>" or "ai"
+    nth: int  # 1-based among the attempt's calls of that kind
+    down_for: float = 0.0  # 0: that call fails; > 0: its whole layer, for that many seconds
+
+    @property
+    def layer(self) -> str:
+        return self.kind.split(":")[0]
+
+    def __str__(self) -> str:
+        outage = f"{AI_OUTAGE_REQUESTS} requests" if self.layer == "ai" else f"{self.down_for:g} s"
+        mode = f"down {outage}" if self.down_for else "transient"
+        return f"{self.kind} #{self.nth} ({mode})"
+
+
+@dataclass
+class FaultPlan:
+    fault: Fault | None = None
+    calls: list[str] = field(default_factory=list)  # the attempt's calls, in order
+    fired: bool = False
+    _seen: Counter[str] = field(default_factory=Counter)
+    _down_until: dict[str, float] = field(default_factory=dict)
+    _refusals: int = 0  # AI requests still to refuse
+
+    def strikes(self, kind: str) -> bool:
+        """Called before each call of `kind`: whether it must fail."""
+        layer = kind.split(":")[0]
+        if IN_ATTEMPT.get():
+            self.calls.append(kind)
+            self._seen[kind] += 1
+            fault = self.fault
+            if fault and not self.fired and kind == fault.kind and self._seen[kind] == fault.nth:
+                self.fired = True
+                if fault.down_for and layer == "ai":
+                    self._refusals = AI_OUTAGE_REQUESTS - 1
+                elif fault.down_for:
+                    self._down_until[layer] = time.monotonic() + fault.down_for
+                return True
+        if layer == "ai" and self._refusals:
+            self._refusals -= 1
+            return True
+        return self.is_down(layer)
+
+    def is_down(self, layer: str) -> bool:
+        return time.monotonic() < self._down_until.get(layer, 0.0)
+
+    def points(self, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, int]]:
+        """Every (kind, nth) of the recorded calls, in order, but kinds in `skip`."""
+        seen: Counter[str] = Counter()
+        for kind in self.calls:
+            seen[kind] += 1
+            if kind not in skip:
+                yield kind, seen[kind]
+
+    # -- the seams ----------------------------------------------------------------------
+    def attach(self, engine: AsyncEngine) -> AsyncEngine:
+        """Watch every statement `engine` sends (SQLAlchemy's before_cursor_execute event)."""
+        names = {id(statement): name for name, statement in STATEMENTS.items()}
+
+        def before_cursor_execute(
+            conn: Any, cursor: Any, statement: str, *args: Any, **kwargs: Any
+        ) -> None:
+            context = args[1] if len(args) > 1 else kwargs.get("context")
+            compiled = getattr(context, "compiled", None)
+            name = names.get(id(getattr(compiled, "statement", None)))
+            if self.strikes(f"sql:{name or statement.split()[0].lower()}"):
+                conn.connection.driver_connection.terminate()  # the statement meets a dead line
+
+        event.listen(engine.sync_engine, "before_cursor_execute", before_cursor_execute)
+        return engine
+
+    def redis_connection_class(self) -> type[Connection]:
+        """A redis-py connection class that consults this plan before each command."""
+        plan = self
+
+        class FaultyConnection(Connection):
+            async def connect(self) -> None:
+                if plan.is_down("redis"):
+                    raise RedisConnectionError(f"Error 111 connecting to {self.host}:{self.port}.")
+                await super().connect()
+
+            async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+                if plan.strikes("redis:" + _command_names(command)):
+                    await self.disconnect()
+                    raise RedisConnectionError("Connection reset by peer (injected)")
+                await super().send_packed_command(command, check_health)
+
+        return FaultyConnection
+
+    def ai_transport(self) -> httpx.AsyncBaseTransport:
+        """An httpx transport to the real (fake) AI server that consults this plan."""
+        return _FaultyTransport(self)
+
+
+class _FaultyTransport(httpx.AsyncBaseTransport):
+    def __init__(self, plan: FaultPlan) -> None:
+        self._plan = plan
+        self._inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._plan.strikes("ai"):
+            raise httpx.ConnectError("[Errno 111] Connection refused (injected)", request=request)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _command_names(command: Any) -> str:
+    """The command names in a packed command or pipeline: "PEXPIRE", "MULTI+ZADD+EXEC"."""
+    chunks = command if isinstance(command, list | tuple) else [command]
+    packed = b"".join(bytes(chunk) for chunk in chunks)
+    return "+".join(name.decode().upper() for name in _COMMAND_NAME.findall(packed))
