@@ -210,6 +210,7 @@ class ServeStreamsFirst:
 
 # -- the seed's WebSocket ----------------------------------------------------------------
 WS_CLOSE_CODES = {401: 4401, 404: 4404, 429: 4429}
+CANCEL_WAIT_SECONDS = 2.0
 
 
 def _message(item: Item) -> str | None:
@@ -243,7 +244,8 @@ async def _serve(websocket: WebSocket, opened: _Opened) -> None:
     done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
+    if pending:  # bounded: a Redis call may swallow its cancellation (redis-py #2028, #2551)
+        await asyncio.wait(pending, timeout=CANCEL_WAIT_SECONDS)
     if sender in done:
         failed = sender.exception() is not None
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_DELAY_SECONDS = 0.5
 SUBSCRIBE_TIMEOUT_SECONDS = 2.0
+STOP_WAIT_SECONDS = 2.0
 
 
 def stream_id_key(entry_id: str) -> tuple[int, int]:
@@ -160,18 +161,31 @@ class Hub:
         self._confirming: dict[str, deque[asyncio.Future[None]]] = {}  # SUBSCRIBEs unanswered
         self._unanswered_pings = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._stop: asyncio.Future[None] | None = None  # resolved by stop()
         self.connected = False
 
     async def start(self) -> None:
+        """Connect (and keep reconnecting) and tick, in two loops, until `stop()`."""
+        stop = self._stop = asyncio.get_running_loop().create_future()
         self._tasks = [
-            asyncio.create_task(self._keep_connected(), name="progress-hub"),
-            asyncio.create_task(self._tick_forever(), name="progress-hub-ticks"),
+            asyncio.create_task(self._keep_connected(stop), name="progress-hub"),
+            asyncio.create_task(self._tick_forever(stop), name="progress-hub-ticks"),
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """The stop event, which the loops notice between commands, and the connections
+        closed, which ends a handshake in flight; then a bounded wait. Cancelling is the last
+        resort, never awaited: a Redis call may swallow its cancellation (redis-py #2028,
+        #2551), and the API's shutdown must not hang on it."""
+        if self._stop is not None and not self._stop.done():
+            self._stop.set_result(None)
+        self._disconnected()
+        running = [task for task in self._tasks if not task.done()]
+        if running:
+            _, late = await asyncio.wait(running, timeout=STOP_WAIT_SECONDS)
+            for task in late:
+                log.warning("progress hub: %s did not stop; cancelled", task.get_name())
+                task.cancel()
         self._disconnected()
 
     @property
@@ -240,28 +254,36 @@ class Hub:
         return True
 
     # -- the connection's life --------------------------------------------------------------
-    async def _keep_connected(self) -> None:
-        while True:
-            try:
-                subscriber, reader = await self._connect()
-            except (OSError, RedisError, TimeoutError) as exc:
-                log.warning("progress hub: cannot reach Redis (%s); retrying", exc)
-                await asyncio.sleep(RECONNECT_DELAY_SECONDS)
-                continue
-            except Exception:  # never stop trying: the streams depend on it
-                log.exception("progress hub: connecting to Redis failed; retrying")
-                await asyncio.sleep(RECONNECT_DELAY_SECONDS)
-                continue
-            await asyncio.wait([subscriber.closed, reader.closed], return_when="FIRST_COMPLETED")
-            log.warning("progress hub: connection to Redis lost; reconnecting")
-            self._disconnected()
-            await asyncio.sleep(RECONNECT_DELAY_SECONDS)  # back-off before reconnecting
-
-    async def _connect(self) -> tuple[RespConnection, RespConnection]:
-        """Both connections, and a subscription to every topic that has listeners."""
-        subscriber = await RespConnection.open(self._url, self._name, on_push=self._on_push)
+    async def _keep_connected(self, stop: asyncio.Future[None]) -> None:
+        """Until `stop`: never by a cancellation (see `stop()`)."""
         try:
-            reader = await RespConnection.open(self._url, f"{self._name}-reader")
+            while not stop.done():
+                try:
+                    subscriber, reader = await self._connect(stop)
+                except (OSError, RedisError, TimeoutError) as exc:
+                    if not stop.done():
+                        log.warning("progress hub: cannot reach Redis (%s); retrying", exc)
+                        await _rest(stop, RECONNECT_DELAY_SECONDS)
+                    continue
+                except Exception:  # never stop trying: the streams depend on it
+                    log.exception("progress hub: connecting to Redis failed; retrying")
+                    await _rest(stop, RECONNECT_DELAY_SECONDS)
+                    continue
+                lost = [subscriber.closed, reader.closed]
+                await asyncio.wait([*lost, stop], return_when="FIRST_COMPLETED")
+                if stop.done():
+                    return
+                log.warning("progress hub: connection to Redis lost; reconnecting")
+                self._disconnected()
+                await _rest(stop, RECONNECT_DELAY_SECONDS)  # back-off before reconnecting
+        finally:
+            self._disconnected()  # a connection made while stopping
+
+    async def _connect(self, stop: asyncio.Future[None]) -> tuple[RespConnection, RespConnection]:
+        """Both connections, and a subscription to every topic that has listeners."""
+        subscriber = await RespConnection.open(self._url, self._name, self._on_push, stop)
+        try:
+            reader = await RespConnection.open(self._url, f"{self._name}-reader", None, stop)
         except BaseException:
             subscriber.close()
             raise
@@ -288,9 +310,8 @@ class Hub:
                 connection.close()
         self._subscriber = self._reader = None
 
-    async def _tick_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._tick_seconds)  # the heartbeat period
+    async def _tick_forever(self, stop: asyncio.Future[None]) -> None:
+        while not await _rest(stop, self._tick_seconds):  # the heartbeat period
             try:
                 self._check_alive()
             except Exception:  # the ticks below must never stop: every stream relies on them
@@ -362,3 +383,9 @@ class Hub:
         event = Event.build(topic, entry_id.decode(), document)
         for listener in listeners:
             listener.put(event)
+
+
+async def _rest(stop: asyncio.Future[None], seconds: float) -> bool:
+    """`seconds`, or less if the hub stops meanwhile: whether it is stopping."""
+    await asyncio.wait([stop], timeout=seconds)
+    return stop.done()

@@ -49,8 +49,11 @@ class RespConnection(asyncio.Protocol):
         url: str,
         client_name: str,
         on_push: Callable[[list[Reply]], None] | None = None,
+        abandon: asyncio.Future[None] | None = None,
     ) -> RespConnection:
-        """Connect, authenticate, select the database and name the client, as `url` says."""
+        """Connect, authenticate, select the database and name the client, as `url` says.
+        Once `abandon` resolves, the connection is closed, so a handshake Redis does not answer
+        fails at once (ConnectionError) instead of waiting to be cancelled."""
         options = parse_url(url)
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
@@ -65,6 +68,8 @@ class RespConnection(asyncio.Protocol):
                     options.get("port", 6379),
                     ssl=_tls(url, options),
                 )
+            if abandon is not None:
+                abandon.add_done_callback(connection._abandoned)
             try:
                 if options.get("password"):
                     user = options.get("username")
@@ -75,7 +80,13 @@ class RespConnection(asyncio.Protocol):
             except BaseException:
                 connection.close()
                 raise
+            finally:
+                if abandon is not None:
+                    abandon.remove_done_callback(connection._abandoned)
         return connection
+
+    def _abandoned(self, _: asyncio.Future[None]) -> None:
+        self.close()
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -1,0 +1,74 @@
+"""Stopping the hub while Redis does not answer (CLIENT PAUSE on the real Redis): `stop()`
+returns at once, its loops ending on the stop event, never by a cancellation that would have to
+reach a command in flight (a client may swallow it: redis-py #2028, #2551)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis.asyncio import Redis
+
+from app.analysis.hub import Hub
+from app.analysis.resp import RespConnection
+from app.settings import Settings
+from tests.analysis.conftest import wait_for
+
+ROUNDS = 100
+PAUSE_MS = 2000  # far longer than every round together (about 0.2 s here)
+STOP_WITHIN = 1.0  # far below the pause: a stop that waited on Redis would show
+
+
+def _awaiting_a_reply(task: asyncio.Task[None]) -> bool:
+    """Whether `task` is suspended in `RespConnection.call`: a command is in flight."""
+    awaited: Any = task.get_coro()
+    while awaited is not None and hasattr(awaited, "cr_await"):
+        if awaited.cr_code is RespConnection.call.__code__:
+            return True
+        awaited = awaited.cr_await
+    return False
+
+
+async def test_stop_returns_at_once_while_a_command_is_in_flight(
+    settings: Settings, redis: Redis
+) -> None:
+    await redis.execute_command("CLIENT", "PAUSE", PAUSE_MS, "ALL")
+    try:
+        for _ in range(ROUNDS):
+            hub = Hub(settings.redis_url, queue_size=8, tick_seconds=0.01)
+            await hub.start()
+            loops = list(hub._tasks)
+            keeper = loops[0]
+
+            async def in_flight(keeper: asyncio.Task[None] = keeper) -> bool:
+                return _awaiting_a_reply(keeper)  # its handshake, which Redis holds
+
+            await wait_for(in_flight, within=5, interval=0.001)
+            async with asyncio.timeout(STOP_WITHIN):
+                await hub.stop()
+            assert all(loop.done() for loop in loops)
+            assert not any(loop.cancelled() for loop in loops)  # they saw the stop event
+            assert not hub.connected
+    finally:
+        async with asyncio.timeout(PAUSE_MS / 1000 + 10):
+            await redis.ping()  # answered when the pause ends
+
+
+async def test_a_stopped_hub_stays_stopped(settings: Settings, redis: Redis) -> None:
+    """After `stop()` nothing reconnects: the hub's connections are gone from Redis."""
+    hub = Hub(settings.redis_url, queue_size=8, tick_seconds=0.01)
+    await hub.start()
+
+    async def connected() -> bool:
+        return hub.connected
+
+    await wait_for(connected, within=5)
+    async with asyncio.timeout(STOP_WITHIN):
+        await hub.stop()
+
+    async def gone() -> bool:
+        names = [client["name"] for client in await redis.client_list()]
+        return not any(name.startswith("vocalborn-hub-") for name in names)
+
+    await wait_for(gone, within=5)
+    assert not hub.connected and hub.listener_count == 0
