@@ -169,7 +169,8 @@ class LiveSource:
             if latest is None or stream_id_key(last_event_id) > latest.order:
                 return False  # no stream, or an id it never gave: the client's state is unknown
             sent, first = (await self._resume(request, last_event_id, rows, latest)).start()
-        except RedisError:
+        except Exception:  # Redis unavailable, say: the stream itself will tell
+            log.warning("end check of %s failed", request.topic, exc_info=True)
             return False
         return sent.done and not first
 
