@@ -16,6 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -64,15 +65,17 @@ class EmbeddedPostgres:
     data_dir: Path
     url: str = ""
     pid: int = 0
+    handle: Any = field(default=None, repr=False)  # pgserver's PostgresServer
 
     def start(self) -> EmbeddedPostgres:
+        """Start (or start again, after `stop`) the server on `data_dir`."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import pgserver
 
-            server = pgserver.get_server(self.data_dir, cleanup_mode=None)  # type: ignore[attr-defined]
-        self.url = server.get_uri()
-        self.pid = int(server.get_pid() or 0)
+            self.handle = pgserver.get_server(self.data_dir, cleanup_mode=None)  # type: ignore[attr-defined]
+        self.url = self.handle.get_uri()
+        self.pid = int(self.handle.get_pid() or 0)
         return self
 
     def stop(self) -> None:
@@ -80,6 +83,9 @@ class EmbeddedPostgres:
         if self.pid:
             stop_pid(self.pid, signal.SIGINT)
             self.pid = 0
+        if self.handle is not None:  # pgserver keeps one handle per folder: let it go
+            self.handle.cleanup()  # with cleanup_mode=None this stops and deletes nothing
+            self.handle = None
 
 
 @dataclass

@@ -35,16 +35,24 @@ TABLES = (
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    external = os.environ.get("TEST_DATABASE_URL")
-    if external:
-        yield external
+def postgres_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[EmbeddedPostgres | None]:
+    """The embedded PostgreSQL (tests may stop and restart it); None when TEST_DATABASE_URL
+    is set."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield None
         return
     server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres")).start()
     try:
-        yield server.url
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(postgres_server: EmbeddedPostgres | None) -> str:
+    return postgres_server.url if postgres_server else os.environ["TEST_DATABASE_URL"]
 
 
 @pytest.fixture(scope="session")

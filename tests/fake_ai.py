@@ -54,8 +54,8 @@ def ok(latency: float = 0.0) -> Mode:
     return Mode("ok", latency=latency)
 
 
-def status(code: int, retry_after: str | None = None) -> Mode:
-    return Mode("status", status=code, retry_after=retry_after)
+def status(code: int, retry_after: str | None = None, latency: float = 0.0) -> Mode:
+    return Mode("status", latency=latency, status=code, retry_after=retry_after)
 
 
 HANG = Mode("hang")
@@ -128,6 +128,7 @@ class FakeAI:
         with self._lock:
             self.calls.append(call)
         if mode.kind == "status":
+            await asyncio.sleep(mode.latency)
             headers = {"Retry-After": mode.retry_after} if mode.retry_after else None
             body = {"error": {"code": f"http_{mode.status}", "message": "fake failure"}}
             return JSONResponse(body, mode.status, headers=headers)
