@@ -17,7 +17,8 @@ def _default_workers() -> int:
 class Settings(BaseSettings):
     """Runtime configuration (ANALYZER_API_KEY, ANALYZER_MAX_BYTES, ...)."""
 
-    model_config = SettingsConfigDict(env_prefix="ANALYZER_", extra="ignore")
+    # An empty value (ANALYZER_API_KEY=) means unset, as for the service's own settings.
+    model_config = SettingsConfigDict(env_prefix="ANALYZER_", extra="ignore", env_ignore_empty=True)
 
     api_key: SecretStr | None = None
     max_bytes: int = Field(default=52_428_800, gt=0)

@@ -60,7 +60,8 @@ class System:
         self.data = data
         self.servers: list[EmbeddedPostgres | EmbeddedRedis] = []
         self.children: list[subprocess.Popen[bytes]] = []
-        self.env = dict(os.environ)
+        # An empty value means unset (as in Settings): DATABASE_URL= starts the embedded one.
+        self.env = {name: value for name, value in os.environ.items() if value}
 
     def start_servers(self) -> None:
         if "DATABASE_URL" not in self.env:

@@ -18,6 +18,7 @@ import pytest
 
 from analyzer.settings import Settings as AnalyzerSettings
 from app.embedded import free_port
+from app.launcher import System
 from app.settings import InsecureConfiguration, Settings
 from tests.analysis.conftest import wait_for
 from worker.main import worker_options
@@ -82,6 +83,25 @@ def test_an_empty_value_means_unset(
     env_file = tmp_path / ".env"
     env_file.write_text("".join(f"{name}=\n" for name in sorted(_app_variables())))
     assert Settings(_env_file=env_file) == defaults  # type: ignore[call-arg]
+
+
+def test_an_empty_analyzer_value_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same rule for the reference analyzer: ANALYZER_API_KEY= asks for no key."""
+    for name in _analyzer_variables():
+        monkeypatch.setenv(name, "")
+    settings = AnalyzerSettings()
+    assert settings.api_key is None
+    assert settings == AnalyzerSettings(workers=settings.workers)
+
+
+def test_the_launcher_takes_an_empty_server_url_as_unset(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`DATABASE_URL= vocalborn up` starts the embedded servers, as with no DATABASE_URL."""
+    monkeypatch.setenv("DATABASE_URL", "")
+    monkeypatch.setenv("REDIS_URL", "")
+    system = System(8000, tmp_path)
+    assert "DATABASE_URL" not in system.env and "REDIS_URL" not in system.env
 
 
 def test_an_optional_setting_given_empty_in_code_is_unset(no_settings_in_environment: None) -> None:

@@ -68,10 +68,13 @@ async def start_worker(worker_settings: Settings, clean: None) -> AsyncIterator[
     """Starts in-process arq workers (same code as `arq worker.main.WorkerSettings`)."""
     running: list[tuple[Worker, asyncio.Task[None]]] = []
 
-    async def start(**overrides: Any) -> Worker:
+    async def start(ctx: dict[str, Any] | None = None, **overrides: Any) -> Worker:
+        """A worker with these settings overridden; `ctx` adds to its context (test seams
+        such as `ai_transport`)."""
         settings = worker_settings.model_copy(update=overrides)
         options = worker_options(settings)
-        worker = Worker(**options, handle_signals=False, ctx={"settings": settings})
+        context = {"settings": settings} | (ctx or {})
+        worker = Worker(**options, handle_signals=False, ctx=context)
         task = asyncio.create_task(worker.async_run())
         running.append((worker, task))
         return worker
