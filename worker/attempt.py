@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import RowMapping
 
 from app.ai_client.errors import (
+    AIServiceError,
     AnalysisError,
     AnalysisTimeout,
     ErrorClass,
@@ -121,6 +122,8 @@ class Attempt:
         if call.done():
             try:
                 return call.result()
+            except asyncio.CancelledError:  # not by us: something inside gave up the call
+                return AIServiceError("The AI call was cancelled")
             except Exception as exc:
                 return classify(exc)
         await _abandon(call)
