@@ -6,33 +6,52 @@ import asyncio
 import json
 import logging
 import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Row, text
 
 from app.analysis import queue
 from app.analysis.lifecycle import RECORD_AFTER_ANALYSIS_ENDED, SET_CANCELLED, move_record
 from app.analysis.maintenance import delete_expired_tasks
+from app.analysis.models import ACTIVE_STATUS_SQL
 from app.analysis.status import status_columns
 from app.metrics import QUEUE_DEPTH, TASKS_FINISHED, WORKER_HEARTBEAT
 from worker.context import WorkerDeps, deps_of
 
 log = logging.getLogger(__name__)
 
-RECONCILE_BATCH = 500
+RECONCILE_PAGE = 1000  # rows read, checked against arq and enqueued at a time
 
-# Rows whose job should be in arq but may not be: pending rows (their enqueue may have failed),
-# retry rows that are due, processing rows whose lease expired (their worker died).
-DUE = text(
-    """
-    SELECT task_id, attempt, status FROM ai_analysis_tasks
-    WHERE (status = 'pending' AND created_at < now() - make_interval(secs => :grace))
-       OR (status = 'retry' AND next_attempt_at <= now())
-       OR (status = 'processing' AND lease_expires_at < now())
-    ORDER BY created_at
-    LIMIT :limit
-    """
+# Rows whose job should be in arq but may not be, read a page at a time in (created_at, task_id)
+# order from after the last row of the previous page (keyset paging: each row once, however
+# many there are). Urgent first: retry rows that are due, processing rows whose lease expired
+# (their worker died); then pending rows past the grace (their enqueue may have failed).
+_PAGE = """
+    SELECT task_id, attempt, created_at FROM ai_analysis_tasks
+    WHERE {ACTIVE_STATUS_SQL} AND ({due})
+      AND (created_at, task_id) > (:after_created, :after_task)
+    ORDER BY created_at, task_id
+    LIMIT :page
+"""
+DUE_PAGES = (
+    text(
+        _PAGE.format(
+            ACTIVE_STATUS_SQL=ACTIVE_STATUS_SQL,
+            due="""(status = 'retry' AND next_attempt_at <= now())
+                OR (status = 'processing' AND lease_expires_at < now())""",
+        )
+    ),
+    text(
+        _PAGE.format(
+            ACTIVE_STATUS_SQL=ACTIVE_STATUS_SQL,
+            due="status = 'pending' AND created_at < now() - make_interval(secs => :grace)",
+        )
+    ),
 )
+_BEFORE_ALL = (datetime(1, 1, 1, tzinfo=UTC), uuid.UUID(int=0))
 
 # Cancels that no worker will finish: a processing task whose worker is gone, or a waiting
 # one whose cancel arrived while its attempt was ending.
@@ -53,25 +72,53 @@ MARK_ENQUEUED = text("UPDATE ai_analysis_tasks SET enqueued_at = now() WHERE tas
 
 
 async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
+    """The outbox's other half: finish orphaned cancels, then enqueue every due row whose job
+    arq does not hold, urgent rows first.
+
+    Every due row is read, a page at a time (memory bounded by the page); each page costs one
+    Redis round trip to learn which of its jobs arq does not hold and, only if some, one more
+    to enqueue those. "due": the rows checked, "enqueued": the jobs enqueued.
+    """
     deps = deps_of(ctx)
     async with deps.engine.begin() as connection:
         cancelled = (await connection.execute(ORPHANED_CANCELS)).mappings().all()
-        grace = deps.settings.reconcile_pending_grace_seconds
-        params = {"grace": grace, "limit": RECONCILE_BATCH}
-        rows = (await connection.execute(DUE, params)).all()
     await deps.publisher.publish_rows(cancelled)
     TASKS_FINISHED.labels("cancelled").inc(len(cancelled))
     QUEUE_DEPTH.set(await queue.queued_count(deps.arq))
-    enqueued = []
-    for row in rows:
-        # arq ignores a job id that is already queued or running, so this is safe to repeat.
-        if await queue.enqueue_analysis(deps.arq, row.task_id, row.attempt):
-            enqueued.append(row.task_id)
+    grace = deps.settings.reconcile_pending_grace_seconds
+    due = enqueued = 0
+    for statement in DUE_PAGES:
+        after_created, after_task = _BEFORE_ALL
+        while True:
+            params = {"after_created": after_created, "after_task": after_task}
+            params |= {"page": RECONCILE_PAGE, "grace": grace}
+            async with deps.engine.connect() as connection:
+                rows = (await connection.execute(statement, params)).all()
+            if not rows:
+                break
+            due += len(rows)
+            enqueued += await _enqueue_missing(deps, rows)
+            if len(rows) < RECONCILE_PAGE:
+                break
+            after_created, after_task = rows[-1].created_at, rows[-1].task_id
     if enqueued:
+        log.info("reconcile: enqueued %d of %d due tasks", enqueued, due)
+    return {"due": due, "enqueued": enqueued}
+
+
+async def _enqueue_missing(deps: WorkerDeps, rows: Sequence[Row[Any]]) -> int:
+    """Enqueue the jobs of a page of due rows that arq does not hold; how many."""
+    by_job = {queue.job_id_for(row.task_id, row.attempt): row for row in rows}
+    missing = await queue.missing_jobs(deps.arq, list(by_job))
+    if not missing:
+        return 0
+    jobs = [(by_job[job_id].task_id, by_job[job_id].attempt) for job_id in missing]
+    enqueued = await queue.enqueue_missing(deps.arq, jobs)
+    if enqueued:
+        ids = [by_job[job_id].task_id for job_id in enqueued]
         async with deps.engine.begin() as connection:
-            await connection.execute(MARK_ENQUEUED, {"ids": enqueued})
-        log.info("reconcile: enqueued %d of %d due tasks", len(enqueued), len(rows))
-    return {"due": len(rows), "enqueued": len(enqueued)}
+            await connection.execute(MARK_ENQUEUED, {"ids": ids})
+    return len(enqueued)
 
 
 async def cleanup_expired(ctx: dict[str, Any]) -> int:

@@ -10,11 +10,13 @@ import json
 import time
 import uuid
 import weakref
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import abort_jobs_ss, in_progress_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection
@@ -25,18 +27,22 @@ WORKER_KEY_PREFIX = "vocalborn:worker:"  # a heartbeat key per live worker (work
 
 
 def serialize(obj: Any) -> bytes:
+    """arq's job serialiser: JSON, never pickle."""
     return json.dumps(obj, default=repr, separators=(",", ":")).encode()
 
 
 def deserialize(data: bytes) -> Any:
+    """arq's job deserialiser (see `serialize`)."""
     return json.loads(data)
 
 
 def job_id_for(task_id: uuid.UUID | str, attempt: int) -> str:
+    """The arq job id of one attempt at a task."""
     return f"{task_id}:{attempt}"
 
 
 def redis_settings(url: str) -> RedisSettings:
+    """arq's connection settings for `url`: a short connect timeout, no connect retries."""
     settings = RedisSettings.from_dsn(url)
     settings.conn_timeout = 2
     settings.conn_retries = 0
@@ -78,6 +84,92 @@ async def abort(pool: Redis, job_id: str) -> None:
         pipe.zadd(abort_jobs_ss, {job_id: timestamp_ms()})
         pipe.zadd(QUEUE_NAME, {job_id: 1}, xx=True)  # a deferred job is looked at right away
         await pipe.execute()
+
+
+# Whether arq holds a job: its in-progress marker exists (running, or claimed by a worker that
+# died and not yet expired), or its job key exists and it is in the queue (waiting, or running
+# on a live worker). Scripts below build these keys from ARGV: arq's keys are not in one
+# cluster slot anyway (its own MULTI spans the queue and the job keys).
+_HELD_LUA = """
+local function held(id)
+    if redis.call('EXISTS', ARGV[2] .. id) == 1 then return true end
+    return redis.call('EXISTS', ARGV[1] .. id) == 1 and redis.call('ZSCORE', KEYS[1], id) ~= false
+end
+"""
+
+
+async def _run_script(pool: Redis, script: str, keys: Sequence[str], args: Sequence[str]) -> Any:
+    """EVAL: the script text travels with each call (a few hundred bytes), so there is never a
+    NOSCRIPT round trip; Redis caches the compiled script."""
+    return await cast(Awaitable[Any], pool.eval(script, len(keys), *keys, *args))
+
+
+# KEYS: queue. ARGV: job key prefix, in-progress key prefix, then the job ids.
+_MISSING = (
+    _HELD_LUA
+    + """
+local missing = {}
+for i = 3, #ARGV do
+    if not held(ARGV[i]) then missing[#missing + 1] = ARGV[i] end
+end
+return missing
+"""
+)
+
+
+async def missing_jobs(pool: Redis, job_ids: Sequence[str]) -> list[str]:
+    """The job ids among `job_ids` that arq does not hold (neither queued nor running): one
+    round trip whatever their number."""
+    if not job_ids:
+        return []
+    missing = await _run_script(
+        pool, _MISSING, [QUEUE_NAME], [job_key_prefix, in_progress_key_prefix, *job_ids]
+    )
+    return [job_id.decode() for job_id in missing]
+
+
+# KEYS: queue. ARGV: job key prefix, in-progress key prefix, result key prefix, score (ms),
+# job key TTL (ms), then pairs of job id and serialised job.
+# arq's enqueue_job, for many jobs at once and with our row as the source of truth: a job arq
+# holds is left alone; one it does not hold is written and queued, even over a stale job key
+# (not in the queue: no worker would ever run it) or a kept result (arq's dedup would refuse).
+_ENQUEUE_MISSING = (
+    _HELD_LUA
+    + """
+local enqueued = {}
+for i = 6, #ARGV, 2 do
+    local id = ARGV[i]
+    if not held(id) then
+        redis.call('DEL', ARGV[3] .. id)
+        redis.call('SET', ARGV[1] .. id, ARGV[i + 1], 'PX', ARGV[5])
+        redis.call('ZADD', KEYS[1], ARGV[4], id)
+        enqueued[#enqueued + 1] = id
+    end
+end
+return enqueued
+"""
+)
+
+
+async def enqueue_missing(pool: ArqRedis, jobs: Sequence[tuple[uuid.UUID | str, int]]) -> list[str]:
+    """Enqueue the analysis jobs of these (task id, attempt) pairs that arq does not hold, due
+    now, in one round trip; the job ids enqueued. The check and the writes are one atomic
+    script, so a job queued or started meanwhile is never written over."""
+    if not jobs:
+        return []
+    now = timestamp_ms()
+    args: list[str] = []
+    for task_id, attempt in jobs:
+        payload = serialize_job(
+            ANALYZE_FUNCTION, (str(task_id),), {}, None, now, serializer=serialize
+        )
+        args += [job_id_for(task_id, attempt), payload.decode()]
+    prefixes = [job_key_prefix, in_progress_key_prefix, result_key_prefix]
+    ttl = str(pool.expires_extra_ms)
+    enqueued = await _run_script(
+        pool, _ENQUEUE_MISSING, [QUEUE_NAME], [*prefixes, str(now), ttl, *args]
+    )
+    return [job_id.decode() for job_id in enqueued]
 
 
 async def extend_in_progress(pool: Redis, job_id: str, ttl_ms: int) -> None:
@@ -123,4 +215,5 @@ async def _running_jobs(pool: Redis) -> int:
 
 
 async def queued_count(pool: ArqRedis) -> int:
+    """Jobs in arq's queue (waiting, deferred or running)."""
     return int(await pool.zcard(QUEUE_NAME))
