@@ -77,7 +77,8 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
 
     Every due row is read, a page at a time (memory bounded by the page); each page costs one
     Redis round trip to learn which of its jobs arq does not hold and, only if some, one more
-    to enqueue those. "due": the rows checked, "enqueued": the jobs enqueued.
+    to enqueue those. Abort entries of jobs arq no longer holds are removed. "due": the rows
+    checked, "enqueued": the jobs enqueued.
     """
     deps = deps_of(ctx)
     async with deps.engine.begin() as connection:
@@ -101,8 +102,14 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
             if len(rows) < RECONCILE_PAGE:
                 break
             after_created, after_task = rows[-1].created_at, rows[-1].task_id
-    if enqueued:
-        log.info("reconcile: enqueued %d of %d due tasks", enqueued, due)
+    removed = await queue.sweep_aborts(deps.arq)
+    if enqueued or removed:
+        log.info(
+            "reconcile: enqueued %d of %d due tasks; removed %d stale abort entries",
+            enqueued,
+            due,
+            removed,
+        )
     return {"due": due, "enqueued": enqueued}
 
 

@@ -78,14 +78,6 @@ async def enqueue_analysis(
     return job is not None
 
 
-async def abort(pool: Redis, job_id: str) -> None:
-    """Ask arq to abort the job: a running one is cancelled, a queued one never starts."""
-    async with pool.pipeline(transaction=True) as pipe:
-        pipe.zadd(abort_jobs_ss, {job_id: timestamp_ms()})
-        pipe.zadd(QUEUE_NAME, {job_id: 1}, xx=True)  # a deferred job is looked at right away
-        await pipe.execute()
-
-
 # Whether arq holds a job: its in-progress marker exists (running, or claimed by a worker that
 # died and not yet expired), or its job key exists and it is in the queue (waiting, or running
 # on a live worker). Scripts below build these keys from ARGV: arq's keys are not in one
@@ -102,6 +94,75 @@ async def _run_script(pool: Redis, script: str, keys: Sequence[str], args: Seque
     """EVAL: the script text travels with each call (a few hundred bytes), so there is never a
     NOSCRIPT round trip; Redis caches the compiled script."""
     return await cast(Awaitable[Any], pool.eval(script, len(keys), *keys, *args))
+
+
+# KEYS: queue, abort set. ARGV: job key prefix, in-progress key prefix, job id, now (ms).
+_ABORT_IF_HELD = (
+    _HELD_LUA
+    + """
+if not held(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+redis.call('ZADD', KEYS[1], 'XX', 1, ARGV[3])
+return 1
+"""
+)
+
+
+async def abort(pool: Redis, job_id: str) -> bool:
+    """Ask arq to abort the job: a running one is cancelled, a queued one never starts.
+
+    Only a job arq holds gets an abort entry (checked and added atomically): arq removes an
+    entry when it starts or finishes that job, so an entry for a job it does not hold would stay
+    in its abort set for ever, read by every worker at every poll. False: arq does not hold the
+    job, nothing to abort (the claim refuses a cancelled task anyway)."""
+    added = await _run_script(
+        pool,
+        _ABORT_IF_HELD,
+        [QUEUE_NAME, abort_jobs_ss],
+        [job_key_prefix, in_progress_key_prefix, job_id, str(timestamp_ms())],
+    )
+    return bool(added)
+
+
+# KEYS: queue, abort set. ARGV: job key prefix, in-progress key prefix, offset, count.
+# Removes the entries, among `count` from `offset`, of jobs arq no longer holds. Returns
+# {entries looked at, entries removed}.
+_SWEEP_ABORTS = (
+    _HELD_LUA
+    + """
+local first = tonumber(ARGV[3])
+local ids = redis.call('ZRANGE', KEYS[2], first, first + tonumber(ARGV[4]) - 1)
+local removed = 0
+for _, id in ipairs(ids) do
+    if not held(id) then
+        redis.call('ZREM', KEYS[2], id)
+        removed = removed + 1
+    end
+end
+return {#ids, removed}
+"""
+)
+
+SWEEP_BATCH = 1000
+
+
+async def sweep_aborts(pool: Redis) -> int:
+    """Remove abort entries whose job arq no longer holds; the number removed.
+
+    One round trip while the abort set holds fewer than SWEEP_BATCH entries (it should hold
+    only the aborts of jobs not yet seen by a worker)."""
+    offset = removed = 0
+    while True:
+        looked, gone = await _run_script(
+            pool,
+            _SWEEP_ABORTS,
+            [QUEUE_NAME, abort_jobs_ss],
+            [job_key_prefix, in_progress_key_prefix, str(offset), str(SWEEP_BATCH)],
+        )
+        removed += int(gone)
+        if int(looked) < SWEEP_BATCH:
+            return removed
+        offset += int(looked) - int(gone)
 
 
 # KEYS: queue. ARGV: job key prefix, in-progress key prefix, then the job ids.

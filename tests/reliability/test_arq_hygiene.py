@@ -1,0 +1,70 @@
+"""What we leave in arq's keys: no abort entry without its job."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+from arq.constants import abort_jobs_ss, job_key_prefix
+from arq.utils import timestamp_ms
+from redis.asyncio import Redis
+
+from app.analysis import queue
+from tests.analysis.conftest import StartWorker, new_task, wait_for
+from tests.conftest import ApiUser
+from tests.reliability.test_reconcile import worker_ctx
+from worker import cron
+
+__all__ = ["worker_ctx"]
+
+
+async def test_abort_of_a_job_arq_does_not_hold_adds_no_abort_entry(
+    client: httpx.AsyncClient, alice: ApiUser, redis: Redis
+) -> None:
+    """A pending task whose enqueue failed: its cancel leaves nothing in arq's abort set."""
+    task_id = await new_task(client, alice)
+    job_id = queue.job_id_for(task_id, 0)
+    await redis.delete(job_key_prefix + job_id)  # as if the enqueue had failed
+    await redis.zrem(queue.QUEUE_NAME, job_id)
+
+    response = await client.delete(f"/api/v1/tasks/analysis/{task_id}", headers=alice.headers)
+    assert response.status_code == 202
+    assert response.json()["status"] == "cancelled"
+    assert await redis.zrange(abort_jobs_ss, 0, -1) == []
+
+
+async def test_abort_of_a_queued_job_is_consumed_by_the_worker(
+    client: httpx.AsyncClient, alice: ApiUser, redis: Redis, start_worker: StartWorker
+) -> None:
+    """A queued job's cancel adds its abort entry (and brings it to the head of the queue);
+    the worker that takes the job removes both."""
+    task_id = await new_task(client, alice)
+    job_id = queue.job_id_for(task_id, 0)
+    response = await client.delete(f"/api/v1/tasks/analysis/{task_id}", headers=alice.headers)
+    assert response.status_code == 202
+    assert await redis.zrange(abort_jobs_ss, 0, -1) == [job_id.encode()]
+    assert await redis.zscore(queue.QUEUE_NAME, job_id) == 1
+
+    await start_worker()
+
+    async def consumed() -> bool:
+        gone = await redis.zscore(queue.QUEUE_NAME, job_id) is None
+        return gone and await redis.zcard(abort_jobs_ss) == 0
+
+    await wait_for(consumed)
+
+
+async def test_reconcile_removes_abort_entries_of_jobs_arq_no_longer_holds(
+    worker_ctx: dict[str, Any], redis: Redis
+) -> None:
+    """Entries left by earlier code (or a job lost with Redis) go; a held job's entry stays."""
+    held = queue.job_id_for(uuid.uuid4(), 0)
+    await queue.enqueue_analysis(worker_ctx["deps"].arq, held.split(":")[0], 0)
+    gone = [queue.job_id_for(uuid.uuid4(), n) for n in range(3)]
+    now = timestamp_ms()
+    await redis.zadd(abort_jobs_ss, {job_id: now for job_id in [*gone, held]})
+
+    await cron.reconcile(worker_ctx)
+
+    assert await redis.zrange(abort_jobs_ss, 0, -1) == [held.encode()]
