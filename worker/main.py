@@ -27,6 +27,12 @@ from worker.retry import RetryPolicy
 # arq's own retry counter is only a backstop: the retry budget lives in PostgreSQL.
 ARQ_MAX_TRIES = 1000
 
+# arq's cron() keeps no result unless told. A cron job's id is unique to its scheduled time,
+# and another worker's late enqueue of that id (its poll after the run) is refused only while
+# the run's result is kept: otherwise the job runs again once its in-progress marker (kept
+# 60 s after the run) expires.
+CRON_KEEP_RESULT_SECONDS = 3600
+
 
 def _every(seconds: int) -> dict[str, Any]:
     """arq cron options for a period that divides a minute or an hour (checked in settings)."""
@@ -97,9 +103,17 @@ def worker_options(settings: Settings) -> dict[str, Any]:
                 run_at_startup=True,
                 unique=True,
                 timeout=max(settings.reconcile_interval_seconds, 10),
+                keep_result=CRON_KEEP_RESULT_SECONDS,
                 **_every(settings.reconcile_interval_seconds),
             ),
-            cron(cleanup_expired, hour={3}, minute={17}, unique=True, timeout=600),
+            cron(
+                cleanup_expired,
+                hour={3},
+                minute={17},
+                unique=True,
+                timeout=600,
+                keep_result=CRON_KEEP_RESULT_SECONDS,
+            ),
         ],
         "queue_name": queue.QUEUE_NAME,
         "redis_settings": queue.redis_settings(settings.redis_url),
@@ -112,7 +126,10 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "job_timeout": job_timeout,
         "max_tries": ARQ_MAX_TRIES,
         "allow_abort_jobs": True,
-        "keep_result": 3600,
+        # No result is kept, whoever ends a job: arq refuses to enqueue a job id while a result
+        # is kept for it, and it keeps one (with this worker-wide setting, whatever the
+        # function's) for a job that fails before it starts: undecodable, expired, aborted.
+        "keep_result": 0,
         # On SIGTERM stop taking jobs and let running ones finish for this long; those still
         # running are then handed back (status retry, due now) for the next worker.
         "job_completion_wait": settings.worker_shutdown_grace_seconds,
