@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -138,15 +139,26 @@ async def cleanup_expired(ctx: dict[str, Any]) -> int:
 HEARTBEAT_SECONDS = 5.0
 
 
-async def heartbeat_forever(deps: WorkerDeps) -> None:
-    """A per-worker key with a short TTL: a worker-down alert can rely on it."""
+async def heartbeat_forever(deps: WorkerDeps, stop: asyncio.Event) -> None:
+    """A per-worker key with a short TTL, so that a worker-down alert can rely on it; a beat
+    every HEARTBEAT_SECONDS until `stop` is set.
+
+    The wait between beats is the wait for `stop`, so a stop ends the loop at once, or after
+    the beat in flight. Stop it with the event, never by cancelling the task: a cancel that
+    lands during a Redis command can be swallowed by redis-py (its issues 2028 and 2551) and
+    the loop would go on.
+    """
     key = queue.WORKER_KEY_PREFIX + deps.worker_name
-    while True:
+    while not stop.is_set():
         try:
             now = time.time()
             value = json.dumps({"worker": deps.worker_name, "at": now})
             await deps.arq.set(key, value, ex=int(HEARTBEAT_SECONDS * 3))
             WORKER_HEARTBEAT.labels(deps.worker_name).set(now)
         except Exception:
+            if stop.is_set():  # shutdown closed the connection under the beat
+                return
             log.warning("heartbeat failed", exc_info=True)
-        await asyncio.sleep(HEARTBEAT_SECONDS)  # a period, not a wait for a condition
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HEARTBEAT_SECONDS):
+                await stop.wait()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from typing import Any
 
 import prometheus_client
@@ -23,6 +23,8 @@ from worker.context import WorkerDeps, default_worker_name
 from worker.cron import cleanup_expired, heartbeat_forever, reconcile
 from worker.jobs import analyze_recording
 from worker.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
 
 # arq's own retry counter is only a backstop: the retry budget lives in PostgreSQL.
 ARQ_MAX_TRIES = 1000
@@ -62,22 +64,38 @@ async def startup(ctx: dict[str, Any]) -> None:
         worker_name=settings.worker_name or default_worker_name(),
     )
     ctx["deps"] = deps
-    ctx["heartbeat"] = asyncio.create_task(heartbeat_forever(deps))
+    ctx["heartbeat_stop"] = stop = asyncio.Event()
+    ctx["heartbeat"] = asyncio.create_task(heartbeat_forever(deps, stop))
     if settings.worker_metrics_port:
         prometheus_client.start_http_server(settings.worker_metrics_port)
 
 
+# How long shutdown waits for the heartbeat to end: once before closing the Redis connections
+# (a beat in flight may finish), once after (closing them fails a command Redis is holding).
+HEARTBEAT_STOP_SECONDS = 2.0
+
+
 async def shutdown(ctx: dict[str, Any]) -> None:
+    """arq's on_shutdown: stop the heartbeat, then close what startup opened, in bounded time.
+
+    The heartbeat is stopped through its event and never cancelled: redis-py can swallow a
+    cancel that lands during a command (its issues 2028 and 2551), and awaiting the task would
+    then wait for ever. A beat Redis does not answer is failed by closing the connections."""
     deps: WorkerDeps | None = ctx.get("deps")
+    stop: asyncio.Event | None = ctx.get("heartbeat_stop")
     heartbeat: asyncio.Task[None] | None = ctx.get("heartbeat")
+    if stop is not None:
+        stop.set()
     if heartbeat is not None:
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
+        await asyncio.wait({heartbeat}, timeout=HEARTBEAT_STOP_SECONDS)
     if deps is not None:
         await deps.ai.aclose()
-        await deps.arq.aclose()
+        await deps.arq.aclose(close_connection_pool=True)
         await deps.engine.dispose()
+    if heartbeat is not None and not heartbeat.done():
+        await asyncio.wait({heartbeat}, timeout=HEARTBEAT_STOP_SECONDS)
+        if not heartbeat.done():
+            log.warning("the heartbeat did not stop within %.0f s", 2 * HEARTBEAT_STOP_SECONDS)
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:
