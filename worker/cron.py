@@ -8,11 +8,11 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, text
+from sqlalchemy import Row, TextClause, text
 
 from app.analysis import queue
 from app.analysis.lifecycle import RECORD_AFTER_ANALYSIS_ENDED, SET_CANCELLED, move_record
@@ -24,7 +24,7 @@ from worker.context import WorkerDeps, deps_of
 
 log = logging.getLogger(__name__)
 
-RECONCILE_PAGE = 1000  # rows read, checked against arq and enqueued at a time
+RECONCILE_PAGE = 1000  # rows read from PostgreSQL at a time
 
 # Rows whose job should be in arq but may not be, read a page at a time in (created_at, task_id)
 # order from after the last row of the previous page (keyset paging: each row once, however
@@ -76,10 +76,11 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
     """The outbox's other half: finish orphaned cancels, then enqueue every due row whose job
     arq does not hold, urgent rows first.
 
-    Every due row is read, a page at a time (memory bounded by the page); each page costs one
-    Redis round trip to learn which of its jobs arq does not hold and, only if some, one more
-    to enqueue those. Abort entries of jobs arq no longer holds are removed. "due": the rows
-    checked, "enqueued": the jobs enqueued.
+    Every due row is read from PostgreSQL a page at a time (keyset paging); their job ids
+    (about 100 bytes a row) are then checked against arq in one Redis round trip and the
+    missing ones enqueued in one more, so a tick's round trips do not grow with the backlog.
+    Abort entries of jobs arq no longer holds are removed. "due": the rows checked,
+    "enqueued": the jobs enqueued.
     """
     deps = deps_of(ctx)
     async with deps.engine.begin() as connection:
@@ -87,35 +88,37 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
     await deps.publisher.publish_rows(cancelled)
     TASKS_FINISHED.labels("cancelled").inc(len(cancelled))
     QUEUE_DEPTH.set(await queue.queued_count(deps.arq))
-    grace = deps.settings.reconcile_pending_grace_seconds
-    due = enqueued = 0
-    for statement in DUE_PAGES:
-        after_created, after_task = _BEFORE_ALL
-        while True:
-            params = {"after_created": after_created, "after_task": after_task}
-            params |= {"page": RECONCILE_PAGE, "grace": grace}
-            async with deps.engine.connect() as connection:
-                rows = (await connection.execute(statement, params)).all()
-            if not rows:
-                break
-            due += len(rows)
-            enqueued += await _enqueue_missing(deps, rows)
-            if len(rows) < RECONCILE_PAGE:
-                break
-            after_created, after_task = rows[-1].created_at, rows[-1].task_id
+    due = [row for statement in DUE_PAGES async for row in _due_rows(deps, statement)]
+    enqueued = await _enqueue_missing(deps, due)
     removed = await queue.sweep_aborts(deps.arq)
     if enqueued or removed:
         log.info(
             "reconcile: enqueued %d of %d due tasks; removed %d stale abort entries",
             enqueued,
-            due,
+            len(due),
             removed,
         )
-    return {"due": due, "enqueued": enqueued}
+    return {"due": len(due), "enqueued": enqueued}
+
+
+async def _due_rows(deps: WorkerDeps, statement: TextClause) -> AsyncIterator[Row[Any]]:
+    """Every row `statement` finds, a page of RECONCILE_PAGE at a time."""
+    after_created, after_task = _BEFORE_ALL
+    grace = deps.settings.reconcile_pending_grace_seconds
+    while True:
+        params = {"after_created": after_created, "after_task": after_task}
+        params |= {"page": RECONCILE_PAGE, "grace": grace}
+        async with deps.engine.connect() as connection:
+            rows = (await connection.execute(statement, params)).all()
+        for row in rows:
+            yield row
+        if len(rows) < RECONCILE_PAGE:
+            return
+        after_created, after_task = rows[-1].created_at, rows[-1].task_id
 
 
 async def _enqueue_missing(deps: WorkerDeps, rows: Sequence[Row[Any]]) -> int:
-    """Enqueue the jobs of a page of due rows that arq does not hold; how many."""
+    """Enqueue the jobs of due rows that arq does not hold; how many."""
     by_job = {queue.job_id_for(row.task_id, row.attempt): row for row in rows}
     missing = await queue.missing_jobs(deps.arq, list(by_job))
     if not missing:

@@ -178,15 +178,20 @@ return missing
 )
 
 
+MISSING_BATCH = 1000  # job ids per script call: Redis serves other clients between calls
+
+
 async def missing_jobs(pool: Redis, job_ids: Sequence[str]) -> list[str]:
     """The job ids among `job_ids` that arq does not hold (neither queued nor running): one
-    round trip whatever their number."""
+    round trip whatever their number (a pipeline of one script call per MISSING_BATCH ids)."""
     if not job_ids:
         return []
-    missing = await _run_script(
-        pool, _MISSING, [QUEUE_NAME], [job_key_prefix, in_progress_key_prefix, *job_ids]
-    )
-    return [job_id.decode() for job_id in missing]
+    async with pool.pipeline(transaction=False) as pipe:
+        for start in range(0, len(job_ids), MISSING_BATCH):
+            batch = job_ids[start : start + MISSING_BATCH]
+            pipe.eval(_MISSING, 1, QUEUE_NAME, job_key_prefix, in_progress_key_prefix, *batch)
+        replies = await pipe.execute()
+    return [job_id.decode() for missing in replies for job_id in missing]
 
 
 # KEYS: queue. ARGV: job key prefix, in-progress key prefix, result key prefix, score (ms),
