@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await hub.stop()
-            await arq.aclose()
+            await arq.aclose(close_connection_pool=True)  # not closed by default: passed in
             await engine.dispose()
 
     app = FastAPI(title="VocalBorn analysis queue", version="0.1.0", lifespan=lifespan)
