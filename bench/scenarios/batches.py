@@ -1,0 +1,250 @@
+"""A batch: N tasks due at one instant on a worker that is already polling, timed from that
+instant until an observer sees the last one done (polled every 10 ms: arq's queue empty for
+ours and bare arq, which remove a job when it ends; every task row finished for Celery),
+with the worker's CPU (psutil, over the same interval), its peak RSS (sampled every 50 ms)
+and the fake AI's count of calls in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+
+from bench.context import Context
+from bench.fixtures import (
+    ENQUEUE_CONCURRENCY,
+    FAR_FUTURE,
+    Task,
+    create_records,
+    create_tasks,
+    create_users,
+    enqueue,
+    release,
+    task_counts,
+)
+from bench.harness import Child
+from bench.procstat import RssSampler, cpu_seconds
+from bench.profile import Profile
+
+POLL_SECONDS = 0.01
+WARM_UP_TASKS = 20  # a first, unmeasured batch: imports and connections made on first use
+BARE_QUEUE = "arq:queue"
+RECORDING_BYTES = 64_000  # 2 s of 16 kHz mono 16-bit: the recording each task streams
+
+
+@dataclass
+class Batch:
+    tasks: int
+    seconds: float
+    cpu_seconds: float
+    peak_rss: int
+    max_in_flight: int = 0
+    ai_calls: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    timed_out: bool = False
+
+    @property
+    def per_second(self) -> float:
+        return self.tasks / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def cpu_ms_per_task(self) -> float:
+        return 1000 * self.cpu_seconds / self.tasks
+
+    @property
+    def peak_rss_mb(self) -> float:
+        return self.peak_rss / 1e6
+
+    @property
+    def not_succeeded(self) -> int:
+        if not self.statuses:  # bare arq: no rows
+            return 0
+        return self.tasks - self.statuses.get("success", 0)
+
+
+def recording(ctx: Context, size: int = RECORDING_BYTES) -> Path:
+    from bench.fixtures import write_recording
+
+    path = ctx.workdir / "recordings" / f"source-{size}.wav"
+    return path if path.exists() else write_recording(path, size)
+
+
+async def seed(
+    ctx: Context, count: int, size: int = RECORDING_BYTES, users: int = 10
+) -> list[Task]:
+    """A clean database and queue, then `count` pending tasks whose recordings exist."""
+    stack = ctx.stack
+    await stack.clean()
+    made = await create_users(stack.pg_url, stack.settings(), min(users, count))
+    per_user = math.ceil(count / len(made))
+    records = await create_records(
+        stack.pg_url,
+        made,
+        per_user,
+        storage_dir=stack.storage_dir,
+        source=recording(ctx, size),
+        size=size,
+    )
+    flat = [record for per in records for record in per][:count]
+    return await create_tasks(stack.pg_url, flat)
+
+
+async def _until(done: Callable[[], Awaitable[bool]], within: float) -> bool:
+    deadline = time.monotonic() + within
+    while not await done():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(POLL_SECONDS)
+    return True
+
+
+def _queue_empty(ctx: Context, queue_name: str) -> Callable[[], Awaitable[bool]]:
+    """No job of ours left in arq's queue (the reconciler's cron jobs pass through it too)."""
+    redis = ctx.stack.queue_redis
+
+    async def empty() -> bool:
+        size = int(await redis.zcard(queue_name))
+        if size == 0:
+            return True
+        if size > 20:
+            return False
+        members = await redis.zrange(queue_name, 0, -1)
+        return all(member.startswith(b"cron:") for member in members)
+
+    return empty
+
+
+async def run_ours(
+    ctx: Context,
+    worker: Child,
+    tasks: Sequence[Task],
+    *,
+    latency: float,
+    within: float,
+    profile: str | None = None,
+) -> Batch:
+    from app.analysis import queue
+
+    stack = ctx.stack
+    arq = queue.connect(stack.redis_url())
+    try:
+        await enqueue(arq, tasks, deferred=True)
+    finally:
+        await arq.aclose()
+    await stack.ai.configure(latency)
+    await stack.ai.reset()
+    sampler = RssSampler(worker.pid).start()
+    profiler = Profile(ctx.processes, worker.pid, profile).start() if profile else None
+    cpu0 = cpu_seconds(worker.pid)
+    t0 = await release(stack.queue_redis, queue.QUEUE_NAME, [t.job_id for t in tasks])
+    finished = await _until(_queue_empty(ctx, queue.QUEUE_NAME), within)
+    t1 = time.time()
+    cpu1 = cpu_seconds(worker.pid)
+    peak = await sampler.stop()
+    if profiler is not None:
+        await profiler.finish()
+    stats = await stack.ai.stats()
+    return Batch(
+        tasks=len(tasks),
+        seconds=t1 - t0 if finished else float("nan"),
+        cpu_seconds=cpu1 - cpu0,
+        peak_rss=peak,
+        max_in_flight=int(stats["max_in_flight"]),
+        ai_calls=int(stats["calls"]),
+        statuses=await task_counts(stack.pg_url),
+        timed_out=not finished,
+    )
+
+
+async def run_bare(ctx: Context, worker: Child, count: int, *, within: float) -> Batch:
+    from arq.connections import RedisSettings, create_pool
+
+    stack = ctx.stack
+    await stack.queue_redis.delete(BARE_QUEUE)
+    pool = await create_pool(RedisSettings.from_dsn(stack.redis_url()))
+    try:
+        gate = asyncio.Semaphore(ENQUEUE_CONCURRENCY)
+        defer_until = datetime.now(UTC) + FAR_FUTURE
+
+        async def one() -> str:
+            async with gate:
+                job = await pool.enqueue_job("noop", _defer_until=defer_until)
+            if job is None:
+                raise RuntimeError("bare arq refused a job")
+            return job.job_id
+
+        ids = await asyncio.gather(*(one() for _ in range(count)))
+    finally:
+        await pool.aclose()
+    sampler = RssSampler(worker.pid).start()
+    cpu0 = cpu_seconds(worker.pid)
+    t0 = await release(stack.queue_redis, BARE_QUEUE, ids)
+    finished = await _until(_queue_empty(ctx, BARE_QUEUE), within)
+    t1 = time.time()
+    cpu1 = cpu_seconds(worker.pid)
+    peak = await sampler.stop()
+    return Batch(
+        tasks=count,
+        seconds=t1 - t0 if finished else float("nan"),
+        cpu_seconds=cpu1 - cpu0,
+        peak_rss=peak,
+        timed_out=not finished,
+    )
+
+
+async def run_celery(
+    ctx: Context, tasks: Sequence[Task], *, latency: float, within: float
+) -> Batch:
+    stack = ctx.stack
+    celery = await ctx.celery()
+    await celery.publish(tasks)
+    await stack.ai.configure(latency)
+    await stack.ai.reset()
+    sampler = RssSampler(celery.child.pid, tree=True).start()
+    connection = await asyncpg.connect(stack.pg_url)
+    try:
+
+        async def all_finished() -> bool:
+            done = await connection.fetchval(
+                "SELECT count(*) FROM ai_analysis_tasks WHERE status IN ('success', 'failure')"
+            )
+            return int(done) >= len(tasks)
+
+        cpu0 = celery.cpu_seconds()
+        t0 = await celery.release()
+        finished = await _until(all_finished, within)
+        t1 = time.time()
+        cpu1 = celery.cpu_seconds()
+    finally:
+        await connection.close()
+    peak = await sampler.stop()
+    stats = await stack.ai.stats()
+    return Batch(
+        tasks=len(tasks),
+        seconds=t1 - t0 if finished else float("nan"),
+        cpu_seconds=cpu1 - cpu0,
+        peak_rss=peak,
+        max_in_flight=int(stats["max_in_flight"]),
+        ai_calls=int(stats["calls"]),
+        statuses=await task_counts(stack.pg_url),
+        timed_out=not finished,
+    )
+
+
+async def warm_up(ctx: Context, ours: Child | None, bare: Child | None, celery: bool) -> None:
+    """A small batch on each side, not measured: what a process does once (lazy imports,
+    connection pools filling) stays out of the rounds."""
+    n = WARM_UP_TASKS
+    if ours is not None:
+        await run_ours(ctx, ours, await seed(ctx, n), latency=0.0, within=60.0)
+    if bare is not None:
+        await ctx.stack.clean()
+        await run_bare(ctx, bare, n, within=60.0)
+    if celery:
+        await run_celery(ctx, await seed(ctx, n), latency=0.0, within=60.0)
