@@ -1,8 +1,12 @@
 """A batch: N tasks due at one instant on a worker that is already polling, timed from that
 instant until an observer sees the last one done (polled every 10 ms: arq's queue empty for
 ours and bare arq, which remove a job when it ends; every task row finished for Celery),
-with the worker's CPU (psutil, over the same interval), its peak RSS (sampled every 50 ms)
-and the fake AI's count of calls in flight."""
+with the worker's CPU (psutil, over the same interval), its peak RSS (sampled every 50 ms),
+the fake AI's count of calls in flight, and the servers' own counts over the batch: Redis
+commands (INFO commandstats, all clients: the other workers' idle polling included, the
+observer's own polls left out) and PostgreSQL write transactions (transaction ids assigned:
+the next id before and after; a statement outside a transaction that writes is one, reads and
+connection pings are none; pg_stat_database's counts would lag by up to 10 s)."""
 
 from __future__ import annotations
 
@@ -48,6 +52,8 @@ class Batch:
     ai_calls: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     timed_out: bool = False
+    redis_commands: int = 0
+    pg_transactions: int = 0
 
     @property
     def per_second(self) -> float:
@@ -60,6 +66,14 @@ class Batch:
     @property
     def peak_rss_mb(self) -> float:
         return self.peak_rss / 1e6
+
+    @property
+    def redis_per_task(self) -> float:
+        return self.redis_commands / self.tasks
+
+    @property
+    def pg_per_task(self) -> float:
+        return self.pg_transactions / self.tasks
 
     @property
     def not_succeeded(self) -> int:
@@ -95,6 +109,40 @@ async def seed(
     return await create_tasks(stack.pg_url, flat)
 
 
+class Counters:
+    """Redis commands and PostgreSQL write transactions between `start()` and `stop()`, less
+    the observer's own Redis commands (`observed_redis`, counted by the caller)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.observed_redis = 0
+        self._redis0 = self._pg0 = 0
+        self.redis = self.pg = 0
+
+    async def _redis_calls(self) -> int:
+        stats = await self.ctx.stack.queue_redis.info("commandstats")
+        return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+
+    async def _next_xid(self) -> int:
+        """The next transaction id PostgreSQL will assign (reading it assigns none)."""
+        connection = await asyncpg.connect(self.ctx.stack.pg_url)
+        try:
+            value = await connection.fetchval(
+                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+            )
+        finally:
+            await connection.close()
+        return int(value)
+
+    async def start(self) -> None:
+        self._pg0 = await self._next_xid()
+        self._redis0 = await self._redis_calls()
+
+    async def stop(self) -> None:
+        self.redis = await self._redis_calls() - self._redis0 - self.observed_redis
+        self.pg = await self._next_xid() - self._pg0
+
+
 async def _until(done: Callable[[], Awaitable[bool]], within: float) -> bool:
     deadline = time.monotonic() + within
     while not await done():
@@ -104,16 +152,20 @@ async def _until(done: Callable[[], Awaitable[bool]], within: float) -> bool:
     return True
 
 
-def _queue_empty(ctx: Context, queue_name: str) -> Callable[[], Awaitable[bool]]:
+def _queue_empty(
+    ctx: Context, queue_name: str, counters: Counters
+) -> Callable[[], Awaitable[bool]]:
     """No job of ours left in arq's queue (the reconciler's cron jobs pass through it too)."""
     redis = ctx.stack.queue_redis
 
     async def empty() -> bool:
+        counters.observed_redis += 1
         size = int(await redis.zcard(queue_name))
         if size == 0:
             return True
         if size > 20:
             return False
+        counters.observed_redis += 1
         members = await redis.zrange(queue_name, 0, -1)
         return all(member.startswith(b"cron:") for member in members)
 
@@ -139,14 +191,17 @@ async def run_ours(
         await arq.aclose()
     await stack.ai.configure(latency)
     await stack.ai.reset()
+    counters = Counters(ctx)
+    await counters.start()
     sampler = RssSampler(worker.pid).start()
     profiler = Profile(ctx.processes, worker.pid, profile).start() if profile else None
     cpu0 = cpu_seconds(worker.pid)
     t0 = await release(stack.queue_redis, queue.QUEUE_NAME, [t.job_id for t in tasks])
-    finished = await _until(_queue_empty(ctx, queue.QUEUE_NAME), within)
+    finished = await _until(_queue_empty(ctx, queue.QUEUE_NAME, counters), within)
     t1 = time.time()
     cpu1 = cpu_seconds(worker.pid)
     peak = await sampler.stop()
+    await counters.stop()
     if profiler is not None:
         await profiler.finish()
     stats = await stack.ai.stats()
@@ -159,6 +214,8 @@ async def run_ours(
         ai_calls=int(stats["calls"]),
         statuses=await task_counts(stack.pg_url),
         timed_out=not finished,
+        redis_commands=counters.redis,
+        pg_transactions=counters.pg,
     )
 
 
@@ -182,19 +239,24 @@ async def run_bare(ctx: Context, worker: Child, count: int, *, within: float) ->
         ids = await asyncio.gather(*(one() for _ in range(count)))
     finally:
         await pool.aclose()
+    counters = Counters(ctx)
+    await counters.start()
     sampler = RssSampler(worker.pid).start()
     cpu0 = cpu_seconds(worker.pid)
     t0 = await release(stack.queue_redis, BARE_QUEUE, ids)
-    finished = await _until(_queue_empty(ctx, BARE_QUEUE), within)
+    finished = await _until(_queue_empty(ctx, BARE_QUEUE, counters), within)
     t1 = time.time()
     cpu1 = cpu_seconds(worker.pid)
     peak = await sampler.stop()
+    await counters.stop()
     return Batch(
         tasks=count,
         seconds=t1 - t0 if finished else float("nan"),
         cpu_seconds=cpu1 - cpu0,
         peak_rss=peak,
         timed_out=not finished,
+        redis_commands=counters.redis,
+        pg_transactions=counters.pg,
     )
 
 
@@ -206,6 +268,8 @@ async def run_celery(
     await celery.publish(tasks)
     await stack.ai.configure(latency)
     await stack.ai.reset()
+    counters = Counters(ctx)
+    await counters.start()
     sampler = RssSampler(celery.child.pid, tree=True).start()
     connection = await asyncpg.connect(stack.pg_url)
     try:
@@ -224,6 +288,7 @@ async def run_celery(
     finally:
         await connection.close()
     peak = await sampler.stop()
+    await counters.stop()
     stats = await stack.ai.stats()
     return Batch(
         tasks=len(tasks),
@@ -234,6 +299,8 @@ async def run_celery(
         ai_calls=int(stats["calls"]),
         statuses=await task_counts(stack.pg_url),
         timed_out=not finished,
+        redis_commands=counters.redis,
+        pg_transactions=counters.pg,
     )
 
 

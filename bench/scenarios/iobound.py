@@ -109,6 +109,20 @@ async def run(ctx: Context) -> Section:
         ),
         Row(
             scenario,
+            "Redis commands per task",
+            [b.redis_per_task for b in ours],
+            [b.redis_per_task for b in celery],
+            "Celery",
+        ),
+        Row(
+            scenario,
+            "PostgreSQL write transactions per task",
+            [b.pg_per_task for b in ours],
+            [b.pg_per_task for b in celery],
+            "Celery",
+        ),
+        Row(
+            scenario,
             "worker peak RSS",
             [b.peak_rss_mb for b in ours],
             [b.peak_rss_mb for b in celery],
