@@ -11,6 +11,10 @@ Nth call of one kind the way the real thing fails:
   reset; while the layer is down, new connections are refused as by a stopped server;
 - the AI call: httpx's ConnectError, as when the service refuses connections.
 
+With `reply_lost`, a database statement runs (and commits: each outcome is one statement) and
+its connection is then reset before the caller sees the answer: the case where only a re-read
+can tell what happened.
+
 `down_for` > 0 keeps the whole layer failing for that many seconds from the Nth call: every
 statement or command of that layer, attempt or not, as in a real outage. The AI service's
 outage is counted in requests instead (`AI_OUTAGE_REQUESTS`): the worker waits a random time
@@ -20,17 +24,20 @@ retries, and its outcome would be random too.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import re
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
+from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -61,6 +68,7 @@ class Fault:
     kind: str  # "sql:<statement>", "redis:<COMMAND[+COMMAND…]>" or "ai"
     nth: int  # 1-based among the attempt's calls of that kind
     down_for: float = 0.0  # 0: that call fails; > 0: its whole layer, for that many seconds
+    reply_lost: bool = False  # a statement: it runs, then its answer is lost
 
     @property
     def layer(self) -> str:
@@ -68,7 +76,9 @@ class Fault:
 
     def __str__(self) -> str:
         outage = f"{AI_OUTAGE_REQUESTS} requests" if self.layer == "ai" else f"{self.down_for:g} s"
-        mode = f"down {outage}" if self.down_for else "transient"
+        mode = (
+            "reply lost" if self.reply_lost else f"down {outage}" if self.down_for else "transient"
+        )
         return f"{self.kind} #{self.nth} ({mode})"
 
 
@@ -82,7 +92,8 @@ class FaultPlan:
     _refusals: int = 0  # AI requests still to refuse
 
     def strikes(self, kind: str) -> bool:
-        """Called before each call of `kind`: whether it must fail."""
+        """Called before each call of `kind`: whether it must fail (for a `reply_lost` fault:
+        whether its answer must be lost)."""
         layer = kind.split(":")[0]
         if IN_ATTEMPT.get():
             self.calls.append(kind)
@@ -90,6 +101,8 @@ class FaultPlan:
             fault = self.fault
             if fault and not self.fired and kind == fault.kind and self._seen[kind] == fault.nth:
                 self.fired = True
+                if fault.reply_lost:
+                    return True
                 if fault.down_for and layer == "ai":
                     self._refusals = AI_OUTAGE_REQUESTS - 1
                 elif fault.down_for:
@@ -103,12 +116,13 @@ class FaultPlan:
     def is_down(self, layer: str) -> bool:
         return time.monotonic() < self._down_until.get(layer, 0.0)
 
-    def points(self, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, int]]:
-        """Every (kind, nth) of the recorded calls, in order, but kinds in `skip`."""
+    def points(self, at_most: dict[str, int] | None = None) -> Iterator[tuple[str, int]]:
+        """Every (kind, nth) of the recorded calls, in order; for a kind in `at_most`, only
+        its first so many (calls made by a timer, whose count varies from run to run)."""
         seen: Counter[str] = Counter()
         for kind in self.calls:
             seen[kind] += 1
-            if kind not in skip:
+            if seen[kind] <= (at_most or {}).get(kind, seen[kind]):
                 yield kind, seen[kind]
 
     # -- the seams ----------------------------------------------------------------------
@@ -123,9 +137,21 @@ class FaultPlan:
             compiled = getattr(context, "compiled", None)
             name = names.get(id(getattr(compiled, "statement", None)))
             if self.strikes(f"sql:{name or statement.split()[0].lower()}"):
-                conn.connection.driver_connection.terminate()  # the statement meets a dead line
+                if self.fault is not None and self.fault.reply_lost:
+                    context._lose_reply = True  # after it ran: see after_cursor_execute
+                else:
+                    conn.connection.driver_connection.terminate()  # it meets a dead line
+
+        def after_cursor_execute(
+            conn: Any, cursor: Any, statement: str, *args: Any, **kwargs: Any
+        ) -> None:
+            context = args[1] if len(args) > 1 else kwargs.get("context")
+            if getattr(context, "_lose_reply", False):
+                conn.connection.driver_connection.terminate()
+                raise ConnectionResetError("Connection reset by peer (injected, after commit)")
 
         event.listen(engine.sync_engine, "before_cursor_execute", before_cursor_execute)
+        event.listen(engine.sync_engine, "after_cursor_execute", after_cursor_execute)
         return engine
 
     def redis_connection_class(self) -> type[Connection]:
@@ -170,3 +196,30 @@ def _command_names(command: Any) -> str:
     chunks = command if isinstance(command, list | tuple) else [command]
     packed = b"".join(bytes(chunk) for chunk in chunks)
     return "+".join(name.decode().upper() for name in _COMMAND_NAME.findall(packed))
+
+
+class SwallowingConnection(Connection):
+    """redis-py as in its issues 2028 and 2551: a cancel that lands while a reply is awaited
+    comes out of the timeout block as redis' TimeoutError, the task's cancel consumed."""
+
+    made: ClassVar[list[SwallowingConnection]] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        SwallowingConnection.made.append(self)
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            raise RedisTimeoutError("Timeout reading from socket") from None
+
+
+async def command_held(redis: Redis, command: str) -> bool:
+    """Some client's `command` (lower case) is held by CLIENT PAUSE (flag b: blocked): sent
+    and not answered."""
+    clients = await redis.client_list()
+    return any(c["cmd"] == command and "b" in c["flags"] for c in clients)

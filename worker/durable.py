@@ -41,7 +41,11 @@ TRANSIENT_SQLSTATES = ("08", "53", "57P", "40001", "40P01")
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether a database error may succeed if the same statement is sent again."""
+    """Whether a database error may succeed if the same statement is sent again. Never a
+    BaseException such as CancelledError, whatever it was raised during: a cancel must not be
+    retried away."""
+    if not isinstance(exc, Exception):
+        return False
     for cause in causes(exc):
         if isinstance(cause, DBAPIError) and cause.connection_invalidated:
             return True

@@ -10,9 +10,11 @@ from app.ai_client.errors import ErrorClass
 from app.analysis import lifecycle
 from app.analysis.lifecycle import Claim
 from app.metrics import TASK_WAIT, TASKS_IN_FLIGHT
-from worker.attempt import RETRY_WAIT_SHARE, Attempt
+from worker.attempt import Attempt
 from worker.context import WorkerDeps, deps_of
 from worker.durable import durable
+from worker.lease import lease_span
+from worker.outcome import RETRY_WAIT_SHARE
 
 log = logging.getLogger(__name__)
 
@@ -20,12 +22,11 @@ log = logging.getLogger(__name__)
 async def analyze_recording(ctx: dict[str, Any], task_id: str) -> str:
     deps = deps_of(ctx)
     job_id: str = ctx["job_id"]
-    lease_deadline = time.monotonic() + deps.settings.lease_seconds
     try:
-        claimed = await claim(deps, task_id, job_id, lease_deadline)
-    except Exception as exc:  # the database stayed down: the reconciler offers the job again
+        claimed, lease_deadline = await claim(deps, task_id, job_id)
+    except Exception as exc:  # the reconciler offers the job again
         log.warning("task %s: claim failed: %r", task_id, exc)
-        return "not claimed: database unavailable"
+        return f"not claimed: {exc!r}"
     if claimed is None:
         return "not claimed: finished, cancelled, not due or owned by a live attempt"
     enqueued_at = claimed.row["enqueued_at"]
@@ -35,28 +36,32 @@ async def analyze_recording(ctx: dict[str, Any], task_id: str) -> str:
     if claimed.crash_count >= deps.settings.crash_loop_limit:
         message = f"The analysis crashed its worker {claimed.crash_count} times"
         return await attempt.fail_now(ErrorClass.CRASH_LOOP, message)
-    await deps.publisher.publish_row(claimed.row)
     with TASKS_IN_FLIGHT.track_inprogress():
         outcome = await attempt.run()
     log.info("task %s attempt %d: %s", task_id, claimed.attempt, outcome)
     return outcome
 
 
-async def claim(deps: WorkerDeps, task_id: str, job_id: str, deadline: float) -> Claim | None:
-    """Claim the task, retrying transient database errors until `deadline` (monotonic). A
-    retry first looks for the row an earlier try moved if its answer was lost, so that a
-    dropped connection is not taken for a crash once the lease expires."""
+async def claim(deps: WorkerDeps, task_id: str, job_id: str) -> tuple[Claim | None, float]:
+    """Claim the task (a `lease_span`), retrying transient database errors meanwhile. Returns the
+    claim (None: not claimable) and when its lease ends (time.monotonic(), measured from the
+    start of the try that took it). A retry first looks for the row an earlier try moved if
+    that try's answer was lost, so that a dropped connection is not taken for a crash once
+    the lease expires."""
+    lease = deps.settings.lease_seconds
+    span = lease_span(lease)
     tries = 0
+    started = time.monotonic()
 
     async def once() -> Claim | None:
-        nonlocal tries
+        nonlocal tries, started
         tries += 1
         if tries > 1:
             adopted = await lifecycle.adopt(deps.engine, task_id, job_id, deps.worker_name)
             if adopted is not None:
-                return adopted
-        return await lifecycle.claim(
-            deps.engine, task_id, job_id, deps.worker_name, deps.settings.lease_seconds
-        )
+                return adopted  # its lease began at an earlier try: `started` stays
+        started = time.monotonic()
+        return await lifecycle.claim(deps.engine, task_id, job_id, deps.worker_name, span)
 
-    return await durable(once, "claim", deadline, deps.settings.lease_seconds * RETRY_WAIT_SHARE)
+    claimed = await durable(once, "claim", started + span, lease * RETRY_WAIT_SHARE)
+    return claimed, started + span

@@ -94,9 +94,11 @@ ADOPT = text(
     """
 )
 
-# The row as this attempt left it, whatever its status (None once another attempt claimed it).
+# The row as this attempt left it, whatever its status (None once another attempt claimed it),
+# with what a retry's re-enqueue needs.
 OWN = text(
-    f"SELECT {_STATUS} FROM ai_analysis_tasks WHERE task_id = :task_id AND attempt = :attempt"
+    f"SELECT {_STATUS}, next_attempt_at FROM ai_analysis_tasks"
+    " WHERE task_id = :task_id AND attempt = :attempt"
 )
 
 PROGRESS = text(

@@ -4,6 +4,7 @@ really stopped and paused."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from functools import partial
 
@@ -63,7 +64,7 @@ async def test_redis_down_when_the_ai_answers_keeps_the_analysis(
         return fake_ai.call_count() == 1
 
     await wait_for(ai_working)
-    redis_server.stop()
+    await asyncio.to_thread(redis_server.stop)  # blocking: not on the loop the worker runs on
     try:
 
         async def settled() -> bool:
@@ -72,7 +73,7 @@ async def test_redis_down_when_the_ai_answers_keeps_the_analysis(
         await wait_for(settled, within=20)
         row = await _task_row(engine, task_id)
     finally:
-        redis_server.start()
+        await asyncio.to_thread(redis_server.start)
     assert row["status"] == "success", row
     assert (row["error_code"], row["retry_count"], row["results"]) == (None, 0, 1)
     assert fake_ai.call_count() == 1
@@ -100,7 +101,7 @@ async def test_a_short_postgres_outage_at_the_final_write_costs_nothing(
         return fake_ai.call_count() == 1
 
     await wait_for(ai_working)
-    postgres_server.stop()
+    await asyncio.to_thread(postgres_server.stop)
     try:
 
         async def answered() -> bool:  # or, before the fix, the attempt gave up the call
@@ -108,7 +109,7 @@ async def test_a_short_postgres_outage_at_the_final_write_costs_nothing(
 
         await wait_for(answered)
     finally:
-        postgres_server.start()
+        await asyncio.to_thread(postgres_server.start)
         await engine.dispose()  # the test's own pooled connections died with the server
     final = await wait_for_status(client, alice, task_id, within=30)
     row = await _task_row(engine, task_id)
@@ -171,3 +172,50 @@ async def _waiting_on_a_lock(engine: AsyncEngine, statement: str) -> int:
             {"s": statement},
         )
     return int(count or 0)
+
+
+async def test_a_shutdown_while_the_outcome_is_written_keeps_it(
+    client: httpx.AsyncClient,
+    alice: ApiUser,
+    engine: AsyncEngine,
+    fake_ai: FakeAI,
+    start_worker: StartWorker,
+) -> None:
+    """arq cancels the job (its shutdown after the grace, an abort, its timeout) while the
+    success is being written: the write finishes, then the cancel goes on (before: the write
+    was cancelled, the row stayed `processing`, and the next worker counted a crash and called
+    the AI service again)."""
+    fake_ai.reset(default=ok(latency=1.0))
+    _, record_id, _ = await upload_recording(client, alice)
+    task_id = (await submit(client, alice, record_id))["task_id"]
+    worker = await start_worker()
+
+    async def ai_called() -> bool:  # claimed: the claim itself moves the record
+        return fake_ai.call_count() == 1
+
+    await wait_for(ai_called)
+    async with engine.connect() as holder:
+        await holder.execute(
+            text("SELECT 1 FROM practice_records WHERE practice_record_id = :r FOR UPDATE"),
+            {"r": record_id},
+        )
+
+        async def success_write_waits() -> bool:
+            return bool(await _waiting_on_a_lock(engine, "status = 'success'"))
+
+        await wait_for(success_write_waits)
+        closing = asyncio.create_task(worker.close())
+
+        async def job_cancelled() -> bool:  # and still writing, or (before the fix) gone
+            return all(task.cancelling() for task in worker.job_tasks.values())
+
+        await wait_for(job_cancelled)
+        await holder.rollback()
+    with contextlib.suppress(asyncio.CancelledError):
+        await closing
+    await start_worker()  # would run it again if it had been left `processing`
+    final = await wait_for_status(client, alice, task_id, within=20)
+    row = await _task_row(engine, task_id)
+    assert final["status"] == "success", final
+    assert (row["crash_count"], row["results"]) == (0, 1)
+    assert fake_ai.call_count() == 1

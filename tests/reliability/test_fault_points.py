@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from arq.worker import Worker
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -29,8 +30,14 @@ from tests.fake_ai import FakeAI, Mode, ok, status
 from tests.faults import IN_ATTEMPT, Fault, FaultPlan
 from worker.main import worker_options
 
-AI_LATENCY = 1.5  # with a 3 s lease: one renewal during the call
-OUTAGE = 1.5  # shorter than the lease
+LEASE = 2.0  # renewed every 0.5 s
+AI_LATENCY = 1.25  # with that lease: a renewal at 0.5 s and at 1.0 s, each well clear of the end
+# Calls made by the lease keeper's timer: how many of each every run surely makes (the first
+# renewal, and the in-progress extensions at the start and after it).
+TIMED = {"sql:renew": 1, "redis:PEXPIRE": 2}
+OUTAGE = 1.5  # shorter than the lease, longer than a renewal period plus half a lease
+# The statements that write an outcome: a lost answer to each is tried too.
+OUTCOME_WRITES = frozenset({"sql:claim", "sql:success", "sql:retry", "sql:failure"})
 # Compared between the last published document and the status endpoint's (the row's).
 COMPARED = (
     "status", "progress", "current_step", "retry_count", "error_code", "completed_at",
@@ -48,6 +55,7 @@ class Outcome:
     retry_counts: dict[str, int]
     results: int
     published_equals_row: bool
+    effects_lost: int  # after-commit effects that failed for good (the metric)
 
     def problems(self, expected: Outcome) -> list[str]:
         """What differs from `expected` (the same scenario without a fault) beyond what the
@@ -71,6 +79,8 @@ class Outcome:
             found.append(f"{self.results} result rows")
         if not self.published_equals_row:
             found.append("last published document differs from the row")
+        if self.effects_lost:
+            found.append(f"{self.effects_lost} after-commit effect(s) lost")
         return found
 
 
@@ -103,6 +113,7 @@ async def _analyse(
     through `plan`; the AI service gives `answers` first, then results."""
     fake_ai.reset(default=ok(latency=AI_LATENCY))
     fake_ai.then(*answers)
+    effects_lost_before = _effects_lost()
     task_id = await new_task(client, user)
     ctx = {
         "settings": settings,
@@ -150,6 +161,20 @@ async def _analyse(
         retry_counts=dict(task.retry_counts),
         results=int(results or 0),
         published_equals_row=published,
+        effects_lost=_effects_lost() - effects_lost_before,
+    )
+
+
+def _effects_lost() -> int:
+    """`vocalborn_after_commit_failures_total`, all effects, in this process."""
+    return int(
+        sum(
+            sample.value
+            for metric in REGISTRY.collect()
+            if metric.name == "vocalborn_after_commit_failures"
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        )
     )
 
 
@@ -157,7 +182,7 @@ def _table(outcomes: list[Outcome]) -> str:
     """The fault-point table: the first row is the baseline, without a fault."""
     lines = [
         f"{'fault point':<44} {'status':<8} {'AI':>2} {'crash':>5} {'budget':<16} "
-        f"{'results':>7} {'published':<9} verdict"
+        f"{'results':>7} {'published':<9} {'lost':>4} verdict"
     ]
     for o in outcomes:
         budget = ",".join(f"{k}={v}" for k, v in o.retry_counts.items()) or "-"
@@ -165,7 +190,7 @@ def _table(outcomes: list[Outcome]) -> str:
         lines.append(
             f"{o.fault or 'none (baseline)'!s:<44} {o.status:<8} {o.ai_calls:>2} "
             f"{o.crash_count:>5} {budget:<16} {o.results:>7} "
-            f"{'= row' if o.published_equals_row else 'DIFFERS':<9} {verdict}"
+            f"{'= row' if o.published_equals_row else 'DIFFERS':<9} {o.effects_lost:>4} {verdict}"
         )
     return "\n".join(lines)
 
@@ -179,9 +204,9 @@ SCENARIOS = {
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-@pytest.mark.parametrize("outage", [0.0, OUTAGE], ids=["transient", "outage"])
+@pytest.mark.parametrize("mode", ["transient", "outage", "reply lost"])
 async def test_a_fault_at_any_io_step_loses_nothing(
-    outage: float,
+    mode: str,
     scenario: str,
     client: httpx.AsyncClient,
     alice: ApiUser,
@@ -190,15 +215,21 @@ async def test_a_fault_at_any_io_step_loses_nothing(
     fake_ai: FakeAI,
     worker_settings: Settings,
 ) -> None:
-    settings = worker_settings.model_copy(update={"reconcile_interval_seconds": 30})
+    settings = worker_settings.model_copy(
+        update={"reconcile_interval_seconds": 30, "lease_seconds": LEASE}
+    )
     run = (client, alice, engine, redis, fake_ai, SCENARIOS[scenario])
     await _analyse(FaultPlan(), settings, *run)  # warm-up: scripts loaded on the server
     plan = FaultPlan()  # the baseline, which lists the attempt's calls
     outcomes = [await _analyse(plan, settings, *run)]
     assert {"sql:claim", "ai"} <= set(plan.calls), plan.calls
-    for kind, nth in plan.points():
-        outcomes.append(await _analyse(FaultPlan(Fault(kind, nth, outage)), settings, *run))
+    for kind, nth in plan.points(at_most=TIMED):
+        if mode == "reply lost" and kind not in OUTCOME_WRITES:
+            continue
+        fault = Fault(
+            kind, nth, down_for=OUTAGE if mode == "outage" else 0.0, reply_lost=mode == "reply lost"
+        )
+        outcomes.append(await _analyse(FaultPlan(fault), settings, *run))
     table = _table(outcomes)
-    mode = "transient error" if not outage else f"{outage:g} s outage"
     print(f"\nfault points, {scenario} path ({mode}):\n{table}")
     assert all(not o.problems(outcomes[0]) for o in outcomes), table

@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
-from redis.asyncio import Connection, Redis
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.asyncio import Redis
 
 from app.analysis import queue
 from app.settings import Settings
 from tests.analysis.conftest import wait_for
+from tests.faults import SwallowingConnection, command_held
 from worker.main import shutdown, startup
 
 WORKER = "paused-worker"
@@ -28,9 +28,8 @@ async def paused(redis: Redis) -> AsyncIterator[Redis]:
 
 
 async def heartbeat_in_flight(redis: Redis) -> bool:
-    """A client's SET is held by CLIENT PAUSE (flag b: blocked), i.e. sent and unanswered."""
-    clients = await redis.client_list()
-    return any(c["cmd"] == "set" and "b" in c["flags"] for c in clients)
+    """A client's SET is held by CLIENT PAUSE, i.e. sent and unanswered."""
+    return await command_held(redis, "set")
 
 
 async def stop_within(stopping: asyncio.Task[None], seconds: float) -> float | None:
@@ -59,26 +58,6 @@ async def test_shutdown_lets_a_heartbeat_in_flight_finish(
     assert took is not None and took < 3
     assert ctx["heartbeat"].done()
     assert await paused.exists(queue.WORKER_KEY_PREFIX + WORKER) == 1
-
-
-class SwallowingConnection(Connection):
-    """redis-py as in its issues 2028 and 2551: a cancel that lands while a reply is awaited
-    comes out of the timeout block as redis' TimeoutError, the task's cancel consumed."""
-
-    made: ClassVar[list[SwallowingConnection]] = []
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        SwallowingConnection.made.append(self)
-
-    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await super().read_response(*args, **kwargs)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            raise RedisTimeoutError("Timeout reading from socket") from None
 
 
 async def test_shutdown_is_bounded_when_the_heartbeat_cannot_be_cancelled(
