@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any
 
 from app.ai_client.errors import ErrorClass
@@ -50,6 +51,7 @@ async def claim(deps: WorkerDeps, task_id: str, job_id: str) -> tuple[Claim | No
     the lease expires."""
     lease = deps.settings.lease_seconds
     span = lease_span(lease)
+    token = uuid.uuid4()  # this claim's, whatever else runs the same job id or worker name
     tries = 0
     started = time.monotonic()
 
@@ -57,11 +59,13 @@ async def claim(deps: WorkerDeps, task_id: str, job_id: str) -> tuple[Claim | No
         nonlocal tries, started
         tries += 1
         if tries > 1:
-            adopted = await lifecycle.adopt(deps.engine, task_id, job_id, deps.worker_name)
+            adopted = await lifecycle.adopt(deps.engine, task_id, token)
             if adopted is not None:
                 return adopted  # its lease began at an earlier try: `started` stays
         started = time.monotonic()
-        return await lifecycle.claim(deps.engine, task_id, job_id, deps.worker_name, span)
+        return await lifecycle.claim(
+            deps.engine, task_id, job_id, deps.worker_name, span, claim_token=token
+        )
 
     claimed = await durable(once, "claim", started + span, lease * RETRY_WAIT_SHARE)
     return claimed, started + span

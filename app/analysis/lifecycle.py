@@ -59,6 +59,7 @@ CLAIM = text(
             lease_expires_at = now() + make_interval(secs => :lease),
             worker_name = :worker_name,
             job_id = :job_id,
+            claim_token = :claim_token,
             started_at = now(),
             next_attempt_at = NULL,
             progress = 0,
@@ -82,15 +83,14 @@ CLAIM = text(
 )
 
 # A claim whose answer was lost (the connection dropped after the server ran it): the row that
-# this job's own claim moved, recognised by job id and worker, and still leased.
+# this very claim call moved, recognised by its token, and still leased.
 ADOPT = text(
     f"""
     SELECT {status_columns("t")}, t.crash_count, t.retry_counts, t.task_params, t.enqueued_at,
         r.audio_storage_key, r.audio_content_type
     FROM ai_analysis_tasks t JOIN practice_records r ON r.practice_record_id = t.practice_record_id
-    WHERE t.task_id = :task_id AND t.status = 'processing' AND t.job_id = :job_id
-      AND t.worker_name = :worker_name AND t.cancel_requested_at IS NULL
-      AND t.lease_expires_at > now()
+    WHERE t.task_id = :task_id AND t.status = 'processing' AND t.claim_token = :claim_token
+      AND t.cancel_requested_at IS NULL AND t.lease_expires_at > now()
     """
 )
 
@@ -240,17 +240,25 @@ async def _one(engine: AsyncEngine, statement: Any, params: dict[str, Any]) -> R
 
 
 async def claim(
-    engine: AsyncEngine, task_id: str, job_id: str, worker_name: str, lease: float
+    engine: AsyncEngine,
+    task_id: str,
+    job_id: str,
+    worker_name: str,
+    lease: float,
+    claim_token: uuid.UUID | None = None,
 ) -> Claim | None:
     """Take the task for a new attempt (attempt + 1, a lease of `lease` seconds); None when it
-    is finished, cancelled, not due or held by a live attempt."""
-    params = {"task_id": task_id, "job_id": job_id, "worker_name": worker_name}
-    return _claim_of(await _one(engine, CLAIM, params | {"lease": float(lease)}))
+    is finished, cancelled, not due or held by a live attempt. `claim_token` marks the row as
+    moved by this claim (see `adopt`)."""
+    params: dict[str, object] = {"task_id": task_id, "job_id": job_id, "worker_name": worker_name}
+    params |= {"lease": float(lease), "claim_token": claim_token or uuid.uuid4()}
+    return _claim_of(await _one(engine, CLAIM, params))
 
 
-async def adopt(engine: AsyncEngine, task_id: str, job_id: str, worker_name: str) -> Claim | None:
-    """The claim this job made if a `claim` whose answer was lost did run: None otherwise."""
-    params = {"task_id": task_id, "job_id": job_id, "worker_name": worker_name}
+async def adopt(engine: AsyncEngine, task_id: str, claim_token: uuid.UUID) -> Claim | None:
+    """The claim made with `claim_token` if a `claim` whose answer was lost did run: None
+    otherwise."""
+    params = {"task_id": task_id, "claim_token": claim_token}
     return _claim_of(await _one(engine, ADOPT, params))
 
 

@@ -89,6 +89,8 @@ class AnalysisTask(Base):
     task_type: Mapped[str] = mapped_column(String(50), server_default="audio_analysis")
     task_params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
     worker_name: Mapped[str | None] = mapped_column(String(100))
+    # Which claim moved the row to `processing` (one per claim call of a job run).
+    claim_token: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     progress: Mapped[int] = mapped_column(Integer, server_default="0")

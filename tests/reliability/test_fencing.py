@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -115,3 +116,20 @@ async def test_circuit_breaker_stops_calls_then_probes(
     assert final["status"] == "success"
     assert final["retry_count"] == 2  # deferrals by the open breaker are not retries
     assert fake_ai.call_count() == 1  # one probe, which succeeded
+
+
+async def test_a_claim_whose_answer_was_lost_is_adopted_by_that_claim_only(
+    client: httpx.AsyncClient, alice: ApiUser, engine: AsyncEngine
+) -> None:
+    """Only the claim call that moved the row may take it as its own after losing the answer:
+    not another run of the same job id on the same worker (arq starts one when its
+    in-progress key expires), which would make two attempts behind one fence."""
+    task_id = await new_task(client, alice)
+    token = uuid.uuid4()
+    claimed = await lifecycle.claim(
+        engine, task_id, f"{task_id}:0", "worker-a", 30, claim_token=token
+    )
+    assert claimed is not None
+    assert await lifecycle.adopt(engine, task_id, uuid.uuid4()) is None
+    adopted = await lifecycle.adopt(engine, task_id, token)
+    assert adopted is not None and adopted.attempt == claimed.attempt == 1
