@@ -328,8 +328,11 @@ async def fail(
 
 
 async def mark_cancelled(engine: AsyncEngine, claimed: Claim) -> RowMapping | None:
+    """Cancel the task if this attempt holds it and a cancel was requested; else None."""
     return await _one(engine, CANCELLED, claimed.fence)
 
 
 async def interrupt(engine: AsyncEngine, claimed: Claim) -> RowMapping | None:
+    """Hand the task back (retry, due now, nothing counted), or cancel it if that was
+    requested; None when this attempt no longer holds it."""
     return await _one(engine, INTERRUPT, claimed.fence)
