@@ -34,10 +34,15 @@ class AIClient:
         headers = {"Accept": NDJSON}
         if settings.ai_service_api_key:
             headers["Authorization"] = f"Bearer {settings.ai_service_api_key}"
+        # One connection per job the worker may run at once, all kept alive: httpx's default
+        # (100, 20 kept) capped the AI calls in flight at 100 whatever WORKER_MAX_JOBS said,
+        # and churned connections beyond 20.
+        jobs = settings.worker_max_jobs
         self._http = httpx.AsyncClient(
             base_url=settings.ai_service_url,
             headers=headers,
             transport=transport,
+            limits=httpx.Limits(max_connections=jobs, max_keepalive_connections=jobs),
             timeout=httpx.Timeout(
                 settings.ai_deadline_seconds, connect=settings.ai_connect_timeout_seconds
             ),

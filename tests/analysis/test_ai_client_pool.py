@@ -1,0 +1,48 @@
+"""The AI client keeps as many calls in flight as the worker runs jobs (httpx's default pool
+capped them at 100 whatever WORKER_MAX_JOBS said)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from app.ai_client.client import AIClient
+from app.ai_client.wire import ProgressLine
+from app.settings import Settings
+from tests.analysis.conftest import wait_for
+from tests.fake_ai import HANG, FakeAI
+
+JOBS = 120
+
+
+async def _audio() -> AsyncIterator[bytes]:
+    yield b"RIFF" + bytes(64)
+
+
+async def _ignore(line: ProgressLine) -> None:
+    return None
+
+
+async def test_as_many_ai_calls_in_flight_as_the_worker_runs_jobs(
+    fake_ai: FakeAI, worker_settings: Settings
+) -> None:
+    fake_ai.reset(default=HANG)
+    settings = worker_settings.model_copy(
+        update={"worker_max_jobs": JOBS, "ai_deadline_seconds": 30.0}
+    )
+    client = AIClient(settings)
+    calls = [
+        asyncio.create_task(client.analyze(_audio(), "audio/wav", {}, f"t{n}:1", _ignore))
+        for n in range(JOBS)
+    ]
+    try:
+
+        async def all_in_flight() -> bool:
+            return fake_ai.call_count() == JOBS
+
+        await wait_for(all_in_flight, within=15)
+    finally:
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+        await client.aclose()
