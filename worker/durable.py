@@ -1,4 +1,4 @@
-"""The two kinds of I/O around an attempt's outcome (DESIGN §4):
+"""The two kinds of I/O around an attempt's outcome (architecture §4):
 
 - `durable`: a write that decides the outcome (claim, success, retry, failure, cancel, hand-back)
   goes to PostgreSQL, the source of truth. A transient database error (a dropped or refused

@@ -1,4 +1,4 @@
-"""The retry policy by error class (DESIGN §4, the seed's budgets): exponential backoff with
+"""The retry policy by error class (architecture §4, the seed's budgets): exponential backoff with
 full jitter, Retry-After honoured. Budgets and delays live here and in settings, not in arq:
 the retry itself is persisted in PostgreSQL, so it survives any worker."""
 

@@ -1,4 +1,4 @@
-"""Error classes of an analysis attempt (DESIGN §4), decided by exception type and HTTP status,
+"""Error classes of an analysis attempt (architecture §4), decided by exception type and HTTP status,
 never by message text."""
 
 from __future__ import annotations

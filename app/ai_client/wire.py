@@ -1,4 +1,4 @@
-"""The AI service's wire format (DESIGN §6): NDJSON progress lines, then one result line."""
+"""The AI service's wire format (architecture §6): NDJSON progress lines, then one result line."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Publishing status documents for live progress (DESIGN §5).
+"""Publishing status documents for live progress (architecture §5).
 
 After each change of a task's row, the full status document (the status endpoint's JSON) is
 appended to a Redis Stream per topic (`XADD … MAXLEN ~200`) and the new entry's id is

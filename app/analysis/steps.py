@@ -40,7 +40,7 @@ STEPS = {
     )
 }
 
-# The AI service's progress steps (DESIGN §6) mapped onto ours.
+# The AI service's progress steps (architecture §6) mapped onto ours.
 AI_STEP_MAP = {
     "decoding": PREPROCESSING,
     "feature_extraction": FEATURE_EXTRACTION,

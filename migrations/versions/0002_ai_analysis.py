@@ -3,7 +3,7 @@
 Follows the seed, corrected: one primary key, `celery_task_id` is `job_id` (the current arq
 job id), the index the seed put on a missing practice_session_id column is on
 practice_record_id, at most one active task per record (partial unique index), one result per
-task, plus the lease/fencing columns of DESIGN §3.
+task, plus the lease/fencing columns of architecture §3.
 
 Revision ID: 0002
 Revises: 0001
