@@ -1,5 +1,5 @@
-"""Error classes of an analysis attempt (architecture §4), decided by exception type and HTTP status,
-never by message text."""
+"""Error classes of an analysis attempt (architecture §4), decided by exception type and HTTP
+status, never by message text."""
 
 from __future__ import annotations
 
