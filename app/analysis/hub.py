@@ -53,9 +53,12 @@ class Event:
     updated_at: datetime
     terminal: bool
     frame: bytes = field(repr=False)
+    # Read from PostgreSQL, not from the stream: `id` is then not this document's own entry
+    # but the stream's position when it was read (its entry may be on its way, or lost).
+    from_database: bool = False
 
     @classmethod
-    def build(cls, topic: str, entry_id: str, doc: bytes) -> Event:
+    def build(cls, topic: str, entry_id: str, doc: bytes, from_database: bool = False) -> Event:
         parsed = json.loads(doc)
         frame = b"event: status\r\nid: %s\r\ndata: %s\r\n\r\n" % (entry_id.encode(), doc)
         return cls(
@@ -68,6 +71,7 @@ class Event:
             updated_at=datetime.fromisoformat(parsed["updated_at"]),
             terminal=parsed["status"] in TERMINAL_STATUSES,
             frame=frame,
+            from_database=from_database,
         )
 
 
@@ -316,9 +320,13 @@ class Hub:
                 self._check_alive()
             except Exception:  # the ticks below must never stop: every stream relies on them
                 log.exception("progress hub: checking the Redis connections failed")
-            for listeners in list(self._listeners.values()):
-                for listener in listeners:
-                    listener.tick()
+            self.tick_listeners()
+
+    def tick_listeners(self) -> None:
+        """A heartbeat tick to every listener (the tick loop's, once per period)."""
+        for listeners in list(self._listeners.values()):
+            for listener in listeners:
+                listener.tick()
 
     def _check_alive(self) -> None:
         """PING both connections every heartbeat; one that has not answered the previous PING

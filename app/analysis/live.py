@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol, TypeVar
 
 from redis.asyncio import Redis
@@ -72,21 +73,24 @@ class Slot(Protocol):
 class _Sent:
     """What this client has been sent: its position in the stream and each task's state."""
 
-    __slots__ = ("_open", "_order", "position", "states")
+    __slots__ = ("_missing", "_open", "_order", "position", "states")
 
     def __init__(self, position: str) -> None:
         self.position = position
         self._order = stream_id_key(position)
         self.states: dict[str, Event] = {}
         self._open = 0  # tasks not yet in a terminal status
+        self._missing: dict[str, datetime] | None = None  # see `overdue`; rarely needed
 
     def accept(self, event: Event, after_position: bool = True) -> bool:
         """Whether to send `event`, recorded if so: a newer state of its task than the one
-        sent and, for a live event, later in the stream than the client's position."""
+        sent and, for a live event, later in the stream than the client's position. A state
+        that was sent from PostgreSQL is sent again with its own stream entry, so that the
+        client's Last-Event-ID is that entry's id."""
         if after_position and event.order <= self._order:
             return False
         known = self.states.get(event.task_id)
-        if known is not None and event.updated_at <= known.updated_at:
+        if known is not None and not _supersedes(event, known):
             return False
         if event.order > self._order:
             self.position, self._order = event.id, event.order
@@ -94,9 +98,33 @@ class _Sent:
         self._open += (not event.terminal) - (known is not None and not known.terminal)
         return True
 
+    def newer(self, event: Event) -> bool:
+        """Whether `event` is a newer state of its task than the one sent."""
+        known = self.states.get(event.task_id)
+        return known is None or event.updated_at > known.updated_at
+
+    def overdue(self, event: Event) -> bool:
+        """Whether `event`, a state in PostgreSQL that is newer than the client's and that the
+        stream does not show, was already missing at the previous re-check: the stream had a
+        whole heartbeat period to show it, so its publish was lost. Otherwise it is noted, and
+        its entry is given until the next re-check (the worker publishes after committing)."""
+        known = self.states.get(event.task_id)
+        missing = self._missing = self._missing or {}
+        noted = missing.pop(event.task_id, None)
+        if noted is not None and (known is None or known.updated_at < noted):
+            return True
+        missing[event.task_id] = event.updated_at
+        return False
+
     @property
     def done(self) -> bool:
         return bool(self.states) and not self._open
+
+
+def _supersedes(event: Event, known: Event) -> bool:
+    if event.updated_at != known.updated_at:
+        return event.updated_at > known.updated_at
+    return known.from_database and not event.from_database
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +179,7 @@ class LiveSource:
     async def _snapshot(self, rows: Sequence[RowMapping], topic: str, position: str) -> list[Event]:
         documents = await status.describe_all(rows, self._redis, self._estimator)
         return [
-            Event.build(topic, position, document.model_dump_json().encode())
+            Event.build(topic, position, document.model_dump_json().encode(), from_database=True)
             for document in documents
         ]
 
@@ -215,23 +243,51 @@ class LiveSource:
                 if listener.quiet or not request.single_task:
                     if listener.quiet:
                         yield render(Marker.HEARTBEAT)
-                    for event in await self._recheck(request, sent.position):
-                        if sent.accept(event, False):
-                            yield render(event)
+                    for event in await self._recheck(request, sent):
+                        yield render(event)
                     event = None
         finally:
             slot.give_back()  # first: nothing below may keep it
             if listener is not None:
                 self._hub.leave(request.topic, listener)
 
-    async def _recheck(self, request: StreamRequest, position: str) -> list[Event]:
+    async def _recheck(self, request: StreamRequest, sent: _Sent) -> list[Event]:
+        """The heartbeat's re-check, for what pub/sub lost; what to send, recorded in `sent`.
+        A state in PostgreSQL newer than the client's is looked for in the stream first: its
+        entry, with its own id, is what to send (its notice was lost, or is still on its way).
+        The worker publishes after committing, so a state the stream does not show yet may be
+        in flight: sent from PostgreSQL, under the client's position, only when the previous
+        re-check found it missing too, or when the stream cannot be read. (Sent at once, it
+        took an id the client already had, and its entry, arriving next, was not newer.)"""
+        topic = request.topic
         try:
-            return await self._snapshot(await request.load_rows(), request.topic, position)
+            states = await self._snapshot(await request.load_rows(), topic, sent.position)
         except NotFound:
             return []
         except Exception:  # PostgreSQL unavailable: keep the stream, try at the next tick
-            log.warning("progress re-check of %s failed", request.topic, exc_info=True)
+            log.warning("progress re-check of %s failed", topic, exc_info=True)
             return []
+        newer = [state for state in states if sent.newer(state)]
+        del states
+        if not newer:
+            return []
+        send: list[Event] = []
+        try:
+            entries = await self._redis.xrange(stream_key(topic), f"({sent.position}", "+")
+        except RedisError:
+            log.warning("progress re-check of %s: stream unreadable", topic, exc_info=True)
+            entries = None
+        for entry in entries or ():
+            event = _event(topic, entry)
+            if sent.accept(event):
+                send.append(event)
+        for state in newer:
+            if not sent.newer(state) or not (entries is None or sent.overdue(state)):
+                continue
+            event = Event.build(topic, sent.position, state.doc, from_database=True)
+            if sent.accept(event, False):
+                send.append(event)
+        return send
 
     async def _opening(self, request: StreamRequest, rows: Sequence[RowMapping]) -> _Opening:
         """After subscribing: where the client is in the stream, what it has, and what to send
