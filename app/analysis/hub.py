@@ -1,5 +1,5 @@
 """The progress hub: ONE Redis pub/sub connection per API process, whatever the number of
-clients (DESIGN §5; after SAQ's multiplexer).
+clients (architecture §5; after SAQ's multiplexer).
 
 Clients `join(topic)`; the hub subscribes to a topic's channel when its first listener comes
 and unsubscribes when the last goes. For each notice (a stream entry id) it reads the status
