@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from dataclasses import dataclass
@@ -30,27 +31,47 @@ class Unauthorized(AppError):
 
 
 def decode_access_token(token: str, settings: Settings) -> Principal:
+    """The caller of a bearer token: its signature, `exp` and `sub` (and `aud`, `iss` when
+    configured) checked by PyJWT; raises Unauthorized. A token verified once is remembered
+    (an LRU of TOKEN_CACHE_SIZE tokens) until its `exp`: a client's next requests skip the
+    signature check, and an expired token is refused as PyJWT would refuse it."""
     key = settings.jwt_verification_key
     if key is None:
         raise Unauthorized("Token verification is not configured")
+    principal, expires_at = _verified(
+        token, key, settings.jwt_algorithm, settings.jwt_audience, settings.jwt_issuer
+    )
+    if expires_at <= time.time():
+        raise Unauthorized("Token has expired")
+    return principal
+
+
+TOKEN_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=TOKEN_CACHE_SIZE)
+def _verified(
+    token: str, key: str, algorithm: str, audience: str | None, issuer: str | None
+) -> tuple[Principal, float]:
+    """(the caller, its token's `exp` in Unix seconds); raises Unauthorized (never cached)."""
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
             key,
-            algorithms=[settings.jwt_algorithm],
-            audience=settings.jwt_audience,
-            issuer=settings.jwt_issuer,
+            algorithms=[algorithm],
+            audience=audience,
+            issuer=issuer,
             options={
                 "require": ["exp", "sub"],
-                "verify_aud": settings.jwt_audience is not None,
-                "verify_iss": settings.jwt_issuer is not None,
+                "verify_aud": audience is not None,
+                "verify_iss": issuer is not None,
             },
         )
     except jwt.ExpiredSignatureError as exc:
         raise Unauthorized("Token has expired") from exc
     except jwt.PyJWTError as exc:
         raise Unauthorized("Invalid token") from exc
-    return _principal(claims)
+    return _principal(claims), float(claims["exp"])
 
 
 def _principal(claims: dict[str, Any]) -> Principal:

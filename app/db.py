@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sqlalchemy import Engine, MetaData
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -26,14 +32,53 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
+def create_engine(settings: Settings, *, pre_ping: bool = True) -> AsyncEngine:
+    """The engine of a process. `pre_ping`: test each connection at checkout (with asyncpg a
+    BEGIN, a `;` and a ROLLBACK: three round trips); the API turns it off and retries its hot
+    statements once on a stale connection (`on_fresh_connection`), everything else meets a
+    stale connection at most once per server restart (a disconnect invalidates the pool)."""
     return create_async_engine(
         settings.database_url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
     )
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+_autocommit: weakref.WeakKeyDictionary[Engine, AsyncEngine] = weakref.WeakKeyDictionary()
+
+
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """`engine` in autocommit mode, sharing its pool: each statement is its own transaction,
+    with no BEGIN, COMMIT or ROLLBACK round trips (for single-statement reads and writes on
+    hot paths). Built once per engine."""
+    options = _autocommit.get(engine.sync_engine)
+    if options is None:
+        options = _autocommit[engine.sync_engine] = engine.execution_options(
+            isolation_level="AUTOCOMMIT"
+        )
+    return options
+
+
+T = TypeVar("T")
+
+
+async def on_fresh_connection(
+    engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]
+) -> T:
+    """`work` on an autocommit connection of `engine` (returned to the pool before this
+    returns); run once more on a new connection when the first turned out stale (the server
+    restarted or closed it: SQLAlchemy then invalidates the pool). `work` must be safe to run
+    twice: a read, or a statement whose second run finds what the first did."""
+    for retried in (False, True):
+        try:
+            async with autocommit(engine).connect() as connection:
+                return await work(connection)
+        except DBAPIError as exc:
+            if retried or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")

@@ -6,7 +6,9 @@ Jobs are serialised as JSON (never pickle). One queue, `ai_analysis`; the job id
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import time
 import uuid
 import weakref
@@ -17,7 +19,7 @@ from typing import Any, cast
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
-from arq.utils import timestamp_ms
+from arq.utils import timestamp_ms, to_unix_ms
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection
 
@@ -64,18 +66,54 @@ def connect(url: str, connection_class: type[Connection] | None = None) -> ArqRe
     )
 
 
+# KEYS: job key, in-progress key, result key, queue. ARGV: job id, serialised job, job key
+# TTL (ms), score (ms). arq's enqueue_job in one atomic round trip instead of its WATCH, EXISTS,
+# MULTI/EXEC: the same job key and queue entry, refused (-1) when the job key, the in-progress
+# key or a kept result exists; else the job's rank in the queue (0-based).
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3]) > 0 then return -1 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+return redis.call('ZRANK', KEYS[4], ARGV[1])
+"""
+
+
+async def _enqueue(
+    pool: ArqRedis, task_id: uuid.UUID | str, attempt: int, defer_until: datetime | None
+) -> int | None:
+    """Enqueue the job as arq's enqueue_job would; its 0-based rank in the queue, or None
+    when refused (arq holds it, or keeps its result)."""
+    job_id = job_id_for(task_id, attempt)
+    now = timestamp_ms()
+    score = to_unix_ms(defer_until) if defer_until is not None else now
+    ttl = max(score - now + pool.expires_extra_ms, 1)  # arq's default expiry
+    payload = serialize_job(ANALYZE_FUNCTION, (str(task_id),), {}, None, now, serializer=serialize)
+    keys = [job_key_prefix + job_id, in_progress_key_prefix + job_id, result_key_prefix + job_id]
+    rank = await _run_script(
+        pool, _ENQUEUE, [*keys, QUEUE_NAME], [job_id, payload.decode(), str(ttl), str(score)]
+    )
+    return None if int(rank) < 0 else int(rank)
+
+
 async def enqueue_analysis(
     pool: ArqRedis, task_id: uuid.UUID | str, attempt: int, defer_until: datetime | None = None
 ) -> bool:
-    """Enqueue the analysis job; False when a job with this id already exists (arq dedup)."""
-    job = await pool.enqueue_job(
-        ANALYZE_FUNCTION,
-        str(task_id),
-        _job_id=job_id_for(task_id, attempt),
-        _queue_name=QUEUE_NAME,
-        _defer_until=defer_until,
-    )
-    return job is not None
+    """Enqueue the analysis job, due at `defer_until` (default: now), in one round trip; False
+    when refused: a job with this id exists, is running or has a kept result (arq's dedup)."""
+    return await _enqueue(pool, task_id, attempt, defer_until) is not None
+
+
+async def enqueue_with_position(
+    pool: ArqRedis, task_id: uuid.UUID | str, attempt: int
+) -> tuple[bool, int | None]:
+    """Enqueue the analysis job due now and say where it waits: (enqueued, 1-based position
+    among jobs waiting to start, as `queue_position` counts it). When refused, the position
+    of the job arq already holds (None when it is not waiting). One round trip, plus the
+    running-jobs estimate's scan at most once a second per process."""
+    rank = await _enqueue(pool, task_id, attempt, None)
+    if rank is None:
+        return False, await queue_position(pool, job_id_for(task_id, attempt))
+    return True, max(rank - await _running_jobs(pool), 0) + 1
 
 
 # Whether arq holds a job: its in-progress marker exists (running, or claimed by a worker that
@@ -260,24 +298,61 @@ async def queue_position(pool: Redis, job_id: str) -> int | None:
 
 
 _RUNNING_SCAN = 500
-_running_estimates: weakref.WeakKeyDictionary[Redis, tuple[float, int]] = (
-    weakref.WeakKeyDictionary()
-)
+RUNNING_ESTIMATE_SECONDS = 1.0
+
+# KEYS: queue. ARGV: in-progress key prefix, how many of the queue's head to look at.
+# Running jobs sit at the head of the queue (they were due first): count those.
+_COUNT_RUNNING = """
+local count = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
+    count = count + redis.call('EXISTS', ARGV[1] .. id)
+end
+return count
+"""
+
+
+class _RunningEstimate:
+    """The number of running jobs, taken at most once per RUNNING_ESTIMATE_SECONDS; callers
+    that arrive while a scan is in flight share it (single flight: no stampede when the
+    estimate expires under load)."""
+
+    __slots__ = ("count", "scan", "taken_at")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.taken_at = -math.inf
+        self.scan: asyncio.Future[int] | None = None
+
+    async def get(self, pool: Redis) -> int:
+        if time.monotonic() - self.taken_at < RUNNING_ESTIMATE_SECONDS:
+            return self.count
+        if self.scan is None or self.scan.get_loop() is not asyncio.get_running_loop():
+            self.scan = asyncio.ensure_future(self._take(pool))
+        # shield: a caller cancelled (its client gone) never cancels the others' scan
+        return await asyncio.shield(self.scan)
+
+    async def _take(self, pool: Redis) -> int:
+        try:
+            count = int(
+                await _run_script(
+                    pool, _COUNT_RUNNING, [QUEUE_NAME], [in_progress_key_prefix, str(_RUNNING_SCAN)]
+                )
+            )
+            self.count, self.taken_at = count, time.monotonic()
+            return count
+        finally:
+            self.scan = None
+
+
+_running_estimates: weakref.WeakKeyDictionary[Redis, _RunningEstimate] = weakref.WeakKeyDictionary()
 
 
 async def _running_jobs(pool: Redis) -> int:
-    """Running jobs sit at the head of the queue (they were due first): count those."""
-    taken_at, count = _running_estimates.get(pool, (-1e9, 0))
-    if time.monotonic() - taken_at < 1.0:
-        return count
-    head = await pool.zrange(QUEUE_NAME, 0, _RUNNING_SCAN - 1)
-    async with pool.pipeline(transaction=False) as pipe:
-        for member in head:
-            pipe.exists(in_progress_key_prefix + member.decode())
-        flags = await pipe.execute() if head else []
-    count = sum(1 for flag in flags if flag)
-    _running_estimates[pool] = (time.monotonic(), count)
-    return count
+    """Jobs running now (an estimate at most RUNNING_ESTIMATE_SECONDS old)."""
+    estimate = _running_estimates.get(pool)
+    if estimate is None:
+        estimate = _running_estimates[pool] = _RunningEstimate()
+    return await estimate.get(pool)
 
 
 async def queued_count(pool: ArqRedis) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, status
+from fastapi import APIRouter, Header, status
 
 from app.analysis import service, submit
 from app.analysis.schemas import (
@@ -23,13 +23,6 @@ IdempotencyKey = Annotated[
 ]
 
 
-async def get_submitter(state: StateDep) -> submit.Submitter:
-    return state.submitter
-
-
-SubmitterDep = Annotated[submit.Submitter, Depends(get_submitter)]
-
-
 @router.post(
     "/submit",
     status_code=status.HTTP_202_ACCEPTED,
@@ -38,18 +31,28 @@ SubmitterDep = Annotated[submit.Submitter, Depends(get_submitter)]
 async def submit_analysis(
     body: SubmitRequest,
     user: UserDep,
-    session: SessionDep,
-    submitter: SubmitterDep,
+    state: StateDep,
     idempotency_key: IdempotencyKey = None,
 ) -> SubmittedTask | SessionSubmitted:
     if body.practice_record_id is not None:
         return await submit.submit_record(
-            session, submitter, user, body.practice_record_id, body.parameters, idempotency_key
+            state.engine,
+            state.submitter,
+            user,
+            body.practice_record_id,
+            body.parameters,
+            idempotency_key,
         )
     assert body.practice_session_id is not None
-    tasks = await submit.submit_session(
-        session, submitter, user, body.practice_session_id, body.parameters, idempotency_key
-    )
+    async with state.sessions() as session:
+        tasks = await submit.submit_session(
+            session,
+            state.submitter,
+            user,
+            body.practice_session_id,
+            body.parameters,
+            idempotency_key,
+        )
     return SessionSubmitted(practice_session_id=body.practice_session_id, tasks=tasks)
 
 
@@ -61,10 +64,8 @@ async def session_status(
 
 
 @router.get("/{task_id}/status", response_model=TaskStatusOut)
-async def task_status(
-    task_id: uuid.UUID, user: UserDep, session: SessionDep, state: StateDep
-) -> TaskStatusOut:
-    return await service.get_status(session, state.arq, state.estimator, user, task_id)
+async def task_status(task_id: uuid.UUID, user: UserDep, state: StateDep) -> TaskStatusOut:
+    return await service.read_status(state.engine, state.arq, state.estimator, user, task_id)
 
 
 @router.get("/{task_id}/result", response_model=AnalysisResultOut)

@@ -7,8 +7,8 @@ import logging
 import uuid
 
 from arq.connections import ArqRedis
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import RowMapping, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.analysis import queue, status
 from app.analysis.eta import Estimator
@@ -17,6 +17,7 @@ from app.analysis.models import ACTIVE_STATUS_SQL
 from app.analysis.progress import Publisher
 from app.analysis.schemas import AnalysisResultOut, SessionStatusOut, TaskStatusOut
 from app.auth import Principal
+from app.db import on_fresh_connection
 from app.errors import AppError, NotFound
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,29 @@ def _owner(user: Principal, task_id: uuid.UUID) -> dict[str, object]:
     return {"task_id": task_id, "user_id": user.user_id, "admin": user.is_admin}
 
 
+async def read_status(
+    engine: AsyncEngine,
+    arq: ArqRedis,
+    estimator: Estimator,
+    user: Principal,
+    task_id: uuid.UUID,
+) -> TaskStatusOut:
+    """The status endpoint's lean path: one statement on an autocommit connection (no ORM
+    session, no BEGIN/COMMIT), returned to the pool before Redis is asked for the queue
+    position."""
+    params = _owner(user, task_id) | {"admin": False}
+
+    async def read(connection: AsyncConnection) -> RowMapping | None:
+        return (await connection.execute(status.TASK_STATUS, params)).mappings().first()
+
+    row = await on_fresh_connection(engine, read)
+    if row is None:
+        raise NotFound("Analysis task")
+    return await status.describe(row, arq, estimator)
+
+
 async def get_status(
-    session: AsyncSession,
+    session: AsyncSession | AsyncConnection,
     arq: ArqRedis,
     estimator: Estimator,
     user: Principal,

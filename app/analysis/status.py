@@ -50,11 +50,19 @@ SESSION_STATUS = text(
 
 
 async def describe(row: RowMapping, redis: Redis, estimator: Estimator) -> TaskStatusOut:
+    """The status document of a task row (`STATUS_FIELDS` and `practice_session_id`); a
+    pending or retry task's queue position is read from Redis (None when Redis is down)."""
+    position = None
+    if row["status"] in ("pending", "retry"):
+        position = await safe_position(redis, queue.job_id_for(row["task_id"], row["attempt"]))
+    return await document(row, position, estimator)
+
+
+async def document(row: RowMapping, position: int | None, estimator: Estimator) -> TaskStatusOut:
+    """The status document of a task row whose queue position (1-based, None: not waiting or
+    unknown) is already known: no Redis round trip."""
     step = step_for(row["current_step"])
     status = row["status"]
-    position = None
-    if status in ("pending", "retry"):
-        position = await safe_position(redis, queue.job_id_for(row["task_id"], row["attempt"]))
     remaining = None
     if status == "processing":
         remaining = await estimator.remaining(row["progress"], row["started_at"])

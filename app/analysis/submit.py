@@ -14,16 +14,17 @@ from dataclasses import dataclass
 
 from arq.connections import ArqRedis
 from sqlalchemy import RowMapping, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from app.analysis import queue
+from app.analysis import queue, status
 from app.analysis.eta import Estimator
 from app.analysis.models import ACTIVE_STATUS_SQL
 from app.analysis.progress import Publisher
 from app.analysis.schemas import AnalysisParameters, SubmittedTask
-from app.analysis.status import describe, safe_position, status_columns
+from app.analysis.status import safe_position, status_columns
 from app.analysis.steps import TOTAL_STEPS
 from app.auth import Principal
+from app.db import on_fresh_connection
 from app.errors import AppError, NotFound
 from app.metrics import TASKS_SUBMITTED
 
@@ -118,22 +119,35 @@ class Submitter:
 
 
 async def submit_record(
-    session: AsyncSession,
+    db: AsyncEngine | AsyncSession,
     submitter: Submitter,
     user: Principal,
     record_id: uuid.UUID,
     parameters: AnalysisParameters,
     idempotency_key: str | None,
 ) -> SubmittedTask:
+    """Submit one record: one statement on an autocommit connection (no BEGIN/COMMIT; the
+    statement is atomic on its own), the connection back in the pool before Redis is asked.
+    An existing active task of the record, or the task of a reused Idempotency-Key, is
+    answered instead; NotFound when the record is not the user's. `db`: the engine, or a
+    session whose engine is used (its own transaction is left alone)."""
+    engine = db if isinstance(db, AsyncEngine) else db.bind
+    assert isinstance(engine, AsyncEngine), "a session bound to an engine"
     values = _values(user, parameters, idempotency_key) | {"record_id": record_id}
+
+    async def insert(connection: AsyncConnection) -> tuple[RowMapping | None, RowMapping | None]:
+        # Run again on a stale connection: a first run that got through is then the
+        # conflicting active task, answered as `existing`.
+        row = (await connection.execute(SUBMIT_RECORD, values)).mappings().first()
+        if row is not None:
+            return row, None
+        return None, (await connection.execute(EXISTING_FOR_RECORD, values)).mappings().first()
+
     for _ in range(2):  # once more if the conflicting task ended in between
-        row = (await session.execute(SUBMIT_RECORD, values)).mappings().first()
-        await session.commit()
+        row, existing = await on_fresh_connection(engine, insert)
         if row is not None:
             [task] = await _enqueue(submitter, [row])
             return task
-        existing = (await session.execute(EXISTING_FOR_RECORD, values)).mappings().first()
-        await session.commit()
         if existing is not None:
             _check_same_request(existing, record_id, idempotency_key)
             return (await _describe(submitter, [existing]))[0]
@@ -193,17 +207,21 @@ def _values(user: Principal, parameters: AnalysisParameters, key: str | None) ->
 
 async def _enqueue(submitter: Submitter, rows: Sequence[RowMapping]) -> list[SubmittedTask]:
     TASKS_SUBMITTED.inc(len(rows))
-    try:
+    positions = []
+    try:  # one round trip per job: the enqueue script answers its rank too
         for row in rows:
-            await queue.enqueue_analysis(submitter.arq, row["task_id"], row["attempt"])
+            _, position = await queue.enqueue_with_position(
+                submitter.arq, row["task_id"], row["attempt"]
+            )
+            positions.append(position)
     except Exception:  # Redis down: the rows are the outbox, the reconciler enqueues them
         log.warning("enqueue failed; %d task(s) left to the reconciler", len(rows))
         return await _describe(submitter, rows, redis_up=False)
     tasks = []
-    for row in rows:  # one status document per task: the event, and the answer's figures
-        document = await describe(row, submitter.arq, submitter.estimator)
+    for row, position in zip(rows, positions, strict=True):
+        document = await status.document(row, position, submitter.estimator)  # the event
         await submitter.publisher.publish(document)
-        tasks.append(await _submitted(submitter, row, document.queue_position))
+        tasks.append(await _submitted(submitter, row, position))
     return tasks
 
 
