@@ -32,15 +32,23 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def create_engine(settings: Settings, *, pre_ping: bool = True) -> AsyncEngine:
-    """The engine of a process. `pre_ping`: test each connection at checkout (with asyncpg a
-    BEGIN, a `;` and a ROLLBACK: three round trips); the API turns it off and retries its hot
-    statements once on a stale connection (`on_fresh_connection`), everything else meets a
-    stale connection at most once per server restart (a disconnect invalidates the pool)."""
+def create_engine(
+    settings: Settings, *, pre_ping: bool = True, keep_connections: bool = False
+) -> AsyncEngine:
+    """The engine of a process: up to twice `database_pool_size` connections.
+
+    `pre_ping`: test each connection at checkout (with asyncpg a BEGIN, a `;` and a ROLLBACK:
+    three round trips); the API turns it off and retries its hot statements once on a stale
+    connection (`on_fresh_connection`); anything else meets a stale connection at most once
+    per server restart (a disconnect invalidates the pool). `keep_connections`: keep every
+    connection opened, up to the same maximum, instead of closing those beyond
+    `database_pool_size` as soon as they are returned (under bursts, a connection opened,
+    its statements prepared again, and closed, per request)."""
+    size = settings.database_pool_size
     return create_async_engine(
         settings.database_url,
-        pool_size=settings.database_pool_size,
-        max_overflow=settings.database_pool_size,
+        pool_size=2 * size if keep_connections else size,
+        max_overflow=0 if keep_connections else size,
         pool_pre_ping=pre_ping,
     )
 

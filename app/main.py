@@ -37,7 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings, pre_ping=False)  # hot paths: on_fresh_connection
+        # hot paths run through on_fresh_connection: no pre-ping
+        engine = create_engine(settings, pre_ping=False, keep_connections=True)
         arq = queue.connect(settings.redis_url)
         estimator = Estimator(engine, slots=settings.ai_service_concurrency)
         sessions = create_sessionmaker(engine)
