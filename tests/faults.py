@@ -60,6 +60,8 @@ STATEMENTS = {
     "hand-back": lifecycle.INTERRUPT,
 }
 AI_OUTAGE_REQUESTS = 3
+# Commands a connection sends for itself (handshake, health check), not for its caller.
+HOUSEKEEPING = frozenset({"CLIENT", "PING", "HELLO", "AUTH", "SELECT"})
 _COMMAND_NAME = re.compile(rb"\*\d+\r\n\$\d+\r\n([A-Za-z]+)\r\n")
 
 
@@ -165,7 +167,14 @@ class FaultPlan:
                 await super().connect()
 
             async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-                if plan.strikes("redis:" + _command_names(command)):
+                names = _command_names(command)
+                if set(names.split("+")) <= HOUSEKEEPING:
+                    # A new connection's handshake or a health check: made when the pool
+                    # needs it, not by the attempt, so neither counted nor targeted.
+                    if plan.is_down("redis"):
+                        await self.disconnect()
+                        raise RedisConnectionError("Connection reset by peer (injected)")
+                elif plan.strikes("redis:" + names):
                     await self.disconnect()
                     raise RedisConnectionError("Connection reset by peer (injected)")
                 await super().send_packed_command(command, check_health)

@@ -58,17 +58,22 @@ class Attempt:
         self.recorder = Recorder(deps, claimed, lease_deadline)
         self._last_progress: tuple[int, str] = (0, steps.UPLOADING.code)
         self._relay: ProgressRelay | None = None
+        self._keeper: LeaseKeeper | None = None
 
     async def run(self) -> str:
         """Run the attempt to a committed outcome; returns it in words (for arq's log).
         Raises CancelledError when arq cancels the job: after handing the task back during
         phase 1, after the outcome is recorded during phases 2 and 3."""
         try:
-            outcome = await self._phase_one()
-        except asyncio.CancelledError:
-            await _to_the_end(self.claimed, self.recorder.hand_back())
-            raise
-        return await _to_the_end(self.claimed, self._record(outcome))
+            try:
+                outcome = await self._phase_one()
+            except asyncio.CancelledError:
+                await _to_the_end(self.claimed, self.recorder.hand_back())
+                raise
+            return await _to_the_end(self.claimed, self._record(outcome))
+        finally:
+            if self._keeper is not None:
+                self._keeper.release()
 
     async def fail_now(self, error_class: ErrorClass, message: str) -> str:
         """Fail the task without calling the AI service (a crash loop)."""
@@ -98,7 +103,9 @@ class Attempt:
         """The AI call beside the lease keeper: its result or error, or why the keeper stopped
         it. The keeper and the progress relay have stopped (within their bounded close)
         when this returns or raises."""
-        keeper = LeaseKeeper(self.deps, self.claimed, self.job_id, self.recorder.lease_deadline)
+        keeper = self._keeper = LeaseKeeper(
+            self.deps, self.claimed, self.job_id, self.recorder.lease_deadline
+        )
         relay = self._relay = ProgressRelay(self.deps, self.claimed, keeper)
         keeper.start()
         relay.start()

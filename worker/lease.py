@@ -60,6 +60,7 @@ class LeaseKeeper:
         self._job_id = job_id
         self._closing = asyncio.Event()
         self._renewals: asyncio.Task[None] | None = None
+        self._hold: asyncio.Task[None] | None = None
         self.stopped: asyncio.Future[StopReason] = asyncio.get_running_loop().create_future()
         self.deadline = deadline
 
@@ -72,17 +73,29 @@ class LeaseKeeper:
         self._renewals = asyncio.create_task(self._renew_until_closed())
 
     async def close(self, hold_for: float = 0.0) -> None:
-        """Stop renewing: returns within CLOSE_WAIT_SECONDS for the renewals, whatever a
-        renewal is doing. With `hold_for` (seconds), arq's in-progress key is then set to last
-        that long (best effort, the same bounded wait): what the attempt still has to do once
-        the keeper stops (commit its outcome, then its effects), so that arq does not start
-        the job a second time meanwhile."""
+        """Stop renewing: returns within CLOSE_WAIT_SECONDS, whatever a renewal is doing.
+        With `hold_for` (seconds), arq's in-progress key is then made to last that long: what
+        the attempt still has to do once the keeper stops (commit its outcome, then its
+        effects), so that arq does not start the job a second time meanwhile. That extension
+        is tried again, soon, until it succeeds or the hold is over (Redis may be down just
+        now), by a task that `release()` ends."""
         self._closing.set()
         if self._renewals is not None:
             await self._bounded(self._renewals, "lease renewal")
         if hold_for > 0:
-            hold = asyncio.create_task(self._extend_in_progress(hold_for))
-            await self._bounded(hold, "in-progress extension")
+            # Beside the commit, not before it: a Redis outage must not delay the outcome.
+            self._hold = asyncio.create_task(self._hold_in_progress(time.monotonic() + hold_for))
+
+    def release(self) -> None:
+        """The attempt is over: stop holding arq's in-progress key (arq removes it now)."""
+        if self._hold is not None and not self._hold.done():
+            self._hold.cancel()  # not awaited: a command in flight may never acknowledge
+
+    async def _hold_in_progress(self, until: float) -> None:
+        while (left := until - time.monotonic()) > 0:
+            if await self._extend_in_progress(left):
+                return
+            await asyncio.sleep(min(self.lease * RETRY_SHARE, left))  # a period between tries
 
     async def _bounded(self, task: asyncio.Task[Any], what: str) -> None:
         done, _ = await asyncio.wait([task], timeout=CLOSE_WAIT_SECONDS)
