@@ -26,6 +26,15 @@ from tests.conftest import ApiUser
 from tests.fake_ai import FakeAI, ok, status
 
 
+async def _ai_called(fake_ai: FakeAI) -> None:
+    """Until the AI service has been called once (the task is claimed and in its call)."""
+
+    async def called() -> bool:
+        return fake_ai.call_count() == 1
+
+    await wait_for(called)
+
+
 async def _task_row(engine: AsyncEngine, task_id: str) -> dict[str, object]:
     async with engine.connect() as connection:
         row = (
@@ -60,10 +69,7 @@ async def test_redis_down_when_the_ai_answers_keeps_the_analysis(
     # its own loop would stop at a failed poll, which is not what this test is about.
     await start_worker(worker_poll_delay_seconds=30.0)
 
-    async def ai_working() -> bool:
-        return fake_ai.call_count() == 1
-
-    await wait_for(ai_working)
+    await _ai_called(fake_ai)
     await asyncio.to_thread(redis_server.stop)  # blocking: not on the loop the worker runs on
     try:
 
@@ -97,10 +103,7 @@ async def test_a_short_postgres_outage_at_the_final_write_costs_nothing(
     task_id = await new_task(client, alice)
     await start_worker(lease_seconds=8.0)
 
-    async def ai_working() -> bool:
-        return fake_ai.call_count() == 1
-
-    await wait_for(ai_working)
+    await _ai_called(fake_ai)
     await asyncio.to_thread(postgres_server.stop)
     try:
 
@@ -136,10 +139,7 @@ async def test_recording_a_retry_is_not_cut_short_by_the_lease_keeper(
     task_id = (await submit(client, alice, record_id))["task_id"]
     worker = await start_worker(lease_seconds=1.5, reconcile_interval_seconds=30)
 
-    async def ai_called() -> bool:
-        return fake_ai.call_count() == 1
-
-    await wait_for(ai_called)
+    await _ai_called(fake_ai)
     async with engine.connect() as holder:
         await holder.execute(
             text("SELECT 1 FROM practice_records WHERE practice_record_id = :r FOR UPDATE"),
@@ -190,10 +190,7 @@ async def test_a_shutdown_while_the_outcome_is_written_keeps_it(
     task_id = (await submit(client, alice, record_id))["task_id"]
     worker = await start_worker()
 
-    async def ai_called() -> bool:  # claimed: the claim itself moves the record
-        return fake_ai.call_count() == 1
-
-    await wait_for(ai_called)
+    await _ai_called(fake_ai)  # claimed: the claim itself moves the record
     async with engine.connect() as holder:
         await holder.execute(
             text("SELECT 1 FROM practice_records WHERE practice_record_id = :r FOR UPDATE"),
