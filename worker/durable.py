@@ -3,8 +3,8 @@
 - `durable`: a write that decides the outcome (claim, success, retry, failure, cancel, hand-back)
   goes to PostgreSQL, the source of truth. A transient database error (a dropped or refused
   connection, a server shutting down or out of connections, a serialization failure) is retried
-  with exponential backoff and full jitter while the attempt's lease is still ours; anything
-  else is raised at once.
+  with exponential backoff and full jitter until a deadline the caller sets (worker/outcome.py:
+  one lease past the attempt's lease); anything else is raised at once.
 - `after_commit`: what follows a committed outcome and touches Redis (breaker bookkeeping,
   publishing, re-enqueueing) is best effort: retried for a short while, then logged and counted.
   It can never change the committed outcome.
@@ -54,8 +54,6 @@ def is_transient(exc: BaseException) -> bool:
         sqlstate = getattr(cause, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate.startswith(TRANSIENT_SQLSTATES):
             return True
-        if type(cause).__module__.startswith("asyncpg") and "Connection" in type(cause).__name__:
-            return True  # asyncpg's ConnectionDoesNotExistError and kin
     return False
 
 
@@ -73,7 +71,7 @@ async def durable(
 ) -> T:
     """Run the outcome write `write` (named `name` in logs and metrics), retrying transient
     database errors until it succeeds or the next try would start after `deadline`
-    (time.monotonic(): the end of the attempt's lease). Waits between tries are full-jitter
+    (time.monotonic()). Waits between tries are full-jitter
     exponential, at most `max_wait` seconds (a fraction of the lease, so that the write is
     tried again soon after an outage ends). Raises the last error then, or any non-transient
     error at once."""

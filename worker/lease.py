@@ -69,7 +69,7 @@ class LeaseKeeper:
         return self._deps.settings.lease_seconds
 
     def start(self) -> None:
-        """Start renewing; the first step cuts arq's in-progress marker to one lease."""
+        """Start renewing; the first step cuts arq's in-progress marker to a `lease_span`."""
         self._renewals = asyncio.create_task(self._renew_until_closed())
 
     async def close(self, hold_for: float = 0.0) -> None:
@@ -148,9 +148,8 @@ class LeaseKeeper:
     async def _extend_in_progress(self, seconds: float | None = None) -> bool:
         """arq's in-progress key follows the lease (or lasts `seconds`), so that arq starts a
         dead worker's job again after about a lease and a quarter (the row still decides who
-        runs it).
-        False on failure: tried again soon, or arq would start the job a second time beside
-        this attempt."""
+        runs it). False on failure: tried again soon, or arq would start the job a second time
+        beside this attempt."""
         ttl_ms = int((seconds or lease_span(self.lease)) * 1000)
         try:
             await queue.extend_in_progress(self._deps.arq, self._job_id, ttl_ms)
