@@ -1,22 +1,46 @@
-"""`vocalborn`: development, demo and test commands (the real platform issues its own tokens)."""
+"""`vocalborn`: run the system (`up`), development commands (`migrate`, `users`, `token`,
+`link`) and the command-line client of the API (`analyze`, `status`, `result`, `cancel`).
+
+Exit codes of the client: 0 all succeeded, 1 any failed, 2 bad usage or input, 130
+interrupted."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Literal
 
+import typer
+from rich.console import Console
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app import migrate
 from app.auth import issue_access_token
+from app.client.analyze import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Options
+from app.client.api import Api, ApiError
+from app.client.links import LINK_TOKEN_TTL_SECONDS, web_link
 from app.db import create_engine, create_sessionmaker
 from app.settings import Settings, get_settings
 from app.users.models import Role, User
 
+DEFAULT_API_URL = "http://127.0.0.1:8000"
 
+cli = typer.Typer(
+    name="vocalborn",
+    help=__doc__,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+users_cli = typer.Typer(help="manage users", no_args_is_help=True)
+cli.add_typer(users_cli, name="users")
+
+
+# -- development commands (they talk to the database directly) --------------------------
 async def create_user(settings: Settings, email: str, role: Role) -> User:
     engine = create_engine(settings)
     try:
@@ -50,44 +74,183 @@ async def token_for(settings: Settings, email: str, ttl: int) -> str:
     return issue_access_token(settings, user.user_id, Role(user.role), ttl)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vocalborn", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+@users_cli.command("create")
+def users_create(email: str, admin: Annotated[bool, typer.Option("--admin")] = False) -> None:
+    """Create a user (or change its role)."""
+    role = Role.ADMIN if admin else Role.USER
+    user = asyncio.run(create_user(get_settings(), email, role))
+    print(f"{user.user_id} {user.email} {user.role}")
 
-    users = commands.add_parser("users", help="manage users").add_subparsers(
-        dest="users_command", required=True
-    )
-    create = users.add_parser("create", help="create a user (or change its role)")
-    create.add_argument("email")
-    create.add_argument("--admin", action="store_true")
 
-    token = commands.add_parser("token", help="print an access token for a user")
-    token.add_argument("email")
-    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+@cli.command("token")
+def token_command(
+    email: str, ttl: Annotated[int, typer.Option(help="lifetime in seconds")] = 3600
+) -> None:
+    """Print an access token for a user."""
+    print(asyncio.run(token_for(get_settings(), email, ttl)))
 
-    commands.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
 
-    up = commands.add_parser("up", help="run the whole system on this machine")
-    up.add_argument("--port", type=int, default=8000, help="API port")
-    up.add_argument("--data-dir", default="var", help="where embedded servers keep their data")
-    return parser
+@cli.command("link")
+def link_command(
+    email: str,
+    api_url: Annotated[str, typer.Option(envvar="VOCALBORN_API_URL")] = DEFAULT_API_URL,
+    ttl: Annotated[int, typer.Option(help="lifetime in seconds")] = LINK_TOKEN_TTL_SECONDS,
+) -> None:
+    """Print a link to the web page with a short-lived token for a user."""
+    print(web_link(api_url, asyncio.run(token_for(get_settings(), email, ttl))))
+
+
+@cli.command("migrate")
+def migrate_command() -> None:
+    """Apply database migrations (alembic upgrade head)."""
+    migrate.upgrade(get_settings().database_url)
+
+
+@cli.command("up")
+def up_command(
+    port: Annotated[int, typer.Option(help="API port")] = 8000,
+    data_dir: Annotated[str, typer.Option(help="where embedded servers keep their data")] = "var",
+) -> None:
+    """Run the whole system on this machine."""
+    from app.launcher import run
+
+    raise typer.Exit(run(port=port, data_dir=data_dir))
+
+
+# -- the API client ---------------------------------------------------------------------
+ApiUrl = Annotated[
+    str, typer.Option("--api-url", envvar="VOCALBORN_API_URL", help="the API's base URL")
+]
+Token = Annotated[
+    str,
+    typer.Option(
+        "--token", envvar="VOCALBORN_TOKEN", help="bearer token (vocalborn up prints one)"
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="print the JSON documents, for scripts")]
+
+
+def _client(api_url: str, token: str, body: Callable[[Api], Awaitable[int]]) -> None:
+    """Run one client command and exit with its code: API 4xx are bad input (2), anything
+    else that stops it is a failure (1), Ctrl-C is 130."""
+    err = Console(stderr=True)
+    if not token:
+        err.print("vocalborn: no token: pass --token or set VOCALBORN_TOKEN")
+        raise typer.Exit(EXIT_USAGE)
+
+    async def main() -> int:
+        async with Api(api_url, token) as api:
+            return await body(api)
+
+    try:
+        code = asyncio.run(main())
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    except ApiError as exc:
+        err.print(f"vocalborn: {exc}", highlight=False)
+        code = EXIT_USAGE if 400 <= exc.status < 500 else EXIT_FAILED
+    raise typer.Exit(code)
+
+
+@cli.command("analyze")
+def analyze_command(
+    files: Annotated[
+        list[Path],
+        typer.Argument(exists=True, dir_okay=False, readable=True, help="recordings"),
+    ],
+    session: Annotated[
+        str | None, typer.Option("--session", help="practice session id (new unless given)")
+    ] = None,
+    language: Annotated[
+        Literal["zh-TW", "en"], typer.Option("--language", help="language of the speech")
+    ] = "zh-TW",
+    target_text: Annotated[
+        str | None, typer.Option("--target-text", help="the sentence that was read")
+    ] = None,
+    json_output: JsonFlag = False,
+    cancel_on_interrupt: Annotated[
+        bool, typer.Option("--cancel-on-interrupt", help="Ctrl-C cancels without asking")
+    ] = False,
+    api_url: ApiUrl = DEFAULT_API_URL,
+    token: Token = "",
+) -> None:
+    """Upload recordings into one practice session, analyse them and follow the progress."""
+    from app.client.analyze import analyze
+
+    parameters: dict[str, object] = {"language": language}
+    if target_text is not None:
+        parameters["target_text"] = target_text
+    options = Options(files, session, parameters, json_output, cancel_on_interrupt)
+    out, err = Console(), Console(stderr=True)
+    _client(api_url, token, lambda api: analyze(api, options, out, err))
+
+
+@cli.command("status")
+def status_command(
+    task_id: str,
+    json_output: JsonFlag = False,
+    api_url: ApiUrl = DEFAULT_API_URL,
+    token: Token = "",
+) -> None:
+    """Show a task's status."""
+    from app.client.render import status_view
+
+    async def body(api: Api) -> int:
+        doc = await api.status(task_id)
+        if json_output:
+            print(json.dumps(doc, ensure_ascii=False))
+        else:
+            Console().print(status_view(doc), highlight=False)
+        return EXIT_FAILED if doc["status"] in ("failure", "cancelled") else EXIT_OK
+
+    _client(api_url, token, body)
+
+
+@cli.command("result")
+def result_command(
+    task_id: str,
+    json_output: JsonFlag = False,
+    api_url: ApiUrl = DEFAULT_API_URL,
+    token: Token = "",
+) -> None:
+    """Show a task's result (exit 1 when there is none: not finished, failed or cancelled)."""
+    from app.client.render import result_view
+
+    async def body(api: Api) -> int:
+        try:
+            doc = await api.result(task_id)
+        except ApiError as exc:
+            if exc.code != "result_not_ready":
+                raise
+            Console(stderr=True).print(f"vocalborn: {exc.message}", highlight=False)
+            return EXIT_FAILED
+        if json_output:
+            print(json.dumps(doc, ensure_ascii=False))
+        else:
+            Console().print(result_view(task_id, doc), highlight=False)
+        return EXIT_OK
+
+    _client(api_url, token, body)
+
+
+@cli.command("cancel")
+def cancel_command(task_id: str, api_url: ApiUrl = DEFAULT_API_URL, token: Token = "") -> None:
+    """Cancel a task (pending or retrying at once, processing through the worker)."""
+    from app.client.render import status_view
+
+    async def body(api: Api) -> int:
+        Console().print(status_view(await api.cancel(task_id)), highlight=False)
+        return EXIT_OK
+
+    _client(api_url, token, body)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "up":
-        from app.launcher import run
-
-        return int(run(port=args.port, data_dir=args.data_dir))
-    settings = get_settings()
-    if args.command == "migrate":
-        migrate.upgrade(settings.database_url)
-    elif args.command == "users":
-        role = Role.ADMIN if args.admin else Role.USER
-        user = asyncio.run(create_user(settings, args.email, role))
-        print(f"{user.user_id} {user.email} {user.role}")
-    elif args.command == "token":
-        print(asyncio.run(token_for(settings, args.email, args.ttl)))
+    """The `vocalborn` entry point; returns the exit code (2 for bad usage)."""
+    try:
+        cli(args=list(argv) if argv is not None else None, prog_name="vocalborn")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     return 0
 
 

@@ -23,6 +23,7 @@ from types import FrameType
 from app import migrate
 from app.auth import issue_access_token
 from app.cli import create_user
+from app.client.links import LINK_TOKEN_TTL_SECONDS, client_lines
 from app.embedded import EmbeddedPostgres, EmbeddedRedis, ensure_database, free_port, stop_child
 from app.settings import Settings
 from app.users.models import Role
@@ -82,12 +83,15 @@ class System:
         self.env.setdefault("AI_SERVICE_CONCURRENCY", analyses)
         self.env.setdefault("WORKER_MAX_JOBS", str(2 * int(analyses)))
 
-    def prepare(self) -> str:
+    def prepare(self) -> tuple[str, str]:
+        """The demo user's token, and a short-lived one for the web page's link."""
         os.environ.update(self.env)
         settings = Settings()
         migrate.upgrade(settings.database_url)
         user = asyncio.run(create_user(settings, DEMO_EMAIL, Role.USER))
-        return issue_access_token(settings, user.user_id, Role.USER, DEMO_TOKEN_TTL)
+        token = issue_access_token(settings, user.user_id, Role.USER, DEMO_TOKEN_TTL)
+        link = issue_access_token(settings, user.user_id, Role.USER, LINK_TOKEN_TTL_SECONDS)
+        return token, link
 
     def spawn(self, *command: str) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
@@ -127,7 +131,7 @@ class System:
                     return
 
 
-def _banner(port: int, token: str, system: System) -> str:
+def _banner(port: int, token: str, link_token: str, system: System) -> str:
     api = f"http://127.0.0.1:{port}"
     return f"""
 VocalBorn is up.
@@ -137,7 +141,7 @@ VocalBorn is up.
   Redis:      {system.env["REDIS_URL"]}
   Demo user:  {DEMO_EMAIL}
 export TOKEN={token}
-Press Ctrl-C to stop everything.
+{client_lines(api, token, link_token)}Press Ctrl-C to stop everything.
 """.lstrip()
 
 
@@ -147,9 +151,9 @@ def run(port: int, data_dir: str) -> int:
     system = System(port, data)
     try:
         system.start_servers()
-        token = system.prepare()
+        token, link_token = system.prepare()
         system.start_children()
-        print(_banner(port, token, system), flush=True)
+        print(_banner(port, token, link_token, system), flush=True)
         system.wait()
     finally:
         print("vocalborn: stopping", flush=True)

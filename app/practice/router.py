@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Query, Request, status
 
 from app.deps import SessionDep, SettingsDep, StorageDep, UserDep
 from app.practice import service
@@ -29,6 +29,14 @@ UPLOAD_DOC = {
 async def create_session(body: SessionCreate, user: UserDep, session: SessionDep) -> SessionOut:
     practice = await service.create_session(session, user, body.title)
     return SessionOut.model_validate(practice)
+
+
+@router.get("/sessions", response_model=list[SessionOut])
+async def list_sessions(
+    user: UserDep, session: SessionDep, limit: int = Query(default=20, ge=1, le=100)
+) -> list[SessionOut]:
+    """The user's practice sessions, newest first (the web page's session picker)."""
+    return [SessionOut.model_validate(p) for p in await service.list_sessions(session, user, limit)]
 
 
 @router.get("/sessions/{session_id}", response_model=SessionWithRecords)

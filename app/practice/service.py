@@ -44,6 +44,19 @@ async def get_owned_session(
     return practice
 
 
+async def list_sessions(
+    session: AsyncSession, user: Principal, limit: int
+) -> list[PracticeSession]:
+    """The user's sessions, newest first."""
+    rows = await session.scalars(
+        select(PracticeSession)
+        .where(PracticeSession.user_id == user.user_id)
+        .order_by(PracticeSession.created_at.desc(), PracticeSession.practice_session_id)
+        .limit(limit)
+    )
+    return list(rows)
+
+
 async def list_records(session: AsyncSession, session_id: uuid.UUID) -> list[PracticeRecord]:
     rows = await session.scalars(
         select(PracticeRecord)
