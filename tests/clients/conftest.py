@@ -1,0 +1,116 @@
+"""A live system for the clients: the API over HTTP (uvicorn, create_app), an arq worker and
+the reference analyzer (a real `uvicorn analyzer.main:app` process, stopped by PID), on the
+PostgreSQL and Redis of tests/conftest.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import sys
+import wave
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from arq.worker import Worker
+
+from app.embedded import free_port
+from app.main import create_app
+from app.settings import Settings
+from tests.analysis.conftest import wait_for
+from tests.conftest import ApiUser
+from tests.servers import UvicornThread
+from worker.main import worker_options
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "examples" / "sample.wav"
+VOCALBORN = Path(sys.executable).parent / "vocalborn"
+# Every analysis is stretched to at least this long, so a test can see it processing (and
+# interrupt it there) and the progress passes through several named steps.
+ANALYZER_MIN_SECONDS = 4.0
+
+
+@pytest.fixture(scope="session")
+def analyzer_url() -> Iterator[str]:
+    import subprocess
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "analyzer.main:app",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        env=os.environ | {"ANALYZER_MIN_SECONDS": str(ANALYZER_MIN_SECONDS)},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    async def healthy() -> bool:
+        try:
+            async with httpx.AsyncClient() as http:
+                return (await http.get(f"{url}/healthz")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        asyncio.run(wait_for(healthy, within=60))
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+@dataclass(frozen=True)
+class LiveSystem:
+    api_url: str
+    user: ApiUser
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment the CLI reads (no terminal: it never asks on Ctrl-C)."""
+        return os.environ | {
+            "VOCALBORN_API_URL": self.api_url,
+            "VOCALBORN_TOKEN": self.user.token,
+            "COLUMNS": "200",
+        }
+
+    def http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.api_url, headers=self.user.headers, timeout=30)
+
+
+@pytest.fixture
+async def live(
+    settings: Settings, clean: None, alice: ApiUser, analyzer_url: str
+) -> AsyncIterator[LiveSystem]:
+    """The API on a loopback port (its own thread and loop) and one in-process worker."""
+    api = UvicornThread(create_app(settings)).start()
+    worker_settings = settings.model_copy(
+        update={"ai_service_url": analyzer_url, "worker_poll_delay_seconds": 0.05}
+    )
+    worker = Worker(
+        **worker_options(worker_settings),
+        handle_signals=False,
+        ctx={"settings": worker_settings},
+    )
+    running = asyncio.create_task(worker.async_run())
+    try:
+        yield LiveSystem(api.url, alice)
+    finally:
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.close()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await asyncio.to_thread(api.stop)
+
+
+def silent_wav(seconds: float = 2.0, rate: int = 16_000) -> bytes:
+    """A valid WAV with no speech in it: the analyzer refuses it (a validation error)."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(b"\0\0" * int(seconds * rate))
+    return buffer.getvalue()
