@@ -118,10 +118,15 @@ class AnalyzerService:
     ) -> list[tuple[str, Callable[[dict[str, Any]], Awaitable[Any]]]]:
         cfg = self.settings
 
-        def score(s: dict[str, Any]) -> Awaitable[dict[str, Any]]:
-            info = pipeline.info_of(s["decoding"])
+        async def score(s: dict[str, Any]) -> dict[str, Any]:
+            audio = s["decoding"]
+            info = pipeline.info_of(audio)
             voice, timing = s["feature_extraction"], s["syllable_detection"]
-            return _ready(pipeline.build_result(info, voice, timing, params, cfg.model_version, 0))
+            pron = await self._call(
+                pipeline.pronunciation_stage, audio.samples, audio.sample_rate, params, timing,
+                voice,
+            )  # fmt: skip
+            return pipeline.build_result(info, voice, timing, params, cfg.model_version, 0, pron)
 
         return [
             ("decoding", lambda s: self._call(

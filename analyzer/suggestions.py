@@ -64,6 +64,24 @@ VOICE = Tip(
     "Steadiness values of the sustained vowel were above reference thresholds; this is "
     "not a diagnosis - discuss it with your speech therapist if you have concerns.",
 )
+CLIPPED = Tip(
+    "錄音環境",
+    "recording conditions",
+    "錄音音量太大而有削波失真，請把麥克風（手機）離嘴巴遠一點，或稍微小聲一點再錄一次。",
+    "The recording was clipped (too loud for the microphone); move the microphone (phone) "
+    "a little further from your mouth, or speak a little more softly, and record again.",
+)
+QUIET = Tip(
+    "錄音環境",
+    "recording conditions",
+    "錄音音量很小，請把麥克風放在離嘴巴約一個手掌的距離。",
+    "The recording was very quiet; hold the microphone about a hand's width from your mouth.",
+)
+RECORD_AGAIN_ZH = "這段錄音的品質不足以評分節奏與流暢度，請依上述建議重新錄音。"
+RECORD_AGAIN_EN = (
+    "The recording's quality was not good enough to score timing; please record again as "
+    "suggested above."
+)
 GOOD_ZH = "這次的速度和停頓都在一般範圍內，請繼續保持練習。"
 GOOD_EN = "Pace and pausing were within the usual range this time; keep practising."
 VOWEL_OK_ZH = "持續母音的穩定度數值在參考範圍內，請繼續保持練習。"
@@ -88,9 +106,11 @@ def _outside(measures: dict[str, float | None], name: str, age: AgeGroup) -> int
     return -1 if value < band.ideal_low else (1 if value > band.ideal_high else 0)
 
 
-def _tips(measures: dict[str, float | None], age: AgeGroup, sustained: bool) -> list[Tip]:
+def _tips(
+    measures: dict[str, float | None], age: AgeGroup, sustained: bool, defective: bool
+) -> list[Tip]:
     tips: list[Tip] = []
-    if not sustained:
+    if not sustained and not defective:
         rate = _outside(measures, "speech_rate", age)
         tips += [SLOW] if rate < 0 else ([FAST] if rate > 0 else [])
         tips += [PAUSES] if _outside(measures, "pause_ratio", age) > 0 else []
@@ -107,11 +127,24 @@ def _tips(measures: dict[str, float | None], age: AgeGroup, sustained: bool) -> 
 
 
 def suggest(
-    measures: dict[str, float | None], age: AgeGroup, language: str, sustained: bool
-) -> tuple[str, list[str]]:
-    """One suggestion text and the list of improvement areas, in zh-TW or English."""
+    measures: dict[str, float | None], age: AgeGroup, language: str, sustained: bool,
+    quality_codes: list[str] | None = None, defective: bool = False,
+) -> tuple[str, list[str]]:  # fmt: skip
+    """One suggestion text and the list of improvement areas, in zh-TW or English.
+
+    quality_codes: codes of analyzer.quality findings (recording advice comes first);
+    defective: a finding made the timing scores unreliable, so no advice is drawn from the
+    timing measures (they describe the recording, not the speaker).
+    """
     english = language.lower().startswith("en")
-    tips = _tips(measures, age, sustained)
+    codes = quality_codes or []
+    tips = [CLIPPED] if "clipped" in codes else []
+    tips += [QUIET] if "low_level" in codes else []
+    tips += _tips(measures, age, sustained, defective)
+    if defective:
+        tips.append(Tip("錄音環境", "recording conditions", RECORD_AGAIN_ZH, RECORD_AGAIN_EN))
+        if "low_snr" in codes and NOISE not in tips:
+            tips.insert(0, NOISE)
     if not tips:
         if sustained:
             return (VOWEL_OK_EN if english else VOWEL_OK_ZH), []

@@ -154,12 +154,13 @@ async def test_target_text_too_long_is_422(api: httpx.AsyncClient) -> None:
     assert response.status_code == 422 and error_code(response) == "invalid_parameter"
 
 
-async def test_target_text_does_not_invent_pronunciation(api: httpx.AsyncClient) -> None:
-    params = {"target_text": "Today I want to read a short story to my little sister."}
+async def test_unsupported_language_does_not_invent_pronunciation(api: httpx.AsyncClient) -> None:
+    params = {"target_text": "Today I want to read a short story.", "language": "ja"}
     response = await post(api, fixture_bytes("speech_fast.wav"), "audio/wav", params=params)
     body = response.json()
     assert body["pronunciation_accuracy"] is None
-    assert "not supported" in body["detailed_analysis"]["pronunciation_accuracy"]["reason"]
+    reason = body["detailed_analysis"]["pronunciation_accuracy"]["reason"]
+    assert "Mandarin" in reason and "'ja'" in reason
 
 
 async def test_unknown_route_uses_error_envelope(api: httpx.AsyncClient) -> None:

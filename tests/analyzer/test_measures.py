@@ -69,7 +69,7 @@ def test_pronunciation_accuracy_is_null_with_a_reason(speech: dict[str, dict[str
     result = speech["normal"]
     assert result["pronunciation_accuracy"] is None
     reason = result["detailed_analysis"]["pronunciation_accuracy"]["reason"]
-    assert "alignment is not supported" in reason
+    assert "No target text" in reason
 
 
 def test_connected_speech_voice_measures_are_not_for_norms(
