@@ -41,3 +41,35 @@ def sniff_audio_type(head: bytes) -> AudioType | None:
         if head[1] & 0xE0 == 0xE0 and layer_bits != 0:  # MPEG audio frame sync
             return MP3
     return None
+
+
+def decoded_duration(path: str, audio_type: AudioType) -> float | None:
+    """Seconds of audio in a stored file, from its decoded sample count; None if undecodable.
+
+    WAV and FLAC headers carry an exact frame count (libsndfile reads it). Other containers
+    are decoded with PyAV and their samples counted: FFmpeg's duration for ADTS AAC and for
+    MP3 without a Xing/Info header is extrapolated from the first frames' bitrate, and
+    leading silence makes it many times too long (issue 15). Blocking: run it in a thread.
+    """
+    if audio_type.format in ("wav", "flac"):
+        import soundfile
+
+        try:
+            info = soundfile.info(path)
+        except Exception:
+            return None
+        return float(info.frames) / info.samplerate if info.samplerate else None
+    import av
+
+    samples = rate = 0
+    try:
+        with av.open(path) as box:
+            if not box.streams.audio:
+                return None
+            stream = box.streams.audio[0]
+            for frame in box.decode(stream):
+                samples += frame.samples
+                rate = frame.sample_rate or rate
+    except (av.error.FFmpegError, OSError):
+        pass  # a file cut short: what was decoded before the error still counts
+    return samples / rate if samples and rate else None

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 
+from app.audio_types import AudioType, decoded_duration
 from app.auth import Principal, Unauthorized
 from app.errors import NotFound
 from app.practice.models import PracticeRecord, PracticeSession
@@ -101,25 +102,16 @@ async def upload_record(
             audio_storage_key=stored.key,
             audio_content_type=stored.audio_type.content_type,
             audio_size_bytes=stored.size,
-            audio_duration_seconds=await _duration(storage, stored.key),
+            audio_duration_seconds=await _duration(storage, stored.key, stored.audio_type),
         )
         session.add(record)
         await session.commit()
     return record  # server defaults came back with the INSERT (RETURNING)
 
 
-async def _duration(storage: Storage, key: str) -> float | None:
-    """Best effort: libsndfile reads WAV, FLAC, OGG and MP3 headers; others stay unknown."""
+async def _duration(storage: Storage, key: str, audio_type: AudioType) -> float | None:
+    """Seconds of audio from the decoded sample count (app.audio_types.decoded_duration)."""
     path = storage.local_path(key)
     if path is None:
         return None
-
-    def probe() -> float | None:
-        import soundfile
-
-        try:
-            return float(soundfile.info(str(path)).duration)
-        except Exception:
-            return None
-
-    return await asyncio.to_thread(probe)
+    return await asyncio.to_thread(decoded_duration, str(path), audio_type)
