@@ -6,7 +6,8 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from sqlalchemy import Engine, MetaData
+import asyncpg
+from sqlalchemy import Engine, MetaData, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -88,5 +89,50 @@ async def on_fresh_connection(
                 return await work(connection)
         except DBAPIError as exc:
             if retried or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")
+
+
+# Errors of a connection that turned out dead under a statement (the server restarted, or
+# closed it): the statement never ran, and runs once more on a new connection. A backend
+# terminated while idle leaves its FATAL notice unread, and asyncpg then refuses the next
+# statement with InternalClientError ("cannot switch to state …").
+_STALE = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.AdminShutdownError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    ConnectionError,
+)
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """`database_url` (SQLAlchemy's, `postgresql+asyncpg://…`) as asyncpg itself reads it."""
+    url = make_url(database_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+async def create_read_pool(settings: Settings) -> asyncpg.Pool:
+    """A plain asyncpg pool for the API's hottest read (the status endpoint), up to
+    `database_pool_size` connections, none opened until needed (the API starts while the
+    database is down). A statement through it costs about 0.1 ms of CPU against about 0.25 ms
+    through the engine (its pool checkout and execution context; measured with one
+    `SELECT` on the embedded PostgreSQL)."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        asyncpg_dsn(settings.database_url), min_size=0, max_size=settings.database_pool_size
+    )
+    return pool
+
+
+async def fetch_row(pool: asyncpg.Pool, sql: str, *args: object) -> asyncpg.Record | None:
+    """The first row of `sql` (`$1`-style parameters `args`), on a connection of `pool`,
+    autocommit; run once more on a new connection when the first turned out dead. Raises
+    what asyncpg raises otherwise. `sql` must be a read (safe to run twice)."""
+    for retried in (False, True):
+        try:
+            row: asyncpg.Record | None = await pool.fetchrow(sql, *args)
+            return row
+        except _STALE:
+            if retried:
                 raise
     raise AssertionError("unreachable")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import asyncpg
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -21,6 +22,7 @@ from app.storage import Storage
 class AppState:
     settings: Settings
     engine: AsyncEngine
+    reads: asyncpg.Pool  # asyncpg's own pool, for the status endpoint's read
     sessions: async_sessionmaker[AsyncSession]
     arq: ArqRedis  # the queue's client, also used for any other Redis access
     estimator: Estimator

@@ -1,13 +1,15 @@
-"""The API's engine has no pre-ping: its hot statements run once more on a stale connection."""
+"""The API's engine has no pre-ping: its hot statements run once more on a stale connection;
+so does the read pool's."""
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db import create_engine, on_fresh_connection
+from app.db import create_engine, create_read_pool, fetch_row, on_fresh_connection
 from app.settings import Settings
 
 
@@ -69,3 +71,22 @@ async def test_each_statement_commits_on_its_own(settings: Settings, engine: Asy
         assert not await on_fresh_connection(api_engine, in_transaction)
     finally:
         await api_engine.dispose()
+
+
+async def test_the_read_pool_replaces_a_connection_closed_by_the_server(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    reads = await create_read_pool(settings.model_copy(update={"database_pool_size": 1}))
+    try:
+        first = await fetch_row(reads, "SELECT pg_backend_pid() AS pid")
+        assert first is not None
+        again = await fetch_row(reads, "SELECT pg_backend_pid() AS pid")
+        assert again is not None and again["pid"] == first["pid"]  # pooled
+        async with engine.connect() as other:
+            await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first["pid"]})
+        second = await fetch_row(reads, "SELECT pg_backend_pid() AS pid")
+        assert second is not None and second["pid"] != first["pid"]
+        with pytest.raises(asyncpg.DivisionByZeroError):  # any other error: raised at once
+            await fetch_row(reads, "SELECT 1 / 0")
+    finally:
+        await reads.close()

@@ -13,6 +13,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -285,74 +286,113 @@ async def queue_position(pool: Redis, job_id: str) -> int | None:
     """1-based position among jobs waiting to start; None when the job is not waiting.
 
     arq keeps running jobs in the queue too, so the jobs ahead are its rank (arq takes jobs in
-    score, then member order, which is what ZRANK counts) less the running ones (an estimate
-    refreshed once a second): one round trip whatever the length of the queue.
+    score, then member order, which is what ZRANK counts) less the running ones. Both come
+    from the process's snapshot of the queue's head (`QueueSnapshot`, at most
+    SNAPSHOT_SECONDS old): no round trip of its own for a job in the snapshot; one for a job
+    beyond it or enqueued since (ZRANK and its in-progress marker).
     """
-    async with pool.pipeline(transaction=False) as pipe:
-        pipe.zrank(QUEUE_NAME, job_id)
-        pipe.exists(in_progress_key_prefix + job_id)
-        ahead, running = await pipe.execute()
-    if ahead is None or running:
+    snapshot = await _snapshot(pool)
+    rank = snapshot.ranks.get(job_id)
+    if rank is None:
+        async with pool.pipeline(transaction=False) as pipe:
+            pipe.zrank(QUEUE_NAME, job_id)
+            pipe.exists(in_progress_key_prefix + job_id)
+            found, running = await pipe.execute()
+        if found is None or running:
+            return None
+        rank = int(found)
+    elif rank < 0:  # running at the snapshot's time
         return None
-    return max(int(ahead) - await _running_jobs(pool), 0) + 1
+    return max(rank - snapshot.running, 0) + 1
 
 
-_RUNNING_SCAN = 500
-RUNNING_ESTIMATE_SECONDS = 1.0
+SNAPSHOT_SIZE = 2000  # job ids of the queue's head in a snapshot
+_RUNNING_SCAN = 500  # of those, how many are checked for running (they sit at the head)
+SNAPSHOT_SECONDS = 1.0
 
-# KEYS: queue. ARGV: in-progress key prefix, how many of the queue's head to look at.
-# Running jobs sit at the head of the queue (they were due first): count those.
-_COUNT_RUNNING = """
-local count = 0
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
-    count = count + redis.call('EXISTS', ARGV[1] .. id)
+# KEYS: queue. ARGV: in-progress key prefix, how many ids, how many of them to check.
+# Returns the queue's first ids, each of the first ARGV[3] negated ("-" prefix) if running.
+_HEAD = """
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+local scan = math.min(#ids, tonumber(ARGV[3]))
+for i = 1, scan do
+    if redis.call('EXISTS', ARGV[1] .. ids[i]) == 1 then ids[i] = '-' .. ids[i] end
 end
-return count
+return ids
 """
 
 
-class _RunningEstimate:
-    """The number of running jobs, taken at most once per RUNNING_ESTIMATE_SECONDS; callers
-    that arrive while a scan is in flight share it (single flight: no stampede when the
-    estimate expires under load)."""
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The queue's head at one moment: `ranks` maps the first SNAPSHOT_SIZE job ids to their
+    0-based rank (-1: running); `running`, how many of them run (arq keeps running jobs in
+    the queue, at its head since they were due first)."""
 
-    __slots__ = ("count", "scan", "taken_at")
+    ranks: dict[str, int]
+    running: int
+
+
+_EMPTY = Head({}, 0)
+
+
+class QueueSnapshot:
+    """The queue's head (`Head`), taken at most once per SNAPSHOT_SECONDS with one script;
+    callers that arrive while a snapshot is being taken share it (single flight: no stampede
+    when it expires under load). Queue positions and the running-jobs count are estimates
+    that old at most."""
+
+    __slots__ = ("head", "pending", "taken_at")
 
     def __init__(self) -> None:
-        self.count = 0
+        self.head = _EMPTY
         self.taken_at = -math.inf
-        self.scan: asyncio.Future[int] | None = None
+        self.pending: asyncio.Future[Head] | None = None
 
-    async def get(self, pool: Redis) -> int:
-        if time.monotonic() - self.taken_at < RUNNING_ESTIMATE_SECONDS:
-            return self.count
-        if self.scan is None or self.scan.get_loop() is not asyncio.get_running_loop():
-            self.scan = asyncio.ensure_future(self._take(pool))
-        # shield: a caller cancelled (its client gone) never cancels the others' scan
-        return await asyncio.shield(self.scan)
+    async def get(self, pool: Redis) -> Head:
+        if time.monotonic() - self.taken_at < SNAPSHOT_SECONDS:
+            return self.head
+        if self.pending is None or self.pending.get_loop() is not asyncio.get_running_loop():
+            self.pending = asyncio.ensure_future(self._take(pool))
+        # shield: a caller cancelled (its client gone) never cancels the others' snapshot
+        return await asyncio.shield(self.pending)
 
-    async def _take(self, pool: Redis) -> int:
+    async def _take(self, pool: Redis) -> Head:
         try:
-            count = int(
-                await _run_script(
-                    pool, _COUNT_RUNNING, [QUEUE_NAME], [in_progress_key_prefix, str(_RUNNING_SCAN)]
-                )
+            ids = await _run_script(
+                pool,
+                _HEAD,
+                [QUEUE_NAME],
+                [in_progress_key_prefix, str(SNAPSHOT_SIZE), str(_RUNNING_SCAN)],
             )
-            self.count, self.taken_at = count, time.monotonic()
-            return count
+            ranks: dict[str, int] = {}
+            running = 0
+            for rank, raw in enumerate(ids):
+                job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if job_id.startswith("-"):
+                    ranks[job_id[1:]] = -1
+                    running += 1
+                else:
+                    ranks[job_id] = rank
+            self.head, self.taken_at = Head(ranks, running), time.monotonic()
+            return self.head
         finally:
-            self.scan = None
+            self.pending = None
 
 
-_running_estimates: weakref.WeakKeyDictionary[Redis, _RunningEstimate] = weakref.WeakKeyDictionary()
+_snapshots: weakref.WeakKeyDictionary[Redis, QueueSnapshot] = weakref.WeakKeyDictionary()
+
+
+async def _snapshot(pool: Redis) -> Head:
+    """The process's snapshot of the queue's head for `pool` (at most SNAPSHOT_SECONDS old)."""
+    snapshot = _snapshots.get(pool)
+    if snapshot is None:
+        snapshot = _snapshots[pool] = QueueSnapshot()
+    return await snapshot.get(pool)
 
 
 async def _running_jobs(pool: Redis) -> int:
-    """Jobs running now (an estimate at most RUNNING_ESTIMATE_SECONDS old)."""
-    estimate = _running_estimates.get(pool)
-    if estimate is None:
-        estimate = _running_estimates[pool] = _RunningEstimate()
-    return await estimate.get(pool)
+    """Jobs running now (an estimate at most SNAPSHOT_SECONDS old)."""
+    return (await _snapshot(pool)).running
 
 
 async def queued_count(pool: ArqRedis) -> int:

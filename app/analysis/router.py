@@ -65,7 +65,7 @@ async def session_status(
 
 @router.get("/{task_id}/status", response_model=TaskStatusOut)
 async def task_status(task_id: uuid.UUID, user: UserDep, state: StateDep) -> TaskStatusOut:
-    return await service.read_status(state.engine, state.arq, state.estimator, user, task_id)
+    return await service.read_status(state.reads, state.arq, state.estimator, user, task_id)
 
 
 @router.get("/{task_id}/result", response_model=AnalysisResultOut)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 import uuid
 
+import asyncpg
 from arq.connections import ArqRedis
-from sqlalchemy import RowMapping, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.analysis import queue, status
 from app.analysis.eta import Estimator
@@ -17,7 +18,7 @@ from app.analysis.models import ACTIVE_STATUS_SQL
 from app.analysis.progress import Publisher
 from app.analysis.schemas import AnalysisResultOut, SessionStatusOut, TaskStatusOut
 from app.auth import Principal
-from app.db import on_fresh_connection
+from app.db import fetch_row
 from app.errors import AppError, NotFound
 
 log = logging.getLogger(__name__)
@@ -55,21 +56,16 @@ def _owner(user: Principal, task_id: uuid.UUID) -> dict[str, object]:
 
 
 async def read_status(
-    engine: AsyncEngine,
+    reads: asyncpg.Pool,
     arq: ArqRedis,
     estimator: Estimator,
     user: Principal,
     task_id: uuid.UUID,
 ) -> TaskStatusOut:
-    """The status endpoint's lean path: one statement on an autocommit connection (no ORM
-    session, no BEGIN/COMMIT), returned to the pool before Redis is asked for the queue
-    position."""
-    params = _owner(user, task_id) | {"admin": False}
-
-    async def read(connection: AsyncConnection) -> RowMapping | None:
-        return (await connection.execute(status.TASK_STATUS, params)).mappings().first()
-
-    row = await on_fresh_connection(engine, read)
+    """The status endpoint's lean path: one statement through asyncpg's own pool (no ORM
+    session, no BEGIN/COMMIT, no SQLAlchemy execution), the connection returned before the
+    queue position is read (from the process's snapshot of the queue's head)."""
+    row = await fetch_row(reads, status.OWN_TASK_STATUS, task_id, user.user_id)
     if row is None:
         raise NotFound("Analysis task")
     return await status.describe(row, arq, estimator)

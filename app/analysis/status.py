@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from sqlalchemy import RowMapping, text
@@ -15,6 +16,14 @@ from app.analysis.schemas import CurrentStep, TaskStatusOut
 from app.analysis.steps import step_for
 
 log = logging.getLogger(__name__)
+
+
+class Row(Protocol):
+    """A row of `STATUS_FIELDS` and `practice_session_id`: SQLAlchemy's RowMapping or
+    asyncpg's Record."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
 
 STATUS_FIELDS = (
     "task_id", "practice_record_id", "status", "progress", "current_step", "total_steps",
@@ -37,6 +46,12 @@ TASK_STATUS = text(
     " WHERE t.task_id = :task_id AND (t.user_id = :user_id OR CAST(:admin AS boolean))"
 )
 
+# The same, for asyncpg itself (the status endpoint's read pool), for the task's owner:
+# $1 task id, $2 user id.
+OWN_TASK_STATUS = (
+    f"SELECT {status_columns('t')} FROM ai_analysis_tasks t WHERE t.task_id = $1 AND t.user_id = $2"
+)
+
 SESSION_STATUS = text(
     f"""
     SELECT {status_columns("t")}
@@ -49,7 +64,7 @@ SESSION_STATUS = text(
 )
 
 
-async def describe(row: RowMapping, redis: Redis, estimator: Estimator) -> TaskStatusOut:
+async def describe(row: Row, redis: Redis, estimator: Estimator) -> TaskStatusOut:
     """The status document of a task row (`STATUS_FIELDS` and `practice_session_id`); a
     pending or retry task's queue position is read from Redis (None when Redis is down)."""
     position = None
@@ -58,7 +73,7 @@ async def describe(row: RowMapping, redis: Redis, estimator: Estimator) -> TaskS
     return await document(row, position, estimator)
 
 
-async def document(row: RowMapping, position: int | None, estimator: Estimator) -> TaskStatusOut:
+async def document(row: Row, position: int | None, estimator: Estimator) -> TaskStatusOut:
     """The status document of a task row whose queue position (1-based, None: not waiting or
     unknown) is already known: no Redis round trip."""
     step = step_for(row["current_step"])

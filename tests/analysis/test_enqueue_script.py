@@ -114,15 +114,17 @@ async def test_the_running_estimate_is_taken_once_by_concurrent_callers(
     jobs = [queue.job_id_for(uuid.uuid4(), 0) for _ in range(5)]
     await redis.zadd(queue.QUEUE_NAME, {job_id: n for n, job_id in enumerate(jobs)})
     await redis.set(in_progress_key_prefix + jobs[0], b"1", px=60_000)
-    monkeypatch.setattr(queue, "RUNNING_ESTIMATE_SECONDS", 0.2)
+    monkeypatch.setattr(queue, "SNAPSHOT_SECONDS", 0.2)
 
     for _ in range(2):  # the first scan, then one more after the estimate expired
         scans = await _calls(redis, "zrange")
+        zranks = await _calls(redis, "zrank")
         positions = await asyncio.gather(
             *(queue.queue_position(arq, job_id) for job_id in jobs[1:] * 25)
         )
         assert positions == [1, 2, 3, 4] * 25
         assert await _calls(redis, "zrange") - scans == 1
+        assert await _calls(redis, "zrank") == zranks  # every job was in the snapshot
         await asyncio.sleep(0.25)
 
 
@@ -141,3 +143,17 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_scan(
     assert await second == 1
     assert first.cancelled()
     assert await _calls(redis, "zrange") - scans == 1
+
+
+async def test_a_job_enqueued_after_the_snapshot_is_found_all_the_same(
+    arq: ArqRedis, redis: Redis
+) -> None:
+    tasks = sorted((uuid.uuid4() for _ in range(3)), key=str)
+    for task in tasks[:2]:
+        await queue.enqueue_analysis(arq, task, 0)
+    assert await queue.queue_position(arq, queue.job_id_for(tasks[1], 0)) == 2  # the snapshot
+    await queue.enqueue_analysis(arq, tasks[2], 0)
+    zranks = await _calls(redis, "zrank")
+    assert await queue.queue_position(arq, queue.job_id_for(tasks[2], 0)) == 3
+    assert await _calls(redis, "zrank") - zranks == 1  # not in the snapshot: asked for itself
+    assert await queue.queue_position(arq, queue.job_id_for(uuid.uuid4(), 0)) is None
