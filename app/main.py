@@ -28,6 +28,7 @@ from app.practice.router import router as practice_router
 from app.settings import Settings, get_settings
 from app.state import AppState
 from app.storage import LocalStorage
+from app.web import install as install_web_page
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/metrics", make_asgi_app())
     access_log.install()
     app.include_router(admin_router, prefix="/api/v1")
+    install_web_page(app)  # GET / and /web/*: the web page (issue 13)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
