@@ -21,7 +21,7 @@ from app.analysis.progress import Publisher, publish_settings
 from app.analysis.router import router as analysis_router
 from app.analysis.stream_auth import StreamLimiter
 from app.analysis.submit import Submitter
-from app.db import create_engine, create_read_pool, create_sessionmaker
+from app.db import create_engine, create_pg_pool, create_sessionmaker
 from app.errors import install_error_handlers
 from app.logs import configure_logging
 from app.practice.router import router as practice_router
@@ -38,9 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # hot paths run through on_fresh_connection (or the read pool): no pre-ping
-        engine = create_engine(settings, pre_ping=False, keep_connections=True)
-        reads = await create_read_pool(settings)
+        engine = create_engine(settings, keep_connections=True)
+        pg = await create_pg_pool(settings)
         arq = queue.connect(settings.redis_url)
         estimator = Estimator(engine, slots=settings.ai_service_concurrency)
         sessions = create_sessionmaker(engine)
@@ -52,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.vocalborn = AppState(
             settings=settings,
             engine=engine,
-            reads=reads,
+            pg=pg,
             sessions=sessions,
             arq=arq,
             estimator=estimator,
@@ -72,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await hub.stop()
             await arq.aclose(close_connection_pool=True)  # not closed by default: passed in
-            await reads.close()
+            await pg.close()
             await engine.dispose()
 
     app = FastAPI(title="VocalBorn analysis queue", version="0.1.0", lifespan=lifespan)

@@ -22,7 +22,7 @@ from app.storage import Storage
 class AppState:
     settings: Settings
     engine: AsyncEngine
-    reads: asyncpg.Pool  # asyncpg's own pool, for the status endpoint's read
+    pg: asyncpg.Pool  # asyncpg's own pool, for the hottest statements (status, submit)
     sessions: async_sessionmaker[AsyncSession]
     arq: ArqRedis  # the queue's client, also used for any other Redis access
     estimator: Estimator

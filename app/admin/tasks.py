@@ -87,7 +87,7 @@ async def retry(session: AsyncSession, state: AppState, task_id: uuid.UUID) -> S
     parameters = AnalysisParameters.model_validate(_known(row["task_params"]))
     # If the recording already has an active analysis, that one is returned.
     return await submit.submit_record(
-        session, state.submitter, owner, row["practice_record_id"], parameters, None
+        state.pg, state.submitter, owner, row["practice_record_id"], parameters, None
     )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import uuid
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.ai_client.wire import AIResult
 from app.analysis.status import status_columns
+from app.db import autocommit
 
 _STATUS = status_columns("ai_analysis_tasks")
 # updated_at is clock_timestamp(), not now() (the transaction's start): clients order a task's
@@ -229,21 +229,8 @@ class Claim:
         return {"task_id": self.task_id, "attempt": self.attempt}
 
 
-_autocommit: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
-
-
-def _single_statement(engine: AsyncEngine) -> AsyncEngine:
-    """For one statement (each transition here is one, CTEs and all): atomic by itself, so no
-    BEGIN and COMMIT around it, two round trips less on the worker's hottest path. The
-    autocommit copy of an engine is made once (a copy per statement cost its event setup)."""
-    copy = _autocommit.get(engine)
-    if copy is None:
-        copy = _autocommit[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
-    return copy
-
-
 async def _one(engine: AsyncEngine, statement: Any, params: dict[str, Any]) -> RowMapping | None:
-    async with _single_statement(engine).connect() as connection:
+    async with autocommit(engine).connect() as connection:
         return (await connection.execute(statement, params)).mappings().first()
 
 
@@ -291,7 +278,7 @@ async def report_progress(
 
 async def renew_lease(engine: AsyncEngine, claimed: Claim, lease: float) -> bool | None:
     """None: this attempt lost the task. Otherwise whether a cancel was requested."""
-    async with _single_statement(engine).connect() as connection:
+    async with autocommit(engine).connect() as connection:
         cancel_requested: bool | None = await connection.scalar(
             RENEW, claimed.fence | {"lease": float(lease)}
         )

@@ -36,7 +36,7 @@ async def submit_analysis(
 ) -> SubmittedTask | SessionSubmitted:
     if body.practice_record_id is not None:
         return await submit.submit_record(
-            state.engine,
+            state.pg,
             state.submitter,
             user,
             body.practice_record_id,
@@ -65,7 +65,7 @@ async def session_status(
 
 @router.get("/{task_id}/status", response_model=TaskStatusOut)
 async def task_status(task_id: uuid.UUID, user: UserDep, state: StateDep) -> TaskStatusOut:
-    return await service.read_status(state.reads, state.arq, state.estimator, user, task_id)
+    return await service.read_status(state.pg, state.arq, state.estimator, user, task_id)
 
 
 @router.get("/{task_id}/result", response_model=AnalysisResultOut)

@@ -56,16 +56,18 @@ def _owner(user: Principal, task_id: uuid.UUID) -> dict[str, object]:
 
 
 async def read_status(
-    reads: asyncpg.Pool,
+    pg: asyncpg.Pool,
     arq: ArqRedis,
     estimator: Estimator,
     user: Principal,
     task_id: uuid.UUID,
 ) -> TaskStatusOut:
-    """The status endpoint's lean path: one statement through asyncpg's own pool (no ORM
-    session, no BEGIN/COMMIT, no SQLAlchemy execution), the connection returned before the
-    queue position is read (from the process's snapshot of the queue's head)."""
-    row = await fetch_row(reads, status.OWN_TASK_STATUS, task_id, user.user_id)
+    """The status endpoint's lean path: one statement through asyncpg's own pool
+    (`app.db.create_pg_pool`: no ORM session, no BEGIN/COMMIT, no SQLAlchemy execution), the
+    connection returned before the queue position is read (from the process's snapshot of
+    the queue's head)."""
+    params = _owner(user, task_id) | {"admin": False}
+    row = await fetch_row(pg, status.TASK_STATUS_ASYNCPG, params)
     if row is None:
         raise NotFound("Analysis task")
     return await status.describe(row, arq, estimator)

@@ -14,6 +14,7 @@ from app.analysis import queue
 from app.analysis.eta import Estimator, iso_duration
 from app.analysis.schemas import CurrentStep, TaskStatusOut
 from app.analysis.steps import step_for
+from app.db import for_asyncpg
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,7 @@ TASK_STATUS = text(
     " WHERE t.task_id = :task_id AND (t.user_id = :user_id OR CAST(:admin AS boolean))"
 )
 
-# The same, for asyncpg itself (the status endpoint's read pool), for the task's owner:
-# $1 task id, $2 user id.
-OWN_TASK_STATUS = (
-    f"SELECT {status_columns('t')} FROM ai_analysis_tasks t WHERE t.task_id = $1 AND t.user_id = $2"
-)
+TASK_STATUS_ASYNCPG = for_asyncpg(TASK_STATUS)  # the status endpoint's, on the pg pool
 
 SESSION_STATUS = text(
     f"""

@@ -12,19 +12,20 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import asyncpg
 from arq.connections import ArqRedis
 from sqlalchemy import RowMapping, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analysis import queue, status
 from app.analysis.eta import Estimator
 from app.analysis.models import ACTIVE_STATUS_SQL
 from app.analysis.progress import Publisher
 from app.analysis.schemas import AnalysisParameters, SubmittedTask
-from app.analysis.status import safe_position, status_columns
+from app.analysis.status import Row, safe_position, status_columns
 from app.analysis.steps import TOTAL_STEPS
 from app.auth import Principal
-from app.db import on_fresh_connection
+from app.db import fetch_row, for_asyncpg
 from app.errors import AppError, NotFound
 from app.metrics import TASKS_SUBMITTED
 
@@ -101,6 +102,9 @@ SUBMIT_SESSION = text(
     """
 )
 
+_SUBMIT_RECORD = for_asyncpg(SUBMIT_RECORD)
+_EXISTING_FOR_RECORD = for_asyncpg(EXISTING_FOR_RECORD)
+
 EXISTING_FOR_SESSION_KEY = text(
     """
     SELECT task_id, practice_record_id, status, attempt FROM ai_analysis_tasks
@@ -119,44 +123,33 @@ class Submitter:
 
 
 async def submit_record(
-    db: AsyncEngine | AsyncSession,
+    pg: asyncpg.Pool,
     submitter: Submitter,
     user: Principal,
     record_id: uuid.UUID,
     parameters: AnalysisParameters,
     idempotency_key: str | None,
 ) -> SubmittedTask:
-    """Submit one record: one statement on an autocommit connection (no BEGIN/COMMIT; the
-    statement is atomic on its own), the connection back in the pool before Redis is asked.
-    An existing active task of the record, or the task of a reused Idempotency-Key, is
-    answered instead; NotFound when the record is not the user's. `db`: the engine, or a
-    session whose engine is used (its own transaction is left alone)."""
-    engine = db if isinstance(db, AsyncEngine) else db.bind
-    assert isinstance(engine, AsyncEngine), "a session bound to an engine"
+    """Submit one record: one statement through asyncpg's own pool (`app.db.create_pg_pool`:
+    autocommit, no BEGIN/COMMIT; the statement is atomic on its own), the connection back in
+    the pool before Redis is asked. An existing active task of the record, or the task of a
+    reused Idempotency-Key, is answered instead; NotFound when the record is not the user's.
+    A statement that met a dead connection runs once more: a first run that got through is
+    then the conflicting active task, answered as existing."""
     values = _values(user, parameters, idempotency_key) | {"record_id": record_id}
-
-    async def insert(connection: AsyncConnection) -> tuple[RowMapping | None, RowMapping | None]:
-        # Run again on a stale connection: a first run that got through is then the
-        # conflicting active task, answered as `existing`.
-        row = (await connection.execute(SUBMIT_RECORD, values)).mappings().first()
-        if row is not None:
-            return row, None
-        return None, (await connection.execute(EXISTING_FOR_RECORD, values)).mappings().first()
-
     for _ in range(2):  # once more if the conflicting task ended in between
-        row, existing = await on_fresh_connection(engine, insert)
+        row = await fetch_row(pg, _SUBMIT_RECORD, values)
         if row is not None:
             [task] = await _enqueue(submitter, [row])
             return task
+        existing = await fetch_row(pg, _EXISTING_FOR_RECORD, values)
         if existing is not None:
             _check_same_request(existing, record_id, idempotency_key)
             return (await _describe(submitter, [existing]))[0]
     raise NotFound("Practice record")
 
 
-def _check_same_request(
-    existing: RowMapping, record_id: uuid.UUID, idempotency_key: str | None
-) -> None:
+def _check_same_request(existing: Row, record_id: uuid.UUID, idempotency_key: str | None) -> None:
     reused = idempotency_key is not None and existing["idempotency_key"] == idempotency_key
     if reused and existing["practice_record_id"] != record_id:
         raise AppError(
@@ -205,7 +198,7 @@ def _values(user: Principal, parameters: AnalysisParameters, key: str | None) ->
     }
 
 
-async def _enqueue(submitter: Submitter, rows: Sequence[RowMapping]) -> list[SubmittedTask]:
+async def _enqueue(submitter: Submitter, rows: Sequence[Row]) -> list[SubmittedTask]:
     TASKS_SUBMITTED.inc(len(rows))
     positions = []
     try:  # one round trip per job: the enqueue script answers its rank too
@@ -226,7 +219,7 @@ async def _enqueue(submitter: Submitter, rows: Sequence[RowMapping]) -> list[Sub
 
 
 async def _describe(
-    submitter: Submitter, rows: Sequence[RowMapping], *, redis_up: bool = True
+    submitter: Submitter, rows: Sequence[Row], *, redis_up: bool = True
 ) -> list[SubmittedTask]:
     tasks = []
     for row in rows:
@@ -238,7 +231,7 @@ async def _describe(
     return tasks
 
 
-async def _submitted(submitter: Submitter, row: RowMapping, position: int | None) -> SubmittedTask:
+async def _submitted(submitter: Submitter, row: Row, position: int | None) -> SubmittedTask:
     return SubmittedTask(
         task_id=row["task_id"],
         practice_record_id=row["practice_record_id"],
