@@ -182,10 +182,12 @@ def build_result(
     scores = _scores(values, params, sustained, unreliable)
     fluency, rhythm = scores["fluency_score"]["value"], scores["rhythm_score"]["value"]
     defects = [f for f in findings if f.unreliable]
+    measured = pron_entry["value"] is not None
     text, areas = suggest(values, params.speaker_age_group, params.language, sustained,
-                          [f.code for f in findings], bool(defects))  # fmt: skip
-    if pron_entry["value"] is not None:
-        areas = [*areas, *pron.improvement_areas]
+                          [f.code for f in findings], bool(defects),
+                          pron.tips if measured else [])  # fmt: skip
+    if measured:
+        areas = list(dict.fromkeys([*areas, *pron.improvement_areas]))
     context = {"task_requested": params.task, "task_detected": detected,
                "analysed_as": "sustained_vowel" if sustained else "connected_speech"}  # fmt: skip
     detailed = {

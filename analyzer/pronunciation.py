@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from analyzer.acoustics import VoiceAnalysis
 from analyzer.schemas import AnalyzeParams
+from analyzer.suggestions import Tip
 from analyzer.syllables import Timing
 
 NO_TEXT = (
@@ -32,7 +33,8 @@ class Pronunciation:
 
     details: method, totals and sources for detailed_analysis.pronunciation_accuracy;
     sentence_analyses: one row per syllable (Mandarin) or word (English);
-    improvement_areas: words or syllables to practise, in the request's language.
+    improvement_areas: words or syllables to practise, in the request's language;
+    tips: practice suggestions (zh-TW and English) for analyzer.suggestions.
     """
 
     value: float | None
@@ -41,6 +43,7 @@ class Pronunciation:
     sentence_analyses: list[dict[str, Any]] = field(default_factory=list)
     improvement_areas: list[str] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
+    tips: list[Tip] = field(default_factory=list)
 
     def entry(self) -> dict[str, Any]:
         """The detailed_analysis.pronunciation_accuracy object."""

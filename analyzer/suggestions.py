@@ -129,18 +129,21 @@ def _tips(
 def suggest(
     measures: dict[str, float | None], age: AgeGroup, language: str, sustained: bool,
     quality_codes: list[str] | None = None, defective: bool = False,
+    extra: list[Tip] | None = None,
 ) -> tuple[str, list[str]]:  # fmt: skip
     """One suggestion text and the list of improvement areas, in zh-TW or English.
 
     quality_codes: codes of analyzer.quality findings (recording advice comes first);
     defective: a finding made the timing scores unreliable, so no advice is drawn from the
-    timing measures (they describe the recording, not the speaker).
+    timing measures (they describe the recording, not the speaker); extra: tips from the
+    pronunciation assessment, appended.
     """
     english = language.lower().startswith("en")
     codes = quality_codes or []
     tips = [CLIPPED] if "clipped" in codes else []
     tips += [QUIET] if "low_level" in codes else []
     tips += _tips(measures, age, sustained, defective)
+    tips += extra or []
     if defective:
         tips.append(Tip("錄音環境", "recording conditions", RECORD_AGAIN_ZH, RECORD_AGAIN_EN))
         if "low_snr" in codes and NOISE not in tips:
