@@ -115,7 +115,10 @@ async def analyze(api: Api, options: Options, out: Console, err: Console) -> int
         run.tracked[task_id] = _Tracked(path.name, task_id, bar)
         status_console.print(f"{path.name}: task {task_id}", highlight=False)
 
-    follower = Follower(api, session_id, order, run.on_update)
+    def notice(message: str) -> None:
+        status_console.print(message, style="dim", highlight=False)
+
+    follower = Follower(api, session_id, order, run.on_update, notice=notice)
     interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, interrupted.set)

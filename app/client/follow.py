@@ -33,11 +33,13 @@ class Follower:
         task_ids: Iterable[str],
         on_update: Callable[[Doc], None],
         poll_interval: float = POLL_INTERVAL_SECONDS,
+        notice: Callable[[str], None] = log.info,
     ) -> None:
         self.api = api
         self.session_id = session_id
         self.latest: dict[str, Doc | None] = dict.fromkeys(task_ids)
         self.on_update = on_update
+        self.notice = notice
         self.poll_interval = poll_interval
         self.last_event_id: str | None = None
         self.reconnects = 0  # streams resumed after a drop
@@ -67,13 +69,16 @@ class Follower:
                 failing_since = failing_since or now
                 if now - failing_since > RECONNECT_GIVE_UP_SECONDS:
                     raise ApiError(0, "unreachable", f"progress stream lost: {exc!r}") from exc
-                log.info("progress stream dropped (%r); resuming", exc)
                 self.reconnects += 1
+                self.notice(
+                    f"progress stream dropped ({type(exc).__name__}); "
+                    f"resuming after event {self.last_event_id}"
+                )
                 await asyncio.sleep(min(5.0, 0.5 * 2 ** min(self.reconnects, 4)))  # backoff
                 continue
             failing_since = None
             if refused is not None:
-                log.info("streaming refused (%s); polling the status instead", refused)
+                self.notice(f"streaming refused ({refused}); polling the status instead")
                 await self._poll()
         return {task_id: doc for task_id, doc in self.latest.items() if doc is not None}
 
@@ -102,8 +107,9 @@ class Follower:
                     return None
                 if self.done:
                     return None
-        if not self.done:
-            self.reconnects += 1  # ended by the server without our terminal states: resume
+        if not self.done:  # ended by the server without our terminal states: resume
+            self.reconnects += 1
+            self.notice(f"progress stream ended early; resuming after event {self.last_event_id}")
         return None
 
     async def _poll_once(self) -> None:

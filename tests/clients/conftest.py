@@ -61,10 +61,22 @@ def analyzer_url() -> Iterator[str]:
         process.wait(timeout=15)
 
 
-@dataclass(frozen=True)
+@dataclass
 class LiveSystem:
-    api_url: str
+    api: UvicornThread
+    settings: Settings
     user: ApiUser
+
+    @property
+    def api_url(self) -> str:
+        return self.api.url
+
+    async def restart_api(self) -> None:
+        """Stop the API (its open streams drop) and start a new one on the same port."""
+        await asyncio.to_thread(self.api.stop)
+        self.api = await asyncio.to_thread(
+            UvicornThread(create_app(self.settings), port=self.api.port).start
+        )
 
     @property
     def env(self) -> dict[str, str]:
@@ -80,11 +92,25 @@ class LiveSystem:
 
 
 @pytest.fixture
+def api_overrides() -> dict[str, object]:
+    """Settings of the API only; a test parametrizes this name to change them."""
+    return {}
+
+
+@pytest.fixture
 async def live(
-    settings: Settings, clean: None, alice: ApiUser, analyzer_url: str
+    settings: Settings,
+    clean: None,
+    alice: ApiUser,
+    analyzer_url: str,
+    api_overrides: dict[str, object],
 ) -> AsyncIterator[LiveSystem]:
     """The API on a loopback port (its own thread and loop) and one in-process worker."""
-    api = UvicornThread(create_app(settings)).start()
+    system = LiveSystem(
+        UvicornThread(create_app(settings.model_copy(update=api_overrides))).start(),
+        settings.model_copy(update=api_overrides),
+        alice,
+    )
     worker_settings = settings.model_copy(
         update={"ai_service_url": analyzer_url, "worker_poll_delay_seconds": 0.05}
     )
@@ -95,14 +121,14 @@ async def live(
     )
     running = asyncio.create_task(worker.async_run())
     try:
-        yield LiveSystem(api.url, alice)
+        yield system
     finally:
         with contextlib.suppress(asyncio.CancelledError):
             await worker.close()
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
-        await asyncio.to_thread(api.stop)
+        await asyncio.to_thread(system.api.stop)
 
 
 def silent_wav(seconds: float = 2.0, rate: int = 16_000) -> bytes:

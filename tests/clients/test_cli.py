@@ -13,6 +13,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+from redis.asyncio import Redis
+
+from app.analysis.progress import session_topic, stream_key
 from tests.analysis.conftest import wait_for
 from tests.clients.conftest import SAMPLE, VOCALBORN, LiveSystem, silent_wav
 
@@ -167,3 +171,37 @@ def test_bad_usage_exits_2(tmp_path: Path) -> None:
             [str(VOCALBORN), *args], capture_output=True, text=True, timeout=60, check=False
         )
         assert completed.returncode == 2, (args, completed.stdout, completed.stderr)
+
+
+async def test_a_dropped_stream_resumes_with_last_event_id(live: LiveSystem, redis: Redis) -> None:
+    seen: list[str] = []
+    async with cli(live, "analyze", str(SAMPLE)) as process:
+        assert process.stdout is not None
+        await read_until(process.stdout, r"^sample\.wav: processing", seen)
+        await live.restart_api()  # the stream drops in the middle of the analysis
+        await read_until(process.stdout, r"resuming after event", seen)
+        rest, err = await asyncio.wait_for(process.communicate(), CLI_SECONDS)
+    out = "".join(seen) + rest.decode()
+    assert process.returncode == 0, out + err.decode()
+    [resumed] = re.findall(r"resuming after event (\S+)", out)
+    [task_id] = task_ids(out)
+    status = await api_get(live, f"/api/v1/tasks/analysis/{task_id}/status")
+    # the id it resumed after is one of the session stream's, short of its last (the end)
+    key = stream_key(session_topic(status["practice_session_id"]))
+    ids = [entry_id.decode() for entry_id, _ in await redis.xrange(key)]
+    assert resumed in ids[:-1], (resumed, ids)
+    assert re.search(r"^sample\.wav: success  \S+  100%$", out, re.MULTILINE), out
+
+
+@pytest.mark.parametrize("api_overrides", [{"max_streams_per_user": 1}])
+async def test_refused_streaming_falls_back_to_polling(live: LiveSystem) -> None:
+    async with live.http() as http:
+        empty = (await http.post("/api/v1/practice/sessions", json={})).json()
+        events = f"/api/v1/tasks/analysis/session/{empty['practice_session_id']}/events"
+        async with http.stream("GET", events) as held:  # the user's only stream
+            assert held.status_code == 200
+            code, out, err = await run(live, "analyze", str(SAMPLE))
+    assert code == 0, out + err
+    assert "streaming refused (" in out and "HTTP 429)" in out, out
+    assert "polling the status instead" in out
+    assert re.search(r"^sample\.wav: success  \S+  100%$", out, re.MULTILINE), out
