@@ -58,15 +58,22 @@ class Up:
         raise AssertionError("no web link printed:\n" + "\n".join(self.lines[-40:]))
 
 
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[Up]:
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     if os.environ.get("TEST_DATABASE_URL") or os.environ.get("TEST_REDIS_URL"):
         pytest.skip("runs vocalborn up with its embedded servers")
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     # long enough to watch the progress move through the steps (README: ANALYZER_MIN_SECONDS)
     env |= {"PYTHONUNBUFFERED": "1", "ANALYZER_MIN_SECONDS": "8"}
     process = subprocess.Popen(
-        [str(VOCALBORN), "up", "--port", str(free_port()), "--data-dir", str(tmp_path)],
+        [
+            str(VOCALBORN),
+            "up",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path_factory.mktemp("up")),
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -194,5 +201,64 @@ def test_web_page_whole_flow_in_chromium(up: Up) -> None:
                 )
             assert serious_violations(page) == []
             page.screenshot(path=str(SCREENSHOT / "web_result_en.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def test_web_page_records_the_microphone_as_wav_and_cancels(up: Up) -> None:
+    executable = _chromium_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    link = up.link()
+    api_url, token = link.split("/#token=")
+    fake_microphone = [
+        "--use-fake-ui-for-media-stream",  # allow the microphone without asking
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={SAMPLE}",  # the microphone says the sample
+    ]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable, args=["--no-sandbox", *fake_microphone]
+        )
+        try:
+            page = browser.new_page()
+            page.goto(link)
+            expect(page.locator("#app")).to_be_visible(timeout=30 * MS)
+            page.locator("#ui-lang").select_option("en")
+            page.locator("#session-title").fill("microphone")
+            page.get_by_role("button", name="Create session").click()
+            expect(page.locator("#session-select option:checked")).to_contain_text("microphone")
+
+            record = page.locator("#record-button")
+            expect(record).to_have_accessible_name("Start recording")
+            record.focus()
+            page.keyboard.press("Enter")  # by keyboard
+            expect(record).to_have_attribute("aria-pressed", "true")
+            # the page counts the seconds recorded: stop after three
+            page.wait_for_function(
+                """() => /Recording… ([3-9]|\\d\\d)/.test(
+                    document.querySelector('#record-status').textContent)""",
+                timeout=30 * MS,
+            )
+            page.get_by_role("button", name="Stop recording").click()
+            expect(page.locator("#record-status")).to_contain_text("(WAV)", timeout=30 * MS)
+            page.get_by_role("button", name="Upload and analyse").click()
+
+            progress = page.locator("#progress-section")
+            expect(progress).to_have_attribute("data-status", "processing", timeout=60 * MS)
+            page.get_by_role("button", name="Cancel analysis").click()
+            expect(progress).to_have_attribute("data-status", "cancelled", timeout=60 * MS)
+            expect(page.locator("#progress-message")).to_have_text("The analysis was cancelled")
+            expect(page.locator("#result-section")).to_be_hidden()
+
+            session_id = page.locator("#session-select").input_value()
+            session = httpx.get(
+                f"{api_url}/api/v1/practice/sessions/{session_id}",
+                headers={"Authorization": f"Bearer {token}"},
+            ).json()
+            [recording] = session["records"]
+            # the API sniffed a WAV (the page encoded it; the browser itself records WebM)
+            assert recording["audio_content_type"] == "audio/wav", recording
+            assert recording["audio_duration_seconds"] >= 3, recording
         finally:
             browser.close()

@@ -26,7 +26,7 @@ const TEXT = {
     recordHeading: "2. 錄音或選擇檔案",
     startRecording: "開始錄音",
     stopRecording: "停止錄音",
-    recording: "錄音中…",
+    recording: (s) => `錄音中… ${s.toFixed(1)} 秒`,
     recorded: (s) => `已錄音 ${s.toFixed(1)} 秒（WAV）`,
     micDenied: "無法使用麥克風",
     chooseFile: "或選擇音訊檔（wav、mp3、m4a、aac）",
@@ -84,7 +84,7 @@ const TEXT = {
     recordHeading: "2. Record or choose a file",
     startRecording: "Start recording",
     stopRecording: "Stop recording",
-    recording: "Recording…",
+    recording: (s) => `Recording… ${s.toFixed(1)} s`,
     recorded: (s) => `Recorded ${s.toFixed(1)} s (WAV)`,
     micDenied: "The microphone is not available",
     chooseFile: "Or choose an audio file (wav, mp3, m4a, aac)",
@@ -283,6 +283,7 @@ async function toggleRecording() {
   const recorder = new MediaRecorder(stream);
   recorder.addEventListener("dataavailable", (event) => chunks.push(event.data));
   recorder.addEventListener("stop", async () => {
+    clearInterval(state.recordTimer);
     stream.getTracks().forEach((track) => track.stop());
     state.recorder = null;
     button.setAttribute("aria-pressed", "false");
@@ -294,7 +295,12 @@ async function toggleRecording() {
   recorder.start();
   button.setAttribute("aria-pressed", "true");
   button.textContent = t("stopRecording");
-  $("record-status").textContent = t("recording");
+  const started = performance.now();
+  const elapsed = () => {
+    $("record-status").textContent = t("recording", (performance.now() - started) / 1000);
+  };
+  elapsed();
+  state.recordTimer = setInterval(elapsed, 200);
 }
 
 async function encodeWav(recorded) {
