@@ -42,6 +42,26 @@ class Storage(Protocol):
     def local_path(self, key: str) -> Path | None: ...
 
 
+def _read_chunk(handle: IO[bytes]) -> bytes:
+    """The next chunk (at most CHUNK_SIZE bytes); the file is closed with its last, short
+    chunk, in the same thread hop (a short read of a regular file is its end)."""
+    chunk = handle.read(CHUNK_SIZE)
+    if len(chunk) < CHUNK_SIZE:
+        handle.close()
+    return chunk
+
+
+def _open_and_read(path: Path) -> tuple[IO[bytes], bytes]:
+    """The open file and its first chunk: a recording of one chunk costs one thread hop,
+    not four (open, read, the empty read, close)."""
+    handle = path.open("rb")
+    try:
+        return handle, _read_chunk(handle)
+    except BaseException:
+        handle.close()
+        raise
+
+
 class _LocalWriter:
     def __init__(self, key: str, handle: IO[bytes]) -> None:
         self.key = key
@@ -90,16 +110,20 @@ class LocalStorage:
 
     async def read(self, key: str) -> AsyncIterator[bytes]:
         try:
-            handle = await asyncio.to_thread(open, self._path(key), "rb")
+            handle, chunk = await asyncio.to_thread(_open_and_read, self._path(key))
         except FileNotFoundError:
             raise
         except OSError as exc:
             raise StorageUnavailable(str(exc)) from exc
         try:
-            while chunk := await asyncio.to_thread(handle.read, CHUNK_SIZE):
+            while chunk:
                 yield chunk
+                if handle.closed:
+                    return
+                chunk = await asyncio.to_thread(_read_chunk, handle)
         finally:
-            await asyncio.to_thread(handle.close)
+            if not handle.closed:  # the reader stopped early
+                await asyncio.to_thread(handle.close)
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
