@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import io
 import os
+import subprocess
 import sys
+import time
 import wave
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,7 +23,6 @@ from arq.worker import Worker
 from app.embedded import free_port
 from app.main import create_app
 from app.settings import Settings
-from tests.analysis.conftest import wait_for
 from tests.conftest import ApiUser
 from tests.servers import UvicornThread
 from worker.main import worker_options
@@ -36,8 +37,6 @@ ANALYZER_MIN_SECONDS = 4.0
 
 @pytest.fixture(scope="session")
 def analyzer_url() -> Iterator[str]:
-    import subprocess
-
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "analyzer.main:app",
@@ -46,15 +45,17 @@ def analyzer_url() -> Iterator[str]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
 
-    async def healthy() -> bool:
+    def healthy() -> bool:
         try:
-            async with httpx.AsyncClient() as http:
-                return (await http.get(f"{url}/healthz")).status_code == 200
+            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
         except httpx.TransportError:
             return False
 
     try:
-        asyncio.run(wait_for(healthy, within=60))
+        deadline = time.monotonic() + 60
+        while not healthy():  # polled until it answers, as `vocalborn up` waits for it
+            assert process.poll() is None and time.monotonic() < deadline, "no analyzer"
+            time.sleep(0.1)
         yield url
     finally:
         process.terminate()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
 import re
 import signal
 import subprocess
@@ -205,3 +207,46 @@ async def test_refused_streaming_falls_back_to_polling(live: LiveSystem) -> None
     assert "streaming refused (" in out and "HTTP 429)" in out, out
     assert "polling the status instead" in out
     assert re.search(r"^sample\.wav: success  \S+  100%$", out, re.MULTILINE), out
+
+
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+async def test_interrupt_on_a_terminal_asks_then_cancels(live: LiveSystem) -> None:
+    """On a terminal (a pseudo-terminal here) Ctrl-C asks; answering y cancels."""
+    master, slave = pty.openpty()
+    process = await asyncio.create_subprocess_exec(
+        str(VOCALBORN), "analyze", str(SAMPLE),
+        env=live.env | {"TERM": "xterm"}, stdin=slave, stdout=slave, stderr=slave,
+    )  # fmt: skip
+    os.close(slave)
+    screen = bytearray()
+    loop = asyncio.get_running_loop()
+
+    def drain() -> None:
+        try:
+            screen.extend(os.read(master, 65536))
+        except OSError:  # the command exited: the terminal is gone
+            loop.remove_reader(master)
+
+    loop.add_reader(master, drain)
+
+    async def shown(pattern: bytes) -> re.Match[bytes] | None:
+        return re.search(pattern, ANSI.sub(b"", bytes(screen)))
+
+    try:
+        task_line = await wait_for(lambda: shown(rb"sample\.wav: task ([0-9a-f-]{36})"), 60)
+        task_id = task_line[1].decode()
+        await wait_for_status(live, task_id, "processing")
+        process.send_signal(signal.SIGINT)
+        await wait_for(lambda: shown(rb"Cancel the 1 running task\(s\)\?"), 30)
+        os.write(master, b"y\n")
+        assert await asyncio.wait_for(process.wait(), CLI_SECONDS) == 130
+        assert await shown(rb"sample\.wav: cancel requested"), screen.decode(errors="replace")
+        await wait_for_status(live, task_id, "cancelled")
+    finally:
+        loop.remove_reader(master)
+        os.close(master)
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
