@@ -116,7 +116,8 @@ const TEXT = {
     pause: "Pause",
     nucleus: "Syllable nucleus",
     seconds: "s",
-    timelineSummary: (d, p, n) => `${d} s long, ${p} pauses, ${n} syllable nuclei.`,
+    timelineSummary: (d, p, n) =>
+      `${d} s long, ${p} ${p === 1 ? "pause" : "pauses"}, ${n} syllable ${n === 1 ? "nucleus" : "nuclei"}.`,
     historyHeading: "History",
     historyCaption: "Earlier analyses and their scores",
     historyChart: "Scores over time",
@@ -208,7 +209,8 @@ function applyLanguage() {
     element.textContent = t(element.dataset.i18n);
   }
   $("record-button").textContent = t(state.recorder ? "stopRecording" : "startRecording");
-  renderSessionsPlaceholder();
+  renderSessions($("session-select").value);
+  if (state.audio) $("record-status").textContent = t(...state.audio.message);
   if (state.lastDoc) showStatus(state.lastDoc);
   renderSteps();
   if (state.result) renderResult(state.result);
@@ -238,13 +240,13 @@ async function start(token) {
 }
 
 // -- sessions ------------------------------------------------------------------------------
-function renderSessionsPlaceholder() {
-  const first = $("session-select").querySelector("option[value='']");
-  if (first) first.textContent = t("noSession");
+async function loadSessions(selected) {
+  state.sessions = await api("GET", "/practice/sessions?limit=50");
+  renderSessions(selected || (state.sessions[0] ? state.sessions[0].practice_session_id : ""));
 }
 
-async function loadSessions(selected) {
-  const sessions = await api("GET", "/practice/sessions?limit=50");
+function renderSessions(selected) {
+  const sessions = state.sessions || [];
   const select = $("session-select");
   select.replaceChildren(new Option(t("noSession"), ""));
   for (const session of sessions) {
@@ -252,10 +254,7 @@ async function loadSessions(selected) {
     const label = `${session.title || session.practice_session_id.slice(0, 8)} — ${when}`;
     select.append(new Option(label, session.practice_session_id));
   }
-  select.value = selected || (sessions[0] ? sessions[0].practice_session_id : "");
-  state.sessionTitles = Object.fromEntries(
-    sessions.map((s) => [s.practice_session_id, s.title || s.practice_session_id.slice(0, 8)]),
-  );
+  select.value = selected;
 }
 
 async function createSession(title) {
@@ -289,7 +288,7 @@ async function toggleRecording() {
     button.setAttribute("aria-pressed", "false");
     button.textContent = t("startRecording");
     const { blob, seconds } = await encodeWav(new Blob(chunks, { type: recorder.mimeType }));
-    setAudio(blob, "recording.wav", t("recorded", seconds));
+    setAudio(blob, "recording.wav", ["recorded", seconds]);
   });
   state.recorder = recorder;
   recorder.start();
@@ -340,12 +339,12 @@ async function encodeWav(recorded) {
 }
 
 function setAudio(blob, name, message) {
-  state.audio = { blob, name };
+  state.audio = { blob, name, message };
   const preview = $("preview");
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(blob);
   preview.hidden = false;
-  $("record-status").textContent = message;
+  $("record-status").textContent = t(...message);
   $("submit-button").disabled = false;
 }
 
@@ -733,7 +732,7 @@ function wire() {
   $("record-button").addEventListener("click", toggleRecording);
   $("file-input").addEventListener("change", (event) => {
     const file = event.target.files[0];
-    if (file) setAudio(file, file.name, t("fileChosen", file.name));
+    if (file) setAudio(file, file.name, ["fileChosen", file.name]);
   });
   $("submit-button").addEventListener("click", submit);
   $("cancel-button").addEventListener("click", cancel);
