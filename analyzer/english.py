@@ -42,8 +42,9 @@ SCORE_SHIFT = 1024  # pocketsphinx keeps senone scores shifted right by 10 bits 
 # the substituted readings -9.7 to +3.0 (median -4.9: a misaligned neighbour pays too). Witt
 # & Young (2000) set per-phone thresholds from rated data, which this service does not have.
 WORD_OK = -4.0
-# Alignment settings: a wider beam than pocketsphinx's default 1e-48 and no optional fillers
-# between words; with the defaults a reading with substituted words often cannot be aligned.
+# Alignment is tried with pocketsphinx's defaults first (optional silences between words, so
+# pauses are absorbed); when that fails (a reading with substituted words often does), again
+# with a wider beam than the default 1e-48 and no optional fillers.
 ALIGN_BEAM = 1e-60
 WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 SOURCES = [
@@ -69,7 +70,7 @@ LIMITS = (
 
 @dataclass
 class _Decoders:
-    align: Any
+    align: list[Any]  # tried in turn until one aligns the text
     loop: Any
 
 
@@ -84,7 +85,10 @@ def _decoders() -> _Decoders:
 
         model = pocketsphinx.get_model_path()
         common = {"samprate": 16000, "loglevel": "FATAL", "compallsen": True}
-        align = pocketsphinx.Decoder(beam=ALIGN_BEAM, fsgusefiller=False, **common)
+        align = [
+            pocketsphinx.Decoder(**common),  # optional silences between words: pauses
+            pocketsphinx.Decoder(beam=ALIGN_BEAM, fsgusefiller=False, **common),
+        ]
         loop = pocketsphinx.Decoder(
             allphone=os.path.join(model, "en-us", "en-us-phone.lm.bin"), **common
         )
@@ -139,21 +143,26 @@ def assess_english(
         return Pronunciation(None, "English alignment needs 16 kHz audio")
     decoders = _decoders()
     words = words_of(text)
-    known = [w for w in words if decoders.align.lookup_word(w) is not None]
+    known = [w for w in words if decoders.align[0].lookup_word(w) is not None]
     unknown = sorted({w for w in words if w not in known})
     if not known:
         return Pronunciation(None, "no word of the target text is in the pronunciation dictionary")
     raw = _pcm(samples)
-    try:
-        alignment = _align(decoders.align, raw, known)
-    except RuntimeError:
+    alignment = None
+    for decoder in decoders.align:
+        try:
+            alignment = _align(decoder, raw, known)
+            break
+        except RuntimeError:
+            continue
+    if alignment is None:
         return Pronunciation(
             None,
             "the recording could not be aligned to the target text (it may be a different "
             "text, or too noisy); no value is invented",
         )
     loop = _loop_scores(decoders.loop, raw)
-    logmath = decoders.align.get_logmath()
+    logmath = decoders.loop.get_logmath()
     rows: list[dict[str, Any]] = []
     for word in alignment:
         if word.name.startswith("<") or word.name.startswith("["):
