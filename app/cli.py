@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app import migrate
-from app.auth import issue_access_token
+from app.auth import Unauthorized, decode_access_token, issue_access_token
 from app.client.analyze import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Options
 from app.client.api import Api, ApiError
 from app.client.links import LINK_TOKEN_TTL_SECONDS, web_link
@@ -92,12 +93,33 @@ def token_command(
 
 @cli.command("link")
 def link_command(
-    email: str,
-    api_url: Annotated[str, typer.Option(envvar="VOCALBORN_API_URL")] = DEFAULT_API_URL,
+    api_url: Annotated[
+        str, typer.Option("--api-url", envvar="VOCALBORN_API_URL", help="the API's base URL")
+    ] = DEFAULT_API_URL,
+    token: Annotated[
+        str, typer.Option("--token", envvar="VOCALBORN_TOKEN", help="a token of the user")
+    ] = "",
+    data_dir: Annotated[
+        Path, typer.Option(help="where `vocalborn up` keeps its JWT secret (without JWT_SECRET)")
+    ] = Path("var"),
     ttl: Annotated[int, typer.Option(help="lifetime in seconds")] = LINK_TOKEN_TTL_SECONDS,
 ) -> None:
-    """Print a link to the web page with a short-lived token for a user."""
-    print(web_link(api_url, asyncio.run(token_for(get_settings(), email, ttl))))
+    """Print a new link to the web page: a short-lived token, in the URL fragment, for the
+    user of --token (VOCALBORN_TOKEN)."""
+    err = Console(stderr=True)
+    settings = get_settings()
+    secret_file = data_dir / "jwt_secret"
+    if settings.jwt_signing_key is None and secret_file.exists():
+        settings = settings.model_copy(update={"jwt_secret": secret_file.read_text().strip()})
+    if not token or settings.jwt_signing_key is None:
+        err.print("vocalborn: needs --token (VOCALBORN_TOKEN) and JWT_SECRET or --data-dir")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        user = decode_access_token(token, settings)
+    except Unauthorized as exc:
+        err.print(f"vocalborn: {exc.message}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from exc
+    print(web_link(api_url, issue_access_token(settings, user.user_id, user.role, ttl)))
 
 
 @cli.command("migrate")
@@ -159,7 +181,8 @@ def analyze_command(
         typer.Argument(exists=True, dir_okay=False, readable=True, help="recordings"),
     ],
     session: Annotated[
-        str | None, typer.Option("--session", help="practice session id (new unless given)")
+        uuid.UUID | None,
+        typer.Option("--session", help="practice session id (new unless given)"),
     ] = None,
     language: Annotated[
         Literal["zh-TW", "en"], typer.Option("--language", help="language of the speech")
@@ -180,14 +203,15 @@ def analyze_command(
     parameters: dict[str, object] = {"language": language}
     if target_text is not None:
         parameters["target_text"] = target_text
-    options = Options(files, session, parameters, json_output, cancel_on_interrupt)
+    session_id = str(session) if session else None
+    options = Options(files, session_id, parameters, json_output, cancel_on_interrupt)
     out, err = Console(), Console(stderr=True)
     _client(api_url, token, lambda api: analyze(api, options, out, err))
 
 
 @cli.command("status")
 def status_command(
-    task_id: str,
+    task_id: uuid.UUID,
     json_output: JsonFlag = False,
     api_url: ApiUrl = DEFAULT_API_URL,
     token: Token = "",
@@ -196,7 +220,7 @@ def status_command(
     from app.client.render import status_view
 
     async def body(api: Api) -> int:
-        doc = await api.status(task_id)
+        doc = await api.status(str(task_id))
         if json_output:
             print(json.dumps(doc, ensure_ascii=False))
         else:
@@ -208,7 +232,7 @@ def status_command(
 
 @cli.command("result")
 def result_command(
-    task_id: str,
+    task_id: uuid.UUID,
     json_output: JsonFlag = False,
     api_url: ApiUrl = DEFAULT_API_URL,
     token: Token = "",
@@ -218,7 +242,7 @@ def result_command(
 
     async def body(api: Api) -> int:
         try:
-            doc = await api.result(task_id)
+            doc = await api.result(str(task_id))
         except ApiError as exc:
             if exc.code != "result_not_ready":
                 raise
@@ -227,19 +251,21 @@ def result_command(
         if json_output:
             print(json.dumps(doc, ensure_ascii=False))
         else:
-            Console().print(result_view(task_id, doc), highlight=False)
+            Console().print(result_view(str(task_id), doc), highlight=False)
         return EXIT_OK
 
     _client(api_url, token, body)
 
 
 @cli.command("cancel")
-def cancel_command(task_id: str, api_url: ApiUrl = DEFAULT_API_URL, token: Token = "") -> None:
+def cancel_command(
+    task_id: uuid.UUID, api_url: ApiUrl = DEFAULT_API_URL, token: Token = ""
+) -> None:
     """Cancel a task (pending or retrying at once, processing through the worker)."""
     from app.client.render import status_view
 
     async def body(api: Api) -> int:
-        Console().print(status_view(await api.cancel(task_id)), highlight=False)
+        Console().print(status_view(await api.cancel(str(task_id))), highlight=False)
         return EXIT_OK
 
     _client(api_url, token, body)

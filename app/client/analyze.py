@@ -94,7 +94,10 @@ async def analyze(api: Api, options: Options, out: Console, err: Console) -> int
     status_console.print(f"practice session {session_id}", highlight=False)
     submitted: list[tuple[Path, Doc]] = []
     for path in options.files:
-        record = await api.upload(session_id, path)
+        try:
+            record = await api.upload(session_id, path)
+        except ApiError as exc:  # say which file (415 for a type the API does not take)
+            raise ApiError(exc.status, exc.code, f"{path}: {exc.message}") from exc
         submitted.append((path, record))
     progress = Progress(
         TextColumn("{task.description}"),

@@ -15,10 +15,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+import jwt
 import pytest
 from redis.asyncio import Redis
 
 from app.analysis.progress import session_topic, stream_key
+from app.auth import decode_access_token
 from tests.analysis.conftest import wait_for
 from tests.clients.conftest import SAMPLE, VOCALBORN, LiveSystem, silent_wav
 
@@ -250,3 +253,40 @@ async def test_interrupt_on_a_terminal_asks_then_cancels(live: LiveSystem) -> No
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_bad_input_exits_2_with_a_clear_message(live: LiveSystem, tmp_path: Path) -> None:
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio at all")
+    code, out, err = await run(live, "analyze", str(text))
+    assert code == 2, out + err
+    assert f"{text}: " in err and "HTTP 415" in err, err
+    unknown = "00000000-0000-0000-0000-000000000000"
+    code, out, err = await run(live, "analyze", str(SAMPLE), "--session", unknown)
+    assert code == 2 and "not_found" in err, out + err
+    for args in (["status", "not-a-task"], ["analyze", str(SAMPLE), "--session", "abc"]):
+        code, out, err = await run(live, *args)
+        assert code == 2 and "valid UUID" in " ".join(err.split()), (args, out, err)
+    code, out, err = await run(live, "status", unknown, "--token", "")
+    assert code == 2 and "no token" in err, out + err
+
+
+async def test_link_prints_a_short_lived_token_for_the_same_user(live: LiveSystem) -> None:
+    env = live.env | {"JWT_SECRET": live.settings.jwt_secret or ""}
+    completed = await asyncio.to_thread(
+        subprocess.run, [str(VOCALBORN), "link"], env=env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    link = completed.stdout.strip()
+    assert link.startswith(f"{live.api_url}/#token=")
+    token = link.split("#token=", 1)[1]
+    user = decode_access_token(token, live.settings)
+    assert user.user_id == live.user.user_id
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] == 3600
+    async with httpx.AsyncClient(base_url=live.api_url) as http:
+        listed = await http.get(
+            "/api/v1/practice/sessions", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert listed.status_code == 200

@@ -65,7 +65,7 @@ const TEXT = {
     noHistory: "還沒有完成的分析。",
     when: "時間",
     session: "課程",
-    expired: "權杖無效或已過期：請執行 vocalborn link demo@vocalborn.local 取得新連結。",
+    expired: "權杖無效或已過期：請在終端機執行 vocalborn link 取得新連結。",
     error: (m) => `錯誤：${m}`,
   },
   en: {
@@ -124,7 +124,7 @@ const TEXT = {
     noHistory: "No finished analysis yet.",
     when: "When",
     session: "Session",
-    expired: "The token is invalid or has expired: run vocalborn link demo@vocalborn.local for a new link.",
+    expired: "The token is invalid or has expired: run vocalborn link in a terminal for a new link.",
     error: (m) => `Error: ${m}`,
   },
 };
