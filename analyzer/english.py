@@ -60,6 +60,7 @@ METHOD = (
     "between the two per frame (goodness of pronunciation, Witt & Young 2000); a word is "
     f"acceptable when the mean of its phones is >= {WORD_OK} nats/frame."
 )
+COMBINATION = f"100 x words whose mean phone GOP is >= {WORD_OK} nats/frame / words aligned"
 LIMITS = (
     "The bundled model is adult American English read speech; synthetic, accented and "
     "children's speech score lower; a left-out or replaced word pulls its neighbours down; "
@@ -207,7 +208,7 @@ def assess_english(
         "word_threshold_nats_per_frame": WORD_OK,
         "lowest_words": [r["text"] for r in sorted(rows, key=lambda r: r["gop_mean"])][:5],
         "not_in_dictionary": unknown,
-        "combination": "100 x words with mean phone GOP >= threshold / aligned words",
+        "combination": COMBINATION,
         "sources": SOURCES,
         "limits": LIMITS,
     }

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from analyzer import measures, scoring
+from analyzer import measures, quality, scoring
 from analyzer.errors import AnalyzerError, install_error_handlers
 from analyzer.schemas import AnalyzeParams
 from analyzer.service import AnalyzerService
@@ -139,6 +139,16 @@ async def info(request: Request) -> dict[str, Any]:
         },
         "voice_norms_note": measures.MDVP_NOTE,
         "scores": scoring.describe(),
+        "recording_quality": {
+            "basis": "measured on the decoded source samples before anything is scored; each "
+            "finding is a warning with a message in zh-TW and English, and one that makes a "
+            "score unreliable nulls that score with the finding as its reason",
+            "thresholds": quality.THRESHOLDS,
+        },
+        "durations": "every duration, the length limit and the truncated flag come from the "
+        "decoded sample count; a container's own duration is reported as audio."
+        "container_duration with kind 'exact' (index, header frame count) or 'estimate' "
+        "(FFmpeg's bitrate extrapolation: ADTS AAC, MP3 without a Xing/Info header)",
         "sources": scoring.SOURCES,
         "progress_steps": ["decoding", "feature_extraction", "syllable_detection", "scoring",
                            "suggestions"],

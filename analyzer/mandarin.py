@@ -83,6 +83,11 @@ METHOD = (
     "each nucleus' F0 contour, in semitones around the speaker's median divided by the "
     "speaker's F0 spread, is classified by the nearest Chao tone template."
 )
+COMBINATION = (
+    f"100 x ({WEIGHT_TONES} x tone_accuracy + {WEIGHT_COMPLETENESS} x completeness); "
+    "tone_accuracy = correct / scored syllables (neutral tones not scored), completeness = "
+    "max(0, 1 - (missing + extra) / expected syllables)"
+)
 LIMITS = (
     "Tones only, not initials or finals; templates describe read, citation-like speech and "
     "are checked on synthetic speech (eSpeak NG), not on clinical recordings; a syllable the "
@@ -338,8 +343,7 @@ def assess_mandarin(
         "syllables_missing": len(missing),
         "syllables_extra": len(extra),
         "missing": [{"text": r["text"], "pinyin": r["pinyin"]} for r in missing],
-        "combination": f"100 x ({WEIGHT_TONES} x tone_accuracy + {WEIGHT_COMPLETENESS} x "
-        "completeness), completeness = 1 - (missing + extra) / expected",
+        "combination": COMBINATION,
         "sources": SOURCES,
         "limits": LIMITS,
     }

@@ -164,6 +164,7 @@ def overall(*scores: float | None) -> float | None:
 
 def describe() -> dict[str, Any]:
     """Definitions, bands, weights and sources of every score, for GET /v1/info."""
+    from analyzer import english, mandarin
 
     def family(components: tuple[Component, ...], basis: str) -> dict[str, Any]:
         return {
@@ -179,8 +180,17 @@ def describe() -> dict[str, Any]:
     return {
         "fluency_score": family(FLUENCY, FLUENCY_BASIS),
         "rhythm_score": family(RHYTHM, RHYTHM_BASIS),
-        "overall_score": {"basis": "mean of the scores that could be computed"},
-        "pronunciation_accuracy": {
-            "basis": "always null: target-text alignment is not supported in the reference service"
+        "overall_score": {
+            "basis": "mean of the scores that could be computed: fluency, rhythm and, when a "
+            "target text was measured, pronunciation accuracy"
         },
-    }
+        "pronunciation_accuracy": {
+            "basis": "measured against target_text for Mandarin (zh-TW, zh-CN: tones) and "
+            "English (phones); null with the reason otherwise, and when a recording-quality "
+            "defect makes it unreliable (see recording_quality)",
+            "mandarin": {"method": mandarin.METHOD, "combination": mandarin.COMBINATION,
+                         "sources": mandarin.SOURCES, "limits": mandarin.LIMITS},
+            "english": {"method": english.METHOD, "combination": english.COMBINATION,
+                        "sources": english.SOURCES, "limits": english.LIMITS},
+        },
+    }  # fmt: skip

@@ -140,3 +140,16 @@ async def test_service_scores_tones_over_http(api: httpx.AsyncClient) -> None:
     body = response.json()
     assert body["pronunciation_accuracy"] is not None and body["pronunciation_accuracy"] >= 85
     assert body["overall_score"] is not None
+
+
+async def test_info_documents_pronunciation_and_quality(api: httpx.AsyncClient) -> None:
+    info = (await api.get("/v1/info")).json()
+    pron = info["scores"]["pronunciation_accuracy"]
+    for language in ("mandarin", "english"):
+        entry = pron[language]
+        assert entry["method"] and entry["combination"] and entry["limits"] and entry["sources"]
+    assert any("Witt" in s for s in pron["english"]["sources"])
+    assert any("pypinyin" in s for s in pron["mandarin"]["sources"])
+    clipped = info["recording_quality"]["thresholds"]["clipped"]
+    assert clipped["min_run_samples"] == 3 and clipped["source"]
+    assert "decoded sample count" in info["durations"]
