@@ -45,11 +45,13 @@ CHAO: dict[int, tuple[float, float, float]] = {
     4: (5, 3, 1),
 }
 FULL_THIRD = (2, 1, 4)  # 214, only before a pause or at the end (Chao 1968)
-# Normalised units per Chao step (5 -> +0.8, 1 -> -0.8): the middle of the range 0.35-0.5
-# that gave the same accuracies on the committed fixtures.
+# Normalised units per Chao step (5 -> +0.8, 1 -> -0.8): the middle of the range 0.35-0.45
+# that gave the same results on the committed fixtures (docs/analysis.md).
 CHAO_SCALE = 0.4
 SOFTMAX_SD = 0.5  # spread of the template likelihoods (normalised units)
-LEVEL_WEIGHT = 0.5  # weight of the mean level against the shape (level drifts over a sentence)
+# Weight of the mean level against the shape (level drifts over a sentence); 0.5-0.7 gave the
+# same results on the committed fixtures, 0.3 misread one syllable.
+LEVEL_WEIGHT = 0.5
 MIN_VOICED_FRAMES = 4
 # The contour read for a syllable: from 50 ms before its nucleus (the intensity peak) to 200 ms
 # after it (at most half-way to the neighbouring nuclei). The onset is mostly left out: the
