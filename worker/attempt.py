@@ -1,10 +1,10 @@
 """One attempt at one analysis task, in three phases (see also worker/outcome.py):
 
-1. The AI call: the recording is streamed to the AI service while the lease keeper renews the
-   lease beside it; progress is relayed best effort, off the AI read loop.
+1. The AI call: the recording is streamed to the AI service while the worker renews the
+   lease (worker/lease.py); progress is relayed best effort, off the AI read loop.
 2. The outcome (success, retry, deferral, failure, cancel) is committed to PostgreSQL, the
    source of truth, fenced by the attempt number, retried through transient database errors.
-   The lease keeper has stopped by then: nothing can cancel an attempt while it records its
+   The lease is closed by then: nothing can cancel an attempt while it records its
    outcome.
 3. After the commit, what touches Redis (breaker bookkeeping, publishing, re-enqueueing) is
    best effort: it can never change the committed outcome.
@@ -29,7 +29,7 @@ from app.analysis import steps
 from app.analysis.lifecycle import Claim
 from app.metrics import AI_REQUESTS
 from worker.context import WorkerDeps
-from worker.lease import LeaseKeeper, StopReason
+from worker.lease import Lease, StopReason
 from worker.outcome import AFTER_COMMIT_SECONDS, CircuitOpen, NotRecorded, Recorder
 from worker.relay import ProgressRelay
 from worker.retry import classify
@@ -58,7 +58,7 @@ class Attempt:
         self.recorder = Recorder(deps, claimed, lease_deadline)
         self._last_progress: tuple[int, str] = (0, steps.UPLOADING.code)
         self._relay: ProgressRelay | None = None
-        self._keeper: LeaseKeeper | None = None
+        self._lease: Lease | None = None
 
     async def run(self) -> str:
         """Run the attempt to a committed outcome; returns it in words (for arq's log).
@@ -72,8 +72,8 @@ class Attempt:
                 raise
             return await _to_the_end(self.claimed, self._record(outcome))
         finally:
-            if self._keeper is not None:
-                self._keeper.release()
+            if self._lease is not None:
+                self._lease.release()
 
     async def fail_now(self, error_class: ErrorClass, message: str) -> str:
         """Fail the task without calling the AI service (a crash loop)."""
@@ -100,18 +100,17 @@ class Attempt:
         return await self._analyse()
 
     async def _analyse(self) -> AIResult | AnalysisError | StopReason:
-        """The AI call beside the lease keeper: its result or error, or why the keeper stopped
-        it. The keeper and the progress relay have stopped (within their bounded close)
-        when this returns or raises."""
-        keeper = self._keeper = LeaseKeeper(
-            self.deps, self.claimed, self.job_id, self.recorder.lease_deadline
+        """The AI call while the worker renews its lease: its result or error, or why the
+        lease stopped it. The lease is closed and the progress relay has stopped (within its
+        bounded close) when this returns or raises."""
+        lease = self._lease = self.deps.leases.hold(
+            self.claimed, self.job_id, self.recorder.lease_deadline
         )
-        relay = self._relay = ProgressRelay(self.deps, self.claimed, keeper)
-        keeper.start()
+        relay = self._relay = ProgressRelay(self.deps, self.claimed, lease)
         relay.start()
         call = asyncio.create_task(self._call_ai())
         limit = self.deps.settings.ai_deadline_seconds + DEADLINE_GRACE_SECONDS
-        either: list[asyncio.Future[Any]] = [call, keeper.stopped]
+        either: list[asyncio.Future[Any]] = [call, lease.stopped]
         try:
             await asyncio.wait(either, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
             answered = call.done()
@@ -120,17 +119,17 @@ class Attempt:
                 await _abandon(call)
             await relay.close()
             # Phases 2 and 3 may take up to one lease past the lease, then the effects.
-            lease = self.deps.settings.lease_seconds
-            hold = keeper.deadline + lease - time.monotonic() + AFTER_COMMIT_SECONDS
-            await keeper.close(hold_for=hold)
-            self.recorder.lease_deadline = keeper.deadline
+            lease_seconds = self.deps.settings.lease_seconds
+            hold = lease.deadline + lease_seconds - time.monotonic() + AFTER_COMMIT_SECONDS
+            lease.close(hold_for=hold)
+            self.recorder.lease_deadline = lease.deadline
         if answered:
             if call.cancelled():  # not by us: something inside gave the call up
                 return AIServiceError("The AI call was cancelled")
             error = call.exception()
             return call.result() if error is None else classify(error)
-        if keeper.stopped.done():
-            return keeper.stopped.result()
+        if lease.stopped.done():
+            return lease.stopped.result()
         return AnalysisTimeout(f"No answer from the AI service within {limit:.0f} s")
 
     async def _call_ai(self) -> AIResult:

@@ -15,6 +15,7 @@ from app.analysis.progress import Publisher
 from app.settings import Settings
 from app.storage import Storage
 from worker.breaker import CircuitBreaker
+from worker.lease import Leases
 from worker.retry import RetryPolicy
 
 
@@ -29,6 +30,7 @@ class WorkerDeps:
     policy: RetryPolicy
     publisher: Publisher
     worker_name: str
+    leases: Leases
 
 
 def default_worker_name() -> str:

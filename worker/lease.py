@@ -1,16 +1,23 @@
-"""Keeps an attempt's lease alive while its AI call runs, whatever the AI service is doing.
+"""The leases a worker holds, renewed together, whatever the AI service is doing.
 
-Every quarter of the lease it extends `lease_expires_at` in the row (and arq's in-progress key,
-best effort) to one lease and a quarter from then (`lease_span`): at every moment at least one
-whole lease remains, so a PostgreSQL or Redis outage shorter than the lease never costs the
-lease, and a killed worker's task is picked up again after at most a lease and a quarter. If the row
-says the attempt lost the task, or that a cancel was requested, it resolves `stopped`, which
-the attempt waits on beside its AI call.
+Every quarter of the lease one statement extends `lease_expires_at` of every attempt the worker
+runs to one lease and a quarter from then (`lease_span`), and one pipeline extends their arq
+in-progress keys (best effort): renewing costs a worker two round trips per period, however
+many tasks it holds (BullMQ's worker extends all of its locks in one call the same way). At
+every moment at least one whole lease remains, so a PostgreSQL or Redis outage shorter than the
+lease never costs it, and a killed worker's tasks are picked up again after at most a lease and
+a quarter. If the row says an attempt lost its task, or that a cancel was requested, that
+attempt's `Lease.stopped` resolves; the attempt waits on it beside its AI call. A row another
+transaction holds locked is skipped for that round, never waited on.
 
-It cancels nothing and is never stopped by cancelling a command in flight: `close()` sets an
-event that the loop checks between renewals and waits a bounded time for it to end. A renewal
-stuck in a command (redis-py can swallow a cancellation inside its timeout block, its issues
-2028 and 2551) is left to end by itself; it can never hold the attempt open.
+arq's in-progress key of a new attempt is cut to a lease span at once (arq sets it to the job
+timeout), and a closing attempt's key is held for what the attempt still has to do (commit its
+outcome, then its effects) so that arq does not start the job again meanwhile; extensions that
+fail are tried again soon, all of them in one pipeline.
+
+Nothing here is stopped by cancelling a command in flight: the loop checks an event between
+rounds and `Leases.stop()` waits a bounded time for it (redis-py can swallow a cancellation
+inside its timeout block, its issues 2028 and 2551); `Lease.close()` never waits at all.
 """
 
 from __future__ import annotations
@@ -20,19 +27,20 @@ import contextlib
 import enum
 import logging
 import time
-from typing import Any
+
+from arq.connections import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.analysis import lifecycle, queue
 from app.analysis.lifecycle import Claim
-from worker.context import WorkerDeps
 
 log = logging.getLogger(__name__)
 
 # Renewals come every this share of the lease; each takes the lease plus one such period.
 RENEW_SHARE = 0.25
-# After a failed renewal, the next one comes after this share of the lease.
+# After a failed renewal or extension, the next try comes after this share of the lease.
 RETRY_SHARE = 0.1
-# How long `close()` waits for a renewal in flight before leaving it to end by itself.
+# How long `Leases.stop()` waits for a round in flight before leaving it to end by itself.
 CLOSE_WAIT_SECONDS = 2.0
 
 
@@ -43,117 +51,171 @@ def lease_span(lease: float) -> float:
 
 
 class StopReason(enum.StrEnum):
-    """Why the keeper stopped an attempt's AI call."""
+    """Why a lease stopped an attempt's AI call."""
 
     CANCEL_REQUESTED = "cancel_requested"
     LEASE_LOST = "lease_lost"
 
 
-class LeaseKeeper:
-    """One attempt's lease, renewed until `close()`; `stopped` resolves when the row says the
-    attempt must stop."""
+class Lease:
+    """One attempt's lease, renewed by its worker's `Leases` until `close()`; `stopped`
+    resolves when the row says the attempt must stop. `deadline` (time.monotonic()): when the
+    lease ends, as far as this worker knows."""
 
-    def __init__(self, deps: WorkerDeps, claimed: Claim, job_id: str, deadline: float) -> None:
-        """`deadline`: when the lease taken by the claim ends (time.monotonic())."""
-        self._deps = deps
-        self._claimed = claimed
-        self._job_id = job_id
-        self._closing = asyncio.Event()
-        self._renewals: asyncio.Task[None] | None = None
-        self._hold: asyncio.Task[None] | None = None
-        self.stopped: asyncio.Future[StopReason] = asyncio.get_running_loop().create_future()
+    def __init__(self, leases: Leases, claimed: Claim, job_id: str, deadline: float) -> None:
+        self._leases = leases
+        self.claimed = claimed
+        self.job_id = job_id
         self.deadline = deadline
-
-    @property
-    def lease(self) -> float:
-        return self._deps.settings.lease_seconds
-
-    def start(self) -> None:
-        """Start renewing; the first step cuts arq's in-progress marker to a `lease_span`."""
-        self._renewals = asyncio.create_task(self._renew_until_closed())
-
-    async def close(self, hold_for: float = 0.0) -> None:
-        """Stop renewing: returns within CLOSE_WAIT_SECONDS, whatever a renewal is doing.
-        With `hold_for` (seconds), arq's in-progress key is then made to last that long: what
-        the attempt still has to do once the keeper stops (commit its outcome, then its
-        effects), so that arq does not start the job a second time meanwhile. That extension
-        is tried again, soon, until it succeeds or the hold is over (Redis may be down just
-        now), by a task that `release()` ends."""
-        self._closing.set()
-        if self._renewals is not None:
-            await self._bounded(self._renewals, "lease renewal")
-        if hold_for > 0:
-            # Beside the commit, not before it: a Redis outage must not delay the outcome.
-            self._hold = asyncio.create_task(self._hold_in_progress(time.monotonic() + hold_for))
-
-    def release(self) -> None:
-        """The attempt is over: stop holding arq's in-progress key (arq removes it now)."""
-        if self._hold is not None and not self._hold.done():
-            self._hold.cancel()  # not awaited: a command in flight may never acknowledge
-
-    async def _hold_in_progress(self, until: float) -> None:
-        while (left := until - time.monotonic()) > 0:
-            if await self._extend_in_progress(left):
-                return
-            await asyncio.sleep(min(self.lease * RETRY_SHARE, left))  # a period between tries
-
-    async def _bounded(self, task: asyncio.Task[Any], what: str) -> None:
-        done, _ = await asyncio.wait([task], timeout=CLOSE_WAIT_SECONDS)
-        if not done:
-            log.warning("%s of %s still in flight; left to end", what, self._job_id)
-            task.cancel()  # not awaited: it may never acknowledge
+        self.closing = False
+        self.stopped: asyncio.Future[StopReason] = asyncio.get_running_loop().create_future()
 
     def observe(self, cancel_requested: bool | None) -> None:
         """What a fenced write of this attempt said: None, it lost the task; True, a cancel
-        was requested. Either resolves `stopped`, unless the keeper is closing."""
+        was requested. Either resolves `stopped`, unless the lease is closing."""
         if cancel_requested is None:
             self._stop(StopReason.LEASE_LOST)
         elif cancel_requested:
             self._stop(StopReason.CANCEL_REQUESTED)
 
     def _stop(self, reason: StopReason) -> None:
-        if not self.stopped.done() and not self._closing.is_set():
+        if not self.stopped.done() and not self.closing:
             self.stopped.set_result(reason)
 
-    async def _renew_until_closed(self) -> None:
-        renewed = await self._extend_in_progress()
-        while not await self._closed_within(
-            self.lease * RENEW_SHARE if renewed else self.lease * RETRY_SHARE
-        ):
-            # After a failure, soon again: an outage shorter than the lease costs nothing.
-            renewed = await self._renew() and await self._extend_in_progress()
+    def close(self, hold_for: float = 0.0) -> None:
+        """Stop renewing, at once (a round in flight is not waited for: what it says of this
+        lease is ignored). With `hold_for` (seconds), arq's in-progress key is then made to
+        last that long, tried again soon until it holds or the hold is over (Redis may be
+        down just now), until `release()`."""
+        self.closing = True
+        self._leases.drop(self, hold_for)
 
-    async def _renew(self) -> bool:
-        """Extend the lease in the row; False when that failed (to be tried again soon)."""
-        started = time.monotonic()
-        try:
-            cancel_requested = await lifecycle.renew_lease(
-                self._deps.engine, self._claimed, lease_span(self.lease)
-            )
-        except Exception as exc:
-            log.warning("lease renewal of %s failed (%r); retrying", self._job_id, exc)
-            return False
-        if cancel_requested is not None:
-            self.deadline = started + lease_span(self.lease)
-        self.observe(cancel_requested)
-        return True
+    def release(self) -> None:
+        """The attempt is over: stop holding arq's in-progress key (arq removes it now)."""
+        self._leases.forget_key(self.job_id)
 
-    async def _closed_within(self, seconds: float) -> bool:
-        """Wait up to `seconds` for `close()`: True if it came."""
+
+class Leases:
+    """Every lease of one worker, renewed by one loop (`start()`, `stop()`)."""
+
+    def __init__(self, lease: float, engine: AsyncEngine, arq: ArqRedis) -> None:
+        """`lease`: seconds (LEASE_SECONDS)."""
+        self.lease = lease
+        self._engine = engine
+        self._arq = arq
+        self._held: dict[str, Lease] = {}  # by job id: the leases being renewed
+        # In-progress keys to extend, by job id: until when (time.monotonic()) for a closing
+        # attempt's hold, None for a lease span.
+        self._keys: dict[str, float | None] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._renew_until_stopped(), name="leases")
+
+    async def stop(self) -> None:
+        """Stop renewing: returns within CLOSE_WAIT_SECONDS, whatever a round is doing."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop is None:
+            return
+        done, _ = await asyncio.wait([self._loop], timeout=CLOSE_WAIT_SECONDS)
+        if not done:
+            log.warning("a lease round still in flight at shutdown; left to end")
+            self._loop.cancel()  # not awaited: it may never acknowledge
+
+    def hold(self, claimed: Claim, job_id: str, deadline: float) -> Lease:
+        """Renew the lease `claimed` took (ending at `deadline`, time.monotonic()) until the
+        returned Lease is closed; its in-progress key is cut to a lease span at once."""
+        lease = self._held[job_id] = Lease(self, claimed, job_id, deadline)
+        self._keys[job_id] = None
+        self._wake.set()
+        return lease
+
+    def drop(self, lease: Lease, hold_for: float) -> None:
+        """`lease` is closing (Lease.close)."""
+        if self._held.get(lease.job_id) is lease:
+            del self._held[lease.job_id]
+        if hold_for > 0:
+            self._keys[lease.job_id] = time.monotonic() + hold_for
+            self._wake.set()
+        else:
+            self._keys.pop(lease.job_id, None)
+
+    def forget_key(self, job_id: str) -> None:
+        self._keys.pop(job_id, None)
+
+    # -- the loop -------------------------------------------------------------------------
+    async def _renew_until_stopped(self) -> None:
+        renewal_due = time.monotonic() + self.lease * RENEW_SHARE
+        keys_due = 0.0  # pending extensions go at once, or this long after a failure
+        while not self._stopping:
+            now = time.monotonic()
+            due = min(renewal_due, keys_due) if self._keys else renewal_due
+            if due > now:
+                await self._woken_within(due - now)
+                continue
+            if now >= renewal_due:
+                renewed = await self._renew()
+                share = RENEW_SHARE if renewed else RETRY_SHARE
+                renewal_due = time.monotonic() + self.lease * share
+            if self._keys and time.monotonic() >= keys_due:
+                extended = await self._extend_keys()
+                keys_due = 0.0 if extended else time.monotonic() + self.lease * RETRY_SHARE
+
+    async def _woken_within(self, seconds: float) -> None:
+        """Wait up to `seconds` for a new key or `stop()`."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                await self._closing.wait()
-        return self._closing.is_set()
+                await self._wake.wait()
+        self._wake.clear()
 
-    async def _extend_in_progress(self, seconds: float | None = None) -> bool:
-        """arq's in-progress key follows the lease (or lasts `seconds`), so that arq starts a
-        dead worker's job again after about a lease and a quarter (the row still decides who
-        runs it). False on failure: tried again soon, or arq would start the job a second time
-        beside this attempt."""
-        ttl_ms = int((seconds or lease_span(self.lease)) * 1000)
+    async def _renew(self) -> bool:
+        """Extend every held lease in the rows; False when that failed (tried again soon)."""
+        leases = list(self._held.values())
+        if not leases:
+            return True
+        started = time.monotonic()
+        span = lease_span(self.lease)
         try:
-            await queue.extend_in_progress(self._deps.arq, self._job_id, ttl_ms)
+            answers = await lifecycle.renew_leases(
+                self._engine, [lease.claimed for lease in leases], span
+            )
         except Exception as exc:
-            log.warning("extending arq's in-progress key of %s failed: %r", self._job_id, exc)
+            log.warning("renewing %d lease(s) failed (%r); retrying", len(leases), exc)
             return False
+        for lease in leases:
+            if lease.closing or lease.claimed.task_id not in answers:
+                continue  # closed meanwhile, or its row was locked: renewed next time
+            cancel_requested = answers[lease.claimed.task_id]
+            if cancel_requested is not None:
+                lease.deadline = started + span
+                self._keys.setdefault(lease.job_id, None)  # the key follows the lease
+            lease.observe(cancel_requested)
+        return True
+
+    async def _extend_keys(self) -> bool:
+        """One pipeline for every pending extension of an in-progress key; False when it
+        failed (tried again soon: otherwise arq starts a job a second time beside its live
+        attempt, or only after its timeout if the worker dies)."""
+        now = time.monotonic()
+        sent = dict(self._keys)
+        ttl_ms = {}
+        for job_id, until in sent.items():
+            if until is not None and until <= now:
+                self._keys.pop(job_id, None)  # the hold is over
+            else:
+                left = until - now if until is not None else lease_span(self.lease)
+                ttl_ms[job_id] = int(left * 1000)
+        if not ttl_ms:
+            return True
+        try:
+            await queue.extend_in_progress(self._arq, ttl_ms)
+        except Exception as exc:
+            log.warning("extending %d in-progress key(s) failed: %r", len(ttl_ms), exc)
+            return False
+        for job_id in ttl_ms:
+            if job_id in self._keys and self._keys[job_id] == sent[job_id]:
+                del self._keys[job_id]  # unless it changed meanwhile (a lease closing)
         return True

@@ -22,6 +22,7 @@ from worker.breaker import CircuitBreaker
 from worker.context import WorkerDeps, default_worker_name
 from worker.cron import cleanup_expired, heartbeat_forever, reconcile
 from worker.jobs import analyze_recording
+from worker.lease import Leases
 from worker.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,9 @@ async def startup(ctx: dict[str, Any]) -> None:
         policy=RetryPolicy(settings),
         publisher=Publisher(arq, estimator, publish_settings(settings)),
         worker_name=settings.worker_name or default_worker_name(),
+        leases=Leases(settings.lease_seconds, engine, arq),
     )
+    deps.leases.start()
     ctx["deps"] = deps
     ctx["heartbeat_stop"] = stop = asyncio.Event()
     ctx["heartbeat"] = asyncio.create_task(heartbeat_forever(deps, stop))
@@ -89,6 +92,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     if heartbeat is not None:
         await asyncio.wait({heartbeat}, timeout=HEARTBEAT_STOP_SECONDS)
     if deps is not None:
+        await deps.leases.stop()
         await deps.ai.aclose()
         await deps.arq.aclose(close_connection_pool=True)
         await deps.engine.dispose()

@@ -2,7 +2,7 @@
 read loop: `report` never waits, so a slow PostgreSQL or Redis can never stretch the AI call
 (nor turn into its timeout). One task writes the newest state (states that come faster than a
 write are coalesced into the newest) and publishes it; what the fenced write says (the task
-was lost, a cancel was requested) goes to the lease keeper. It stops on an event with a
+was lost, a cancel was requested) goes to the attempt's lease. It stops on an event with a
 bounded wait, never by cancelling a command in flight."""
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ import logging
 from app.analysis import lifecycle
 from app.analysis.lifecycle import Claim
 from worker.context import WorkerDeps
-from worker.lease import CLOSE_WAIT_SECONDS, LeaseKeeper
+from worker.lease import CLOSE_WAIT_SECONDS, Lease
 
 log = logging.getLogger(__name__)
 
 
 class ProgressRelay:
-    def __init__(self, deps: WorkerDeps, claimed: Claim, keeper: LeaseKeeper) -> None:
+    def __init__(self, deps: WorkerDeps, claimed: Claim, lease: Lease) -> None:
         self._deps = deps
         self._claimed = claimed
-        self._keeper = keeper
+        self._lease = lease
         self._newest: tuple[int, str] | None = None  # (percent 0..100, step code)
         self._wake = asyncio.Event()
         self._closing = False
@@ -67,4 +67,4 @@ class ProgressRelay:
             if self._closing:
                 return
             await self._deps.publisher.publish_row(row)
-            self._keeper.observe(None if row is None else row["cancel_requested_at"] is not None)
+            self._lease.observe(None if row is None else row["cancel_requested_at"] is not None)

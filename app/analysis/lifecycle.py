@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,10 +112,31 @@ PROGRESS = text(
     """
 )
 
+# One worker's leases, renewed together (worker/lease.py). A row locked by another transaction
+# is skipped, never waited on: one stuck row must not hold up the others' renewals. Per held
+# (task id, attempt): cancel_requested (NULL: not renewed) and skipped (still this attempt's,
+# but locked just now).
 RENEW = text(
-    f"""
-    UPDATE ai_analysis_tasks SET lease_expires_at = now() + make_interval(secs => :lease)
-    WHERE {_FENCE} RETURNING cancel_requested_at IS NOT NULL AS cancel_requested
+    """
+    WITH held AS (
+        SELECT * FROM unnest(CAST(:task_ids AS uuid[]), CAST(:attempts AS integer[]))
+            AS h(task_id, attempt)
+    ), free AS (
+        SELECT t.task_id FROM ai_analysis_tasks t
+        JOIN held h ON t.task_id = h.task_id AND t.attempt = h.attempt
+        WHERE t.status = 'processing'
+        FOR UPDATE OF t SKIP LOCKED
+    ), renewed AS (
+        UPDATE ai_analysis_tasks t SET lease_expires_at = now() + make_interval(secs => :lease)
+        FROM free f WHERE t.task_id = f.task_id
+        RETURNING t.task_id, t.cancel_requested_at IS NOT NULL AS cancel_requested
+    )
+    SELECT h.task_id, r.cancel_requested,
+           r.task_id IS NULL AND EXISTS (
+               SELECT 1 FROM ai_analysis_tasks t
+               WHERE t.task_id = h.task_id AND t.attempt = h.attempt AND t.status = 'processing'
+           ) AS skipped
+    FROM held h LEFT JOIN renewed r ON r.task_id = h.task_id
     """
 )
 
@@ -276,13 +298,21 @@ async def report_progress(
     return await _one(engine, PROGRESS, claimed.fence | {"progress": progress, "step": step})
 
 
-async def renew_lease(engine: AsyncEngine, claimed: Claim, lease: float) -> bool | None:
-    """None: this attempt lost the task. Otherwise whether a cancel was requested."""
+async def renew_leases(
+    engine: AsyncEngine, held: Sequence[Claim], lease: float
+) -> dict[uuid.UUID, bool | None]:
+    """Extend the lease of every attempt in `held` to `lease` seconds from now, in one
+    statement. Per task id: whether a cancel was requested, None when the attempt lost the
+    task; a task whose row another transaction holds locked just now is left out (not
+    renewed, not lost: tried again at the next renewal)."""
+    params = {
+        "task_ids": [claimed.task_id for claimed in held],
+        "attempts": [claimed.attempt for claimed in held],
+        "lease": float(lease),
+    }
     async with autocommit(engine).connect() as connection:
-        cancel_requested: bool | None = await connection.scalar(
-            RENEW, claimed.fence | {"lease": float(lease)}
-        )
-    return cancel_requested
+        rows = (await connection.execute(RENEW, params)).all()
+    return {row.task_id: row.cancel_requested for row in rows if not row.skipped}
 
 
 async def succeed(engine: AsyncEngine, claimed: Claim, result: AIResult) -> RowMapping | None:

@@ -12,7 +12,7 @@ import math
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -277,9 +277,14 @@ async def enqueue_missing(pool: ArqRedis, jobs: Sequence[tuple[uuid.UUID | str, 
     return [job_id.decode() for job_id in enqueued]
 
 
-async def extend_in_progress(pool: Redis, job_id: str, ttl_ms: int) -> None:
-    """Cut or extend arq's in-progress marker so a dead worker's job is retried after ttl."""
-    await pool.pexpire(in_progress_key_prefix + job_id, ttl_ms)
+async def extend_in_progress(pool: Redis, ttl_ms: Mapping[str, int]) -> None:
+    """Cut or extend arq's in-progress marker of each job id in `ttl_ms` to its time to live
+    (milliseconds), in one pipelined round trip, so that a dead worker's jobs are retried
+    after it. Raises what Redis raised."""
+    async with pool.pipeline(transaction=False) as pipe:
+        for job_id, ttl in ttl_ms.items():
+            pipe.pexpire(in_progress_key_prefix + job_id, ttl)
+        await pipe.execute()
 
 
 async def queue_position(pool: Redis, job_id: str) -> int | None:

@@ -1,5 +1,5 @@
-"""An attempt whose work is done is never held open by its helpers: the lease keeper stops on
-an event with a bounded wait, never by cancelling a Redis command in flight (redis-py can
+"""An attempt whose work is done is never held open by its helpers, and a worker's lease loop
+stops on an event with a bounded wait, never by cancelling a Redis command in flight (redis-py can
 swallow such a cancellation inside its timeout block, its issues 2028 and 2551)."""
 
 from __future__ import annotations
@@ -17,17 +17,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.analysis import lifecycle, queue
-from app.analysis.eta import Estimator
-from app.analysis.progress import Publisher
 from app.settings import Settings
 from tests.analysis.conftest import StartWorker, new_task, upload_recording, wait_for
 from tests.conftest import ApiUser
 from tests.fake_ai import FakeAI, ok
 from tests.faults import SwallowingConnection, command_held
-from worker.breaker import CircuitBreaker
-from worker.context import WorkerDeps
-from worker.lease import CLOSE_WAIT_SECONDS, LeaseKeeper
-from worker.retry import RetryPolicy
+from worker.lease import CLOSE_WAIT_SECONDS, Leases
 
 TASKS = 500
 RUNS = 5
@@ -132,19 +127,19 @@ async def test_no_task_stays_processing_after_its_ai_call_ended(
         assert [tuple(row) for row in outcomes] == [("success", 0, TASKS)]
 
 
-async def _closing_time(keeper: LeaseKeeper) -> float | None:
-    """How long `close()` took, or None if it still runs after a generous bound (measured, not
+async def _stopping_time(leases: Leases) -> float | None:
+    """How long `stop()` took, or None if it still runs after a generous bound (measured, not
     cut by a timeout, whose cancel could be swallowed too)."""
     started = time.monotonic()
-    closing = asyncio.create_task(keeper.close())
-    done, _ = await asyncio.wait([closing], timeout=CLOSE_WAIT_SECONDS + 5)
+    stopping = asyncio.create_task(leases.stop())
+    done, _ = await asyncio.wait([stopping], timeout=CLOSE_WAIT_SECONDS + 5)
     return time.monotonic() - started if done else None
 
 
 @pytest.mark.parametrize(
     ("pause_ms", "answered"), [(300, True), (30_000, False)], ids=["brief", "long"]
 )
-async def test_closing_the_keeper_while_a_redis_command_is_in_flight_never_hangs(
+async def test_stopping_the_leases_while_a_redis_command_is_in_flight_never_hangs(
     pause_ms: int,
     answered: bool,
     client: httpx.AsyncClient,
@@ -153,43 +148,34 @@ async def test_closing_the_keeper_while_a_redis_command_is_in_flight_never_hangs
     redis: Redis,
     worker_settings: Settings,
 ) -> None:
-    """The keeper's PEXPIRE of arq's in-progress key is held by a paused Redis, on a client
-    that swallows a cancel as redis-py can (its issues 2028 and 2551), when the keeper is
-    closed, several times. Brief pause: `close()` waits for the answer and the loop ends by
-    itself. Long pause: `close()` still returns within its bound, the command left in
-    flight. Before the fix the keeper was stopped by cancelling the renewal loop and awaiting
-    it, which a swallowed cancel turns into a wait without end."""
-    settings = worker_settings.model_copy(update={"lease_seconds": 30.0})
+    """The lease loop's PEXPIRE of arq's in-progress key is held by a paused Redis, on a
+    client that swallows a cancel as redis-py can (its issues 2028 and 2551), when the
+    attempt's lease is closed and the loop stopped, several times. The close never waits.
+    Brief pause: `stop()` waits for the answer and the loop ends by itself. Long pause:
+    `stop()` still returns within its bound, the command left in flight. Stopping by
+    cancelling the loop and awaiting it would turn a swallowed cancel into a wait without
+    end."""
     task_id = await new_task(client, alice)
     claimed = await lifecycle.claim(engine, task_id, f"{task_id}:0", "unit", lease=30.0)
     assert claimed is not None
-    arq = queue.connect(settings.redis_url, connection_class=SwallowingConnection)
-    deps = WorkerDeps(
-        settings=settings,
-        engine=engine,
-        arq=arq,
-        storage=None,  # type: ignore[arg-type]  # the keeper reads no recording
-        ai=None,  # type: ignore[arg-type]  # nor calls the AI service
-        breaker=CircuitBreaker(arq, 5, 1.0),
-        policy=RetryPolicy(settings),
-        publisher=Publisher(arq, Estimator(engine, slots=1)),
-        worker_name="unit",
-    )
+    arq = queue.connect(worker_settings.redis_url, connection_class=SwallowingConnection)
     try:
         for _ in range(5 if answered else 2):
             await redis.execute_command("CLIENT", "PAUSE", str(pause_ms), "WRITE")
-            keeper = LeaseKeeper(deps, claimed, f"{task_id}:0", time.monotonic() + 30)
-            keeper.start()
+            leases = Leases(30.0, engine, arq)
+            leases.start()
+            lease = leases.hold(claimed, f"{task_id}:0", time.monotonic() + 30)
             await wait_for(lambda: command_held(redis, "pexpire"), within=5)
-            took = await _closing_time(keeper)
-            assert took is not None, "close() still running"
+            lease.close(hold_for=60.0)  # never waits
+            took = await _stopping_time(leases)
+            assert took is not None, "stop() still running"
             assert took <= CLOSE_WAIT_SECONDS + 0.5
-            renewals = keeper._renewals
-            assert renewals is not None
+            loop = leases._loop
+            assert loop is not None
             if answered:  # ended by itself, not cancelled
-                assert renewals.done() and not renewals.cancelled()
+                assert loop.done() and not loop.cancelled()
             await redis.execute_command("CLIENT", "UNPAUSE")
-            await asyncio.wait([renewals], timeout=5)
+            await asyncio.wait([loop], timeout=5)
     finally:
         await redis.execute_command("CLIENT", "UNPAUSE")
         await arq.aclose(close_connection_pool=True)

@@ -31,9 +31,11 @@ from tests.faults import IN_ATTEMPT, Fault, FaultPlan
 from worker.main import worker_options
 
 LEASE = 2.0  # renewed every 0.5 s
-AI_LATENCY = 1.25  # with that lease: a renewal at 0.5 s and at 1.0 s, each well clear of the end
-# Calls made by the lease keeper's timer: how many of each every run surely makes (the first
-# renewal, and the in-progress extensions at the start and after it).
+# With that lease, the worker's renewals (every 0.5 s, whenever the call starts) come at least
+# twice during the call, the first within 0.5 s of its start: well clear of its end.
+AI_LATENCY = 1.25
+# Calls made by the worker's lease loop on its timer: how many of each every run surely makes
+# (the first renewal, and the in-progress extensions at the start and after it).
 TIMED = {"sql:renew": 1, "redis:PEXPIRE": 2}
 OUTAGE = 1.5  # shorter than the lease, longer than a renewal period plus half a lease
 # The statements that write an outcome: a lost answer to each is tried too.
