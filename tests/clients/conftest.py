@@ -32,7 +32,7 @@ SAMPLE = ROOT / "examples" / "sample.wav"
 VOCALBORN = Path(sys.executable).parent / "vocalborn"
 # Every analysis is stretched to at least this long, so a test can see it processing (and
 # interrupt it there) and the progress passes through several named steps.
-ANALYZER_MIN_SECONDS = 4.0
+ANALYZER_MIN_SECONDS = 6.0
 
 
 @pytest.fixture(scope="session")
