@@ -61,6 +61,7 @@ MIN_VOICED_FRAMES = 4
 WINDOW_BEFORE = 0.05
 WINDOW_AFTER = 0.20
 GAP_COST = 1.0  # alignment: one missing or extra syllable
+BAND_SLACK = 40  # alignment: syllables of drift allowed beyond the difference in counts
 POSITION_WEIGHT = 1.0  # alignment: per syllable-slot of position difference
 TONE_WEIGHT = 1.0  # alignment: 1 - P(expected tone)
 WEIGHT_TONES = 0.7
@@ -241,34 +242,43 @@ def _speech_positions(timing: Timing) -> list[float]:
 def align(expected: list[Syllable], found: list[Contour], positions: list[float]) -> list[tuple[
     int | None, int | None
 ]]:  # fmt: skip
-    """Needleman-Wunsch alignment: pairs (expected index | None, nucleus index | None)."""
+    """Needleman-Wunsch alignment: pairs (expected index | None, nucleus index | None).
+
+    Cells further than |n - m| + BAND_SLACK from the diagonal are not considered (a band keeps a
+    long recording linear; the first row and column stay open for gaps at either end).
+    """
     n, m = len(expected), len(found)
-    cost = np.full((n + 1, m + 1), np.inf)
-    move = np.zeros((n + 1, m + 1), dtype=np.int8)  # 0 match, 1 missing, 2 extra
-    cost[0, :] = np.arange(m + 1) * GAP_COST
-    cost[:, 0] = np.arange(n + 1) * GAP_COST
-    move[0, 1:], move[1:, 0] = 2, 1
+    cost = [[math.inf] * (m + 1) for _ in range(n + 1)]
+    move = [[0] * (m + 1) for _ in range(n + 1)]  # 0 match, 1 missing, 2 extra
+    cost[0] = [i * GAP_COST for i in range(m + 1)]
+    move[0] = [2] * (m + 1)
+    for k in range(n + 1):
+        cost[k][0], move[k][0] = k * GAP_COST, 1
+    band = abs(n - m) + BAND_SLACK  # cells either side of the diagonal: linear in length
     for k in range(1, n + 1):
         want = (k - 0.5) / n
         syl = expected[k - 1]
-        for i in range(1, m + 1):
+        centre = k * m / n
+        for i in range(max(1, int(centre - band)), min(m, int(centre + band) + 1) + 1):
             contour = found[i - 1]
             p_tone = 0.5 if syl.tone == 5 or not contour.probabilities else (
                 contour.probabilities.get(syl.tone, 0.0))  # fmt: skip
             match = POSITION_WEIGHT * abs(want - positions[i - 1]) * n + TONE_WEIGHT * (
                 1.0 - p_tone
             )
-            options = (
-                cost[k - 1, i - 1] + match,
-                cost[k - 1, i] + GAP_COST,
-                cost[k, i - 1] + GAP_COST,
-            )
-            best = int(np.argmin(options))
-            cost[k, i], move[k, i] = options[best], best
+            diagonal = cost[k - 1][i - 1] + match
+            missing = cost[k - 1][i] + GAP_COST
+            extra = cost[k][i - 1] + GAP_COST
+            if diagonal <= missing and diagonal <= extra:
+                cost[k][i], move[k][i] = diagonal, 0
+            elif missing <= extra:
+                cost[k][i], move[k][i] = missing, 1
+            else:
+                cost[k][i], move[k][i] = extra, 2
     pairs: list[tuple[int | None, int | None]] = []
     k, i = n, m
     while k > 0 or i > 0:
-        step = move[k, i]
+        step = move[k][i]
         if step == 0:
             pairs.append((k - 1, i - 1))
             k, i = k - 1, i - 1

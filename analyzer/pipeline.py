@@ -208,8 +208,7 @@ def build_result(
         fluency_score=fluency,
         rhythm_score=rhythm,
         detailed_analysis=detailed,
-        sentence_analyses=timing_rows + (pron.sentence_analyses if pron_entry["value"] is not None
-                                         or pron.sentence_analyses else []),
+        sentence_analyses=timing_rows + pron.sentence_analyses,
         suggestions=text if params.include_suggestions else None,
         improvement_areas=areas if params.include_suggestions else [],
         analysis_model_version=model_version,

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from analyzer.mandarin import syllables_of
+from analyzer.mandarin import Contour, Syllable, align, syllables_of
 from analyzer.pipeline import analyse_file
 from analyzer.schemas import AnalyzeParams
 from tests.analyzer.conftest import FIXTURES
@@ -153,3 +153,27 @@ async def test_info_documents_pronunciation_and_quality(api: httpx.AsyncClient) 
     clipped = info["recording_quality"]["thresholds"]["clipped"]
     assert clipped["min_run_samples"] == 3 and clipped["source"]
     assert "decoded sample count" in info["durations"]
+
+
+def _contour(t: float, tone: int) -> Contour:
+    probabilities = {k: (0.85 if k == tone else 0.05) for k in (1, 2, 3, 4)}
+    return Contour(t, (0.0, 0.0, 0.0), probabilities)
+
+
+@pytest.mark.parametrize("length", [12, 1500])
+@pytest.mark.parametrize("change", ["missing", "extra"])
+def test_alignment_finds_a_missing_or_an_extra_syllable(length: int, change: str) -> None:
+    tones = [1 + (i * 7) % 4 for i in range(length)]
+    expected = [Syllable("字", "zi", t, t, 0) for t in tones]
+    where = length // 3
+    spoken = list(tones)
+    if change == "missing":
+        del spoken[where]  # left out of the reading
+    else:
+        spoken.insert(where, 1 + (tones[where] + 1) % 4)  # an extra syllable
+    found = [_contour(0.25 * i, t) for i, t in enumerate(spoken)]
+    positions = [(i + 0.5) / len(found) for i in range(len(found))]
+    pairs = align(expected, found, positions)
+    missing = [k for k, i in pairs if i is None]
+    extra = [i for k, i in pairs if k is None]
+    assert (missing, extra) == (([where], []) if change == "missing" else ([], [where]))
