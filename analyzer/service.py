@@ -158,7 +158,3 @@ class AnalyzerService:
         result: dict[str, Any] = state["scoring"]
         result["processing_time_seconds"] = round(time.perf_counter() - started, 3)
         yield {"event": "result", "result": result}
-
-
-async def _ready(value: T) -> T:
-    return value
