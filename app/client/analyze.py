@@ -132,21 +132,23 @@ async def analyze(api: Api, options: Options, out: Console, err: Console) -> int
             await asyncio.wait({following, waiting}, return_when=asyncio.FIRST_COMPLETED)
             waiting.cancel()
             if following.done():
-                final = following.result()
-                if run.pending_results:
-                    await asyncio.gather(*run.pending_results)
+                following.result()  # raises what stopped it
             else:
                 following.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await following
+            if follower.done and run.pending_results:
+                await asyncio.gather(*run.pending_results)
     finally:
         loop.remove_signal_handler(signal.SIGINT)
-    if interrupted.is_set() and not follower.done:
+    if not follower.done:  # interrupted
         return await _interrupted(api, run, follower, options, status_console)
-    if options.json_output:
+    if options.json_output:  # plain JSON on stdout alone, for scripts
         documents = [run.results[task_id] for task_id in order]
-        out.print_json(json.dumps(documents, ensure_ascii=False))
-    ok = all(final[task_id]["status"] == "success" for task_id in order)
+        out.file.write(json.dumps(documents, ensure_ascii=False, indent=2) + "\n")
+        out.file.flush()
+    final = {task_id: doc["status"] for task_id, doc in follower.latest.items() if doc}
+    ok = all(final.get(task_id) == "success" for task_id in order)
     return EXIT_OK if ok else EXIT_FAILED
 
 
