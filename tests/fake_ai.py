@@ -73,6 +73,7 @@ class Call:
     query: dict[str, str] = field(default_factory=dict)
     finished: bool = False
     closed_by_client: bool = False
+    peer: tuple[str, int] | None = None  # the client's address: one per TCP connection
 
 
 class FakeAI:
@@ -120,6 +121,7 @@ class FakeAI:
     async def _analyze(self, request: Request) -> Response:
         mode = self._next_mode()
         call = Call(mode, headers=dict(request.headers), query=dict(request.query_params))
+        call.peer = (request.client.host, request.client.port) if request.client else None
         digest = hashlib.sha256()
         async for chunk in request.stream():
             digest.update(chunk)

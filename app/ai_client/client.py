@@ -3,9 +3,11 @@ the NDJSON answer is read line by line. Errors come out as `AnalysisError` subcl
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -133,17 +135,34 @@ async def _read(response: httpx.Response, on_progress: ProgressCallback) -> AIRe
         )
     if not response.headers.get("content-type", "").startswith(NDJSON):
         return _parse_result(await response.aread())
-    async for raw in response.aiter_lines():
+    lines = response.aiter_lines()
+    async for raw in lines:
         if not raw.strip():
             continue
         line = _parse_line(raw)
         if isinstance(line, ProgressLine):
             await on_progress(line)
         elif isinstance(line, ResultLine):
+            await _read_to_the_end(lines)
             return line.result
         elif isinstance(line, ErrorLine):
             raise error_for_status(line.error.status, line.error.message, None)
     raise AIServiceError("AI service stream ended without a result")
+
+
+# How long the end of the stream is waited for once the result line has come.
+DRAIN_SECONDS = 1.0
+
+
+async def _read_to_the_end(lines: AsyncIterator[str]) -> None:
+    """Read the answer to its end (what follows the result line: its chunked terminator, any
+    line), so that its connection goes back to the pool: closed before its end, httpcore
+    closes the connection, and the next call opens a new one. A service that does not end
+    its answer within DRAIN_SECONDS costs its connection, never the result."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in lines:
+                pass
 
 
 def _strict_json(raw: str | bytes) -> Any:

@@ -47,3 +47,19 @@ async def test_as_many_ai_calls_in_flight_as_the_worker_runs_jobs(
             call.cancel()
         await asyncio.gather(*calls, return_exceptions=True)
         await client.aclose()
+
+
+async def test_a_call_read_to_its_end_leaves_its_connection_to_the_next(
+    fake_ai: FakeAI, worker_settings: Settings
+) -> None:
+    """The result line is not the answer's end (its chunked terminator follows): a response
+    closed there made httpcore close its connection, and every call open a new one."""
+    fake_ai.reset()
+    client = AIClient(worker_settings)
+    try:
+        for n in range(3):
+            result = await client.analyze(_audio(), "audio/wav", {}, f"t{n}:1", _ignore)
+            assert result.overall_score is not None
+    finally:
+        await client.aclose()
+    assert len({call.peer for call in fake_ai.calls}) == 1
