@@ -41,6 +41,7 @@ MEDIA_TYPES = {
     "application/octet-stream": "sniff",
 }
 SNIFF_BYTES = 12
+LOSSY = frozenset({"mp3", "aac", "mp4", "ogg"})  # decoded by PyAV: lossy codecs
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -178,7 +179,7 @@ def _decode_soundfile(path: Path, container: str, max_seconds: float) -> Decoded
         decoder="soundfile",
         truncated=truncated,
         container_duration=ContainerDuration(info.frames / info.samplerate, "exact"),
-        stats=sample_stats(data, int(rate)),
+        stats=sample_stats(data, int(rate), lossy=info.subtype in ("VORBIS", "OPUS")),
     )
 
 
@@ -241,7 +242,7 @@ def _decode_pyav(path: Path, container: str, max_seconds: float) -> DecodedAudio
         decoder="pyav",
         truncated=truncated,
         container_duration=declared,
-        stats=sample_stats(source[:, np.newaxis], rate),
+        stats=sample_stats(source[:, np.newaxis], rate, lossy=container in LOSSY),
     )
 
 

@@ -49,6 +49,7 @@ THRESHOLDS: dict[str, dict[str, Any]] = {
     "clipped": {
         "full_scale": FULL_SCALE,
         "min_run_samples": CLIP_RUN,
+        "min_run_samples_lossy": 1,
         "warn_fraction": CLIP_WARN_FRACTION,
         "unreliable_fraction": CLIP_UNRELIABLE_FRACTION,
         "source": "Audacity Find Clipping (run of 3 samples); unreliable share measured on the "
@@ -76,8 +77,9 @@ class SampleStats:
     """Level facts of the decoded source samples (before resampling; float, 1.0 = full scale).
 
     clipped_fraction: share of samples in runs of >= CLIP_RUN samples with |x| >= FULL_SCALE
-    (per channel, then the worst channel); longest_clip_run: in samples; active_level_dbfs:
-    energy mean of 20 ms frames within 25 dB of the loudest frame, dB re full scale.
+    (any such sample for lossy codecs; per channel, then the worst channel);
+    longest_clip_run: in samples; active_level_dbfs: energy mean of 20 ms frames within 25 dB
+    of the loudest frame, dB re full scale.
     """
 
     peak: float
@@ -102,15 +104,15 @@ class SampleStats:
         }
 
 
-def _clip_runs(channel: npt.NDArray[np.float32]) -> tuple[int, int, int]:
-    """(samples in clipped runs, number of runs, longest run) of one channel."""
+def _clip_runs(channel: npt.NDArray[np.float32], min_run: int) -> tuple[int, int, int]:
+    """(samples in runs of >= min_run full-scale samples, number of runs, longest run)."""
     at_full = np.abs(channel) >= FULL_SCALE
     if not at_full.any():
         return 0, 0, 0
     padded = np.concatenate([[False], at_full, [False]])
     edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
     lengths = edges[1::2] - edges[::2]
-    runs = lengths[lengths >= CLIP_RUN]
+    runs = lengths[lengths >= min_run]
     return int(runs.sum()), len(runs), int(runs.max()) if len(runs) else 0
 
 
@@ -127,15 +129,18 @@ def _active_level(mono: npt.NDArray[np.float32], rate: int) -> float | None:
     return float(10 * np.log10(np.mean(active)))
 
 
-def sample_stats(data: npt.NDArray[np.float32], rate: int) -> SampleStats:
+def sample_stats(data: npt.NDArray[np.float32], rate: int, lossy: bool = False) -> SampleStats:
     """Measure clipping, DC offset and level of decoded source samples.
 
-    data: (frames, channels) float32 at the source rate, 1.0 = full scale. Never raises.
+    data: (frames, channels) float32 at the source rate, 1.0 = full scale. lossy: decoded
+    from a lossy codec (MP3, AAC, Vorbis, Opus), whose reconstruction rings around a clipped
+    plateau instead of holding it, so every sample at or beyond full scale counts, not only
+    runs (a clean recording normalised to 0 dBFS and encoded has none). Never raises.
     """
     frames = max(1, data.shape[0])
     clipped = runs = longest = 0
     for ch in range(data.shape[1]):
-        c, r, lg = _clip_runs(data[:, ch])
+        c, r, lg = _clip_runs(data[:, ch], 1 if lossy else CLIP_RUN)
         if c > clipped:
             clipped, runs = c, r
         longest = max(longest, lg)
