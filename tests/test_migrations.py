@@ -19,6 +19,7 @@ EXPECTED_TABLES = {
     "practice_records",
     "ai_analysis_tasks",
     "ai_analysis_results",
+    "audit_events",
 }
 
 

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict
 
-from app.admin import service, tasks
+from app.admin import audit, service, tasks
+from app.admin.audit import AuditDep
 from app.analysis import service as analysis_service
 from app.analysis.schemas import SubmittedTask, TaskStatusOut
 from app.deps import AdminDep, SessionDep, StateDep
@@ -28,31 +29,48 @@ class UserOut(BaseModel):
 async def list_users(
     _: AdminDep,
     session: SessionDep,
+    log: AuditDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[UserOut]:
-    return [UserOut.model_validate(u) for u in await service.list_users(session, limit, offset)]
+    async with log.action(session, "users.list", f"users?limit={limit}&offset={offset}"):
+        users = [
+            UserOut.model_validate(u) for u in await service.list_users(session, limit, offset)
+        ]
+    return users
 
 
 @router.get("/tasks/stats", response_model=tasks.TaskStats)
-async def task_stats(_: AdminDep, session: SessionDep, state: StateDep) -> tasks.TaskStats:
-    return await tasks.stats(session, state)
+async def task_stats(
+    _: AdminDep, session: SessionDep, state: StateDep, log: AuditDep
+) -> tasks.TaskStats:
+    async with log.action(session, "tasks.stats"):
+        result = await tasks.stats(session, state)
+    return result
 
 
 @router.delete("/tasks/{task_id}", status_code=202, response_model=TaskStatusOut)
 async def cancel_task(
-    task_id: uuid.UUID, admin: AdminDep, session: SessionDep, state: StateDep
+    task_id: uuid.UUID, admin: AdminDep, session: SessionDep, state: StateDep, log: AuditDep
 ) -> TaskStatusOut:
-    return await analysis_service.cancel(
-        session, state.arq, state.estimator, state.publisher, admin, task_id
-    )
+    # The cancel's UPDATE and its audit event commit together; a cancel that changed nothing
+    # (finished or unknown task) is recorded with its error code instead.
+    async with log.action(
+        session, "task.cancel", f"task:{task_id}", changed=audit.task_changed(task_id)
+    ):
+        return await analysis_service.cancel(
+            session, state.arq, state.estimator, state.publisher, admin, task_id
+        )
 
 
 @router.post("/tasks/{task_id}/retry", status_code=202, response_model=SubmittedTask)
 async def retry_task(
-    task_id: uuid.UUID, _: AdminDep, session: SessionDep, state: StateDep
+    task_id: uuid.UUID, _: AdminDep, session: SessionDep, state: StateDep, log: AuditDep
 ) -> SubmittedTask:
-    return await tasks.retry(session, state, task_id)
+    # The new task is inserted through the asyncpg pool (app.analysis.submit), not this
+    # session: its event is written right after, in a transaction of its own.
+    async with log.action(session, "task.retry", f"task:{task_id}", join_commit=False):
+        return await tasks.retry(session, state, task_id)
 
 
 class CleanupOut(BaseModel):
@@ -61,6 +79,51 @@ class CleanupOut(BaseModel):
 
 
 @router.post("/tasks/cleanup", response_model=CleanupOut)
-async def cleanup_tasks(_: AdminDep, session: SessionDep, state: StateDep) -> CleanupOut:
+async def cleanup_tasks(
+    _: AdminDep, session: SessionDep, state: StateDep, log: AuditDep
+) -> CleanupOut:
     days = state.settings.cleanup_retention_days
-    return CleanupOut(deleted_tasks=await tasks.cleanup(session, days), retention_days=days)
+    async with log.action(session, "tasks.cleanup", f"retention_days={days}"):
+        deleted = await tasks.cleanup(session, days)
+    return CleanupOut(deleted_tasks=deleted, retention_days=days)
+
+
+class AuditEventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    event_id: int
+    occurred_at: datetime
+    actor_id: uuid.UUID
+    action: str
+    target: str | None
+    request_id: str
+    outcome: str
+    details: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    events: list[AuditEventOut]
+    next_before_id: int | None
+
+
+@router.get("/audit", response_model=AuditPage)
+async def audit_log(
+    _: AdminDep,
+    session: SessionDep,
+    log: AuditDep,
+    actor_id: uuid.UUID | None = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    target: Annotated[str | None, Query(max_length=255)] = None,
+    outcome: Annotated[str | None, Query(max_length=64)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before_id: Annotated[int | None, Query(ge=1)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> AuditPage:
+    """Newest first; `next_before_id` pages on (keyset). Reading the log is audited too."""
+    filters = audit.Filters(actor_id, action, target, outcome, since, until)
+    async with log.action(session, "audit.list"):
+        events = await audit.list_events(session, filters, before_id, limit)
+    page = [AuditEventOut.model_validate(e) for e in events]
+    next_id = page[-1].event_id if len(page) == limit else None
+    return AuditPage(events=page, next_before_id=next_id)
