@@ -78,3 +78,23 @@ def test_unalignable_or_unknown_text_has_a_reason() -> None:
     result = analyse_file(HERE / "en1_correct.wav", "wav", params, "test", 600.0)
     assert result["pronunciation_accuracy"] is None
     assert "dictionary" in result["detailed_analysis"]["pronunciation_accuracy"]["reason"]
+
+
+def test_words_the_alignment_left_out_count_against_the_reading(
+    results: dict[str, dict[str, Any]],
+) -> None:
+    for result in results.values():
+        details = result["detailed_analysis"]["pronunciation_accuracy"]
+        left_out = details["words_not_aligned"]
+        assert details["words_aligned"] + len(left_out) == details["words_expected"]
+        expected = 100 * details["words_acceptable"] / details["words_expected"]
+        assert result["pronunciation_accuracy"] == pytest.approx(expected, abs=0.01)
+        assert set(left_out) <= set(result["improvement_areas"])
+    # en2's substituted reading: the alignment ends at "saturday", "morning" is left out.
+    assert SUBSTITUTED["en2"] <= set(results["en2_substituted"]["improvement_areas"])
+
+
+def test_same_recording_scores_the_same_after_another(results: dict[str, dict[str, Any]]) -> None:
+    again = analyse("en1_correct")  # the decoder has processed other recordings since
+    first = [r["gop_mean"] for r in words(results["en1_correct"])]
+    assert [r["gop_mean"] for r in words(again)] == first
