@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import make_asgi_app
+from prometheus_client import make_asgi_app, start_http_server
 
 from app import access_log
 from app.admin.router import router as admin_router
@@ -63,18 +63,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             storage=LocalStorage(settings.storage_dir),
         )
         await hub.start()
+        # The metrics on an internal port (issue 16), never on the public one in production.
+        metrics = (
+            start_http_server(settings.api_metrics_port) if settings.api_metrics_port else None
+        )
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # garbage collector's way (its full collections otherwise walk all of it).
         gc.freeze()
         try:
             yield
         finally:
+            if metrics is not None:
+                metrics[0].shutdown()
+                metrics[0].server_close()
             await hub.stop()
             await arq.aclose(close_connection_pool=True)  # not closed by default: passed in
             await pg.close()
             await engine.dispose()
 
-    app = FastAPI(title="VocalBorn analysis queue", version="0.1.0", lifespan=lifespan)
+    docs = settings.serve_docs
+    app = FastAPI(
+        title="VocalBorn analysis queue",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     install_error_handlers(app)
     app.include_router(practice_router, prefix="/api/v1")
     app.include_router(analysis_router, prefix="/api/v1")
@@ -82,7 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for path in SSE_PATHS:
         app.add_route(path, sse_events, methods=["GET"], include_in_schema=False)
     app.add_middleware(ServeStreamsFirst)
-    app.mount("/metrics", make_asgi_app())
+    if settings.metrics_on_public_port:  # development and test; else API_METRICS_PORT
+        app.mount("/metrics", make_asgi_app())
     access_log.install()
     app.include_router(admin_router, prefix="/api/v1")
     install_web_page(app)  # GET / and /web/*: the web page (issue 13)

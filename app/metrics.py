@@ -1,5 +1,7 @@
-"""Prometheus metrics (namespace `vocalborn`): the API serves them at /metrics, each worker on
-WORKER_METRICS_PORT. Defined once here; each process exports the ones it moves."""
+"""Prometheus metrics (namespace `vocalborn`): the API serves them on API_METRICS_PORT (and at
+/metrics on its public port in development and test only), each worker on WORKER_METRICS_PORT.
+Defined once here; each process exports the ones it moves. monitoring/alerts.yml and the
+Grafana dashboard use only these names (tests/ops/test_monitoring.py checks it)."""
 
 from __future__ import annotations
 

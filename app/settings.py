@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     max_audio_file_size: int = 52_428_800
     supported_audio_formats: Annotated[tuple[str, ...], NoDecode] = ("mp3", "wav", "m4a", "aac")
 
+    # Operations (issue 16). The API's Prometheus metrics on this internal port of their own
+    # (0: none); the public port serves /metrics only in development and test.
+    api_metrics_port: int = Field(0, ge=0, le=65535)
+    # /docs, /redoc and /openapi.json: None means on except in production.
+    docs_enabled: bool | None = None
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "text"] = "text"
 
@@ -136,6 +142,18 @@ class Settings(BaseSettings):
     @classmethod
     def _asyncpg_driver(cls, value: str) -> str:
         return asyncpg_url(value)
+
+    @property
+    def serve_docs(self) -> bool:
+        return (
+            self.docs_enabled
+            if self.docs_enabled is not None
+            else (self.environment != "production")
+        )
+
+    @property
+    def metrics_on_public_port(self) -> bool:
+        return self.environment in LENIENT_ENVIRONMENTS
 
     @property
     def jwt_verification_key(self) -> str | None:
