@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from app.analysis.submit import Submitter
 from app.db import create_engine, create_pg_pool, create_sessionmaker
 from app.errors import install_error_handlers
 from app.logs import configure_logging
+from app.metrics import OLDEST_WAITING_TASK
 from app.practice.router import router as practice_router
 from app.settings import Settings, get_settings
 from app.state import AppState
@@ -64,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await hub.start()
         # The metrics on an internal port (issue 16), never on the public one in production.
+        OLDEST_WAITING_TASK.attach(asyncio.get_running_loop(), pg)
         metrics = (
             start_http_server(settings.api_metrics_port) if settings.api_metrics_port else None
         )
@@ -76,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if metrics is not None:
                 metrics[0].shutdown()
                 metrics[0].server_close()
+            OLDEST_WAITING_TASK.detach(pg)
             await hub.stop()
             await arq.aclose(close_connection_pool=True)  # not closed by default: passed in
             await pg.close()

@@ -5,7 +5,16 @@ Grafana dashboard use only these names (tests/ops/test_monitoring.py checks it).
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import asyncio
+import logging
+from collections.abc import Iterator
+
+import asyncpg
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 
@@ -55,3 +64,65 @@ BREAKER_UNREADABLE = Counter(
     "vocalborn_breaker_unreadable",
     "AI calls let through because the circuit breaker's state could not be read",
 )
+
+
+OLDEST_WAITING = "vocalborn_oldest_waiting_task_age_seconds"
+OLDEST_WAITING_SQL = """
+    SELECT coalesce(extract(epoch FROM now() - min(coalesce(next_attempt_at, created_at))), 0)
+    FROM ai_analysis_tasks
+    WHERE status IN ('pending', 'retry') AND coalesce(next_attempt_at, created_at) <= now()
+"""
+
+
+class OldestWaitingTask(Collector):
+    """How long the longest-waiting due task (pending, or a retry past its time) has waited,
+    read from PostgreSQL at each scrape through an API process's asyncpg pool, on that
+    process's event loop: the scrape's thread (API_METRICS_PORT) waits at most `timeout`.
+    Registered once; an API lifespan attaches its loop and pool while it runs (the first one
+    attached answers). Nothing is exported when no source is attached, when the query fails
+    or times out, or when asked from the event loop itself (the /metrics mount of
+    development and test), which must not block on its own work."""
+
+    def __init__(self, timeout: float = 2.0) -> None:
+        self.timeout = timeout
+        self._sources: list[tuple[asyncio.AbstractEventLoop, asyncpg.Pool]] = []
+
+    def attach(self, loop: asyncio.AbstractEventLoop, pg: asyncpg.Pool) -> None:
+        self._sources.append((loop, pg))
+
+    def detach(self, pg: asyncpg.Pool) -> None:
+        self._sources = [source for source in self._sources if source[1] is not pg]
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        if not self._sources:
+            return
+        loop, pg = self._sources[0]
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop or loop.is_closed():
+            return
+        future = asyncio.run_coroutine_threadsafe(pg.fetchval(OLDEST_WAITING_SQL), loop)
+        try:
+            age = future.result(self.timeout)
+        except Exception:
+            future.cancel()
+            log.warning("oldest waiting task: no value for this scrape", exc_info=True)
+            return
+        family = self._family()
+        family.add_metric([], float(age))
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            OLDEST_WAITING, "Seconds the longest-waiting due task (pending or retry) has waited"
+        )
+
+
+OLDEST_WAITING_TASK = OldestWaitingTask()
+REGISTRY.register(OLDEST_WAITING_TASK)

@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.embedded import free_port
 from app.main import create_app
@@ -168,3 +170,39 @@ async def test_docs_switch(settings: Settings) -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             for path in ("/docs", "/openapi.json"):
                 assert (await http.get(path)).status_code == expected, (update, path)
+
+
+async def test_oldest_waiting_task_age_on_the_internal_port(
+    api: UvicornThread, production: Settings, make_user: MakeUser, engine: AsyncEngine
+) -> None:
+    user = await make_user()
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        tasks = []
+        for _ in range(3):
+            _, record, _ = await upload_recording(client, user)
+            tasks.append((await submit(client, user, record))["task_id"])
+    waiting, retry_later, retry_due = tasks
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE ai_analysis_tasks SET created_at = now() - interval '100 s'"
+                 " WHERE task_id = :t"),
+            {"t": waiting},
+        )  # fmt: skip
+        await connection.execute(
+            text("UPDATE ai_analysis_tasks SET status = 'retry', created_at = now() - interval"
+                 " '1 hour', next_attempt_at = now() + interval '1 hour' WHERE task_id = :t"),
+            {"t": retry_later},
+        )  # fmt: skip
+        await connection.execute(
+            text("UPDATE ai_analysis_tasks SET status = 'retry', created_at = now() - interval"
+                 " '1 hour', next_attempt_at = now() - interval '50 s' WHERE task_id = :t"),
+            {"t": retry_due},
+        )  # fmt: skip
+    samples = await scrape(production.api_metrics_port)
+    age = samples[("vocalborn_oldest_waiting_task_age_seconds", ())]
+    assert 100 <= age < 130  # the pending task; not the retry due in an hour, nor its age
+
+    async with engine.begin() as connection:
+        await connection.execute(text("UPDATE ai_analysis_tasks SET status = 'cancelled'"))
+    samples = await scrape(production.api_metrics_port)
+    assert samples[("vocalborn_oldest_waiting_task_age_seconds", ())] == 0
