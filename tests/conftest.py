@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app import migrate
 from app.auth import issue_access_token
+from app.db import create_pg_pool
 from app.embedded import EmbeddedPostgres, EmbeddedRedis, ensure_database
 from app.main import create_app
 from app.settings import Settings, asyncpg_url
@@ -100,6 +102,14 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
     engine = create_async_engine(settings.database_url, pool_size=5)
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def pg(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """asyncpg's own pool, as the worker's task transitions use it (app.db.create_pg_pool)."""
+    pool = await create_pg_pool(settings)
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture

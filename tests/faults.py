@@ -1,9 +1,9 @@
 """Fault injection at the seams of our I/O: the engine, the Redis client, the AI transport.
 
 A `FaultPlan` is attached where a worker takes its dependencies (its ctx: `engine`,
-`redis_connection_class`, `ai_transport`), never by patching our functions. It records every
-call an analysis attempt makes, by kind ("sql:success", "redis:PEXPIRE", "ai"), and fails the
-Nth call of one kind the way the real thing fails:
+`pg_connection_class`, `redis_connection_class`, `ai_transport`), never by patching our
+functions. It records every call an analysis attempt makes, by kind ("sql:success",
+"redis:PEXPIRE", "ai"), and fails the Nth call of one kind the way the real thing fails:
 
 - a database statement: its connection is terminated just before the statement is sent, so the
   driver raises what a dropped connection raises;
@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import asyncpg
 import httpx
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
@@ -42,6 +43,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.analysis import lifecycle
+from app.db import for_asyncpg
 
 # Set for the duration of an analysis job (arq's on_job_start), so that calls of the
 # reconciler and the heartbeat are neither counted nor targeted.
@@ -158,6 +160,30 @@ class FaultPlan:
         event.listen(engine.sync_engine, "before_cursor_execute", before_cursor_execute)
         event.listen(engine.sync_engine, "after_cursor_execute", after_cursor_execute)
         return engine
+
+    def pg_connection_class(self) -> type[asyncpg.Connection]:
+        """An asyncpg connection class (the worker's pg pool, which runs the task transitions)
+        that consults this plan before each statement, as `attach` does for the engine."""
+        plan = self
+        names = {for_asyncpg(statement).sql: name for name, statement in STATEMENTS.items()}
+
+        class FaultyPgConnection(asyncpg.Connection):
+            async def _faulty(self, run: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+                if plan.strikes(f"sql:{names.get(query) or query.split()[0].lower()}"):
+                    if plan.fault is not None and plan.fault.reply_lost:
+                        await run(query, *args, **kwargs)  # it runs, and commits
+                        self.terminate()
+                        raise ConnectionResetError("Connection reset by peer (injected)")
+                    self.terminate()  # it meets a dead line
+                return await run(query, *args, **kwargs)
+
+            async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
+                return await self._faulty(super().fetchrow, query, *args, **kwargs)
+
+            async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
+                return await self._faulty(super().fetch, query, *args, **kwargs)
+
+        return FaultyPgConnection
 
     def redis_connection_class(self) -> type[Connection]:
         """A redis-py connection class that consults this plan before each command."""

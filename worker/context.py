@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -22,7 +23,8 @@ from worker.retry import RetryPolicy
 @dataclass
 class WorkerDeps:
     settings: Settings
-    engine: AsyncEngine
+    engine: AsyncEngine  # the reconciler's, the estimator's
+    pg: asyncpg.Pool  # asyncpg's own pool: the task transitions (app.analysis.lifecycle)
     arq: ArqRedis
     storage: Storage
     ai: AIClient

@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from tenacity import (
     AsyncRetrying,
@@ -51,6 +52,8 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if isinstance(cause, OperationalError | InterfaceError | OSError):
             return True  # OSError: refused, reset, timed out (TimeoutError is one)
+        if isinstance(cause, asyncpg.InterfaceError | asyncpg.InternalClientError):
+            return True  # asyncpg itself: its connection closed, or left in a broken state
         sqlstate = getattr(cause, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate.startswith(TRANSIENT_SQLSTATES):
             return True

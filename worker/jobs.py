@@ -59,12 +59,12 @@ async def claim(deps: WorkerDeps, task_id: str, job_id: str) -> tuple[Claim | No
         nonlocal tries, started
         tries += 1
         if tries > 1:
-            adopted = await lifecycle.adopt(deps.engine, task_id, token)
+            adopted = await lifecycle.adopt(deps.pg, task_id, token)
             if adopted is not None:
                 return adopted  # its lease began at an earlier try: `started` stays
         started = time.monotonic()
         return await lifecycle.claim(
-            deps.engine, task_id, job_id, deps.worker_name, span, claim_token=token
+            deps.pg, task_id, job_id, deps.worker_name, span, claim_token=token
         )
 
     claimed = await durable(once, "claim", started + span, lease * RETRY_WAIT_SHARE)

@@ -28,8 +28,8 @@ import enum
 import logging
 import time
 
+import asyncpg
 from arq.connections import ArqRedis
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.analysis import lifecycle, queue
 from app.analysis.lifecycle import Claim
@@ -98,10 +98,10 @@ class Lease:
 class Leases:
     """Every lease of one worker, renewed by one loop (`start()`, `stop()`)."""
 
-    def __init__(self, lease: float, engine: AsyncEngine, arq: ArqRedis) -> None:
+    def __init__(self, lease: float, pg: asyncpg.Pool, arq: ArqRedis) -> None:
         """`lease`: seconds (LEASE_SECONDS)."""
         self.lease = lease
-        self._engine = engine
+        self._pg = pg
         self._arq = arq
         self._held: dict[str, Lease] = {}  # by job id: the leases being renewed
         # In-progress keys to extend, by job id: until when (time.monotonic()) for a closing
@@ -180,7 +180,7 @@ class Leases:
         span = lease_span(self.lease)
         try:
             answers = await lifecycle.renew_leases(
-                self._engine, [lease.claimed for lease in leases], span
+                self._pg, [lease.claimed for lease in leases], span
             )
         except Exception as exc:
             log.warning("renewing %d lease(s) failed (%r); retrying", len(leases), exc)

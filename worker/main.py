@@ -14,7 +14,7 @@ from app.ai_client.client import AIClient
 from app.analysis import queue
 from app.analysis.eta import Estimator
 from app.analysis.progress import Publisher, publish_settings
-from app.db import create_engine
+from app.db import create_engine, create_pg_pool
 from app.logs import configure_logging
 from app.settings import Settings, get_settings
 from app.storage import LocalStorage
@@ -47,13 +47,16 @@ def _every(seconds: int) -> dict[str, Any]:
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get("settings") or get_settings()
     configure_logging(settings)
-    # The ctx may bring test seams: a Redis connection class, an engine, an AI transport.
+    # The ctx may bring test seams: a Redis connection class, an engine, an asyncpg
+    # connection class, an AI transport.
     arq = queue.connect(settings.redis_url, connection_class=ctx.get("redis_connection_class"))
     engine: AsyncEngine = ctx.get("engine") or create_engine(settings)
+    pg = await create_pg_pool(settings, connection_class=ctx.get("pg_connection_class"))
     estimator = Estimator(engine, slots=settings.ai_service_concurrency)
     deps = WorkerDeps(
         settings=settings,
         engine=engine,
+        pg=pg,
         arq=arq,
         storage=LocalStorage(settings.storage_dir),
         ai=AIClient(settings, transport=ctx.get("ai_transport")),
@@ -63,7 +66,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         policy=RetryPolicy(settings),
         publisher=Publisher(arq, estimator, publish_settings(settings)),
         worker_name=settings.worker_name or default_worker_name(),
-        leases=Leases(settings.lease_seconds, engine, arq),
+        leases=Leases(settings.lease_seconds, pg, arq),
     )
     deps.leases.start()
     ctx["deps"] = deps
@@ -95,6 +98,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await deps.leases.stop()
         await deps.ai.aclose()
         await deps.arq.aclose(close_connection_pool=True)
+        await deps.pg.close()
         await deps.engine.dispose()
     if heartbeat is not None and not heartbeat.done():
         await asyncio.wait({heartbeat}, timeout=HEARTBEAT_STOP_SECONDS)

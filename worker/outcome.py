@@ -17,12 +17,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from sqlalchemy import RowMapping
-
 from app.ai_client.errors import AnalysisError, ErrorClass, NetworkError, ServiceBusy
 from app.ai_client.wire import AIResult
 from app.analysis import lifecycle, queue
 from app.analysis.lifecycle import Claim
+from app.analysis.status import Row
 from app.metrics import TASK_ERRORS, TASK_PROCESSING, TASK_RETRIES, TASKS_FINISHED
 from worker.context import WorkerDeps
 from worker.durable import after_commit, durable
@@ -35,7 +34,7 @@ RETRY_WAIT_SHARE = 0.1
 # The time all of an attempt's after-commit effects share for retrying (seconds).
 AFTER_COMMIT_SECONDS = 5.0
 
-Write = Callable[[], Awaitable[RowMapping | None]]
+Write = Callable[[], Awaitable[Row | None]]
 
 
 class NotRecorded(Exception):
@@ -67,7 +66,7 @@ class Recorder:
     # -- outcomes -------------------------------------------------------------------------
     async def succeed(self, result: AIResult) -> str:
         row = await self._commit(
-            "success", lambda: lifecycle.succeed(self.deps.engine, self.claimed, result)
+            "success", lambda: lifecycle.succeed(self.deps.pg, self.claimed, result)
         )
         if row is None or row["status"] != "success":
             await self._publish(row)
@@ -116,7 +115,7 @@ class Recorder:
         """Fail the task for good (or cancel it, if a cancel was requested meanwhile)."""
         row = await self._commit(
             "failure",
-            lambda: lifecycle.fail(self.deps.engine, self.claimed, error_class.value, message),
+            lambda: lifecycle.fail(self.deps.pg, self.claimed, error_class.value, message),
         )
         if unhealthy:
             await self._after_commit("breaker", self.deps.breaker.record_failure)
@@ -138,7 +137,7 @@ class Recorder:
         row = await self._commit(
             f"retry ({code})",
             lambda: lifecycle.schedule_retry(
-                self.deps.engine,
+                self.deps.pg,
                 self.claimed,
                 delay,
                 code,
@@ -169,15 +168,13 @@ class Recorder:
         task is cancelled if that was requested, else handed back, due now, for the next
         worker, without counting a retry or a crash."""
         row = await self._commit(
-            "hand-back", lambda: lifecycle.interrupt(self.deps.engine, self.claimed)
+            "hand-back", lambda: lifecycle.interrupt(self.deps.pg, self.claimed)
         )
         await self._publish(row)
         return self._count_final(row, "retry", "stale: lease lost", "handed back")
 
     # -- phase 2: the commit --------------------------------------------------------------
-    async def _commit(
-        self, name: str, write: Write, *, then_cancel: bool = True
-    ) -> RowMapping | None:
+    async def _commit(self, name: str, write: Write, *, then_cancel: bool = True) -> Row | None:
         """Commit an outcome. Returns the row as it now stands for this attempt: moved as
         asked; cancelled, when a cancel requested meanwhile stopped `write` (`then_cancel`);
         as an earlier try of `write` left it, when that try's answer was lost; None when
@@ -186,15 +183,13 @@ class Recorder:
         if row is None and then_cancel:
             row = await self._write("cancel", self._mark_cancelled)
         if row is None:
-            row = await self._write(
-                "read", lambda: lifecycle.own_row(self.deps.engine, self.claimed)
-            )
+            row = await self._write("read", lambda: lifecycle.own_row(self.deps.pg, self.claimed))
         return row
 
-    def _mark_cancelled(self) -> Awaitable[RowMapping | None]:
-        return lifecycle.mark_cancelled(self.deps.engine, self.claimed)
+    def _mark_cancelled(self) -> Awaitable[Row | None]:
+        return lifecycle.mark_cancelled(self.deps.pg, self.claimed)
 
-    async def _write(self, name: str, write: Write) -> RowMapping | None:
+    async def _write(self, name: str, write: Write) -> Row | None:
         lease = self.deps.settings.lease_seconds
         try:
             return await durable(write, name, self.write_deadline, lease * RETRY_WAIT_SHARE)
@@ -205,9 +200,7 @@ class Recorder:
         return self.claimed.retry_counts.get(reason, 0) < self.deps.settings.max_deferrals
 
     @staticmethod
-    def _count_final(
-        row: RowMapping | None, intended: str, stale: str, said: str | None = None
-    ) -> str:
+    def _count_final(row: Row | None, intended: str, stale: str, said: str | None = None) -> str:
         """The outcome in words (`said`, or `intended`) when the row moved as intended, else
         its status (a cancel won); a final status is counted."""
         if row is None:
@@ -224,7 +217,7 @@ class Recorder:
             self._effects_deadline = now + AFTER_COMMIT_SECONDS
         await after_commit(effect, call, max(self._effects_deadline - now, 0.0))
 
-    async def _publish(self, row: RowMapping | None) -> None:
+    async def _publish(self, row: Row | None) -> None:
         """The status document of what was committed, to live-progress clients."""
         if row is not None:
             await self._after_commit("publish", lambda: self.deps.publisher.send_row(row))

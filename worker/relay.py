@@ -58,9 +58,7 @@ class ProgressRelay:
                 continue
             progress, step = self._newest
             try:
-                row = await lifecycle.report_progress(
-                    self._deps.engine, self._claimed, progress, step
-                )
+                row = await lifecycle.report_progress(self._deps.pg, self._claimed, progress, step)
             except Exception as exc:  # best effort: the next state or the outcome follows
                 log.warning("progress of %s not written: %r", self._claimed.task_id, exc)
                 continue

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import RowMapping, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+import asyncpg
+from sqlalchemy import text
 
 from app.ai_client.wire import AIResult
-from app.analysis.status import status_columns
-from app.db import autocommit
+from app.analysis.status import Row, status_columns
+from app.db import Positional, for_asyncpg
 
 _STATUS = status_columns("ai_analysis_tasks")
 # updated_at is clock_timestamp(), not now() (the transaction's start): clients order a task's
@@ -244,20 +244,40 @@ class Claim:
     task_params: dict[str, Any]
     audio_storage_key: str
     audio_content_type: str
-    row: RowMapping  # the status columns right after the claim
+    row: Row  # the status columns right after the claim
 
     @property
     def fence(self) -> dict[str, object]:
         return {"task_id": self.task_id, "attempt": self.attempt}
 
 
-async def _one(engine: AsyncEngine, statement: Any, params: dict[str, Any]) -> RowMapping | None:
-    async with autocommit(engine).connect() as connection:
-        return (await connection.execute(statement, params)).mappings().first()
+# Each statement compiled once for asyncpg (the worker's pg pool, app.db.create_pg_pool).
+_CLAIM, _ADOPT, _OWN, _PROGRESS, _RENEW, _SUCCEED, _RETRY, _FAIL, _CANCELLED, _INTERRUPT = (
+    for_asyncpg(statement)
+    for statement in (
+        CLAIM,
+        ADOPT,
+        OWN,
+        PROGRESS,
+        RENEW,
+        SUCCEED,
+        RETRY,
+        FAIL,
+        CANCELLED,
+        INTERRUPT,
+    )
+)
+
+
+async def _one(pg: asyncpg.Pool, statement: Positional, params: dict[str, Any]) -> Row | None:
+    """The statement's row on a connection of `pg` (autocommit: each transition is one
+    statement); raises what asyncpg raises (the caller decides whether to try again)."""
+    row: asyncpg.Record | None = await pg.fetchrow(statement.sql, *statement.args(params))
+    return row
 
 
 async def claim(
-    engine: AsyncEngine,
+    pg: asyncpg.Pool,
     task_id: str,
     job_id: str,
     worker_name: str,
@@ -269,37 +289,35 @@ async def claim(
     moved by this claim (see `adopt`)."""
     params: dict[str, object] = {"task_id": task_id, "job_id": job_id, "worker_name": worker_name}
     params |= {"lease": float(lease), "claim_token": claim_token or uuid.uuid4()}
-    return _claim_of(await _one(engine, CLAIM, params))
+    return _claim_of(await _one(pg, _CLAIM, params))
 
 
-async def adopt(engine: AsyncEngine, task_id: str, claim_token: uuid.UUID) -> Claim | None:
+async def adopt(pg: asyncpg.Pool, task_id: str, claim_token: uuid.UUID) -> Claim | None:
     """The claim made with `claim_token` if a `claim` whose answer was lost did run: None
     otherwise."""
     params = {"task_id": task_id, "claim_token": claim_token}
-    return _claim_of(await _one(engine, ADOPT, params))
+    return _claim_of(await _one(pg, _ADOPT, params))
 
 
-def _claim_of(row: RowMapping | None) -> Claim | None:
+def _claim_of(row: Row | None) -> Claim | None:
     if row is None:
         return None
     fields = {name: row[name] for name in Claim.__dataclass_fields__ if name != "row"}
     return Claim(**fields, row=row)
 
 
-async def own_row(engine: AsyncEngine, claimed: Claim) -> RowMapping | None:
+async def own_row(pg: asyncpg.Pool, claimed: Claim) -> Row | None:
     """The task's status columns if no later attempt has claimed it, else None."""
-    return await _one(engine, OWN, claimed.fence)
+    return await _one(pg, _OWN, claimed.fence)
 
 
-async def report_progress(
-    engine: AsyncEngine, claimed: Claim, progress: int, step: str
-) -> RowMapping | None:
+async def report_progress(pg: asyncpg.Pool, claimed: Claim, progress: int, step: str) -> Row | None:
     """None: this attempt lost the task."""
-    return await _one(engine, PROGRESS, claimed.fence | {"progress": progress, "step": step})
+    return await _one(pg, _PROGRESS, claimed.fence | {"progress": progress, "step": step})
 
 
 async def renew_leases(
-    engine: AsyncEngine, held: Sequence[Claim], lease: float
+    pg: asyncpg.Pool, held: Sequence[Claim], lease: float
 ) -> dict[uuid.UUID, bool | None]:
     """Extend the lease of every attempt in `held` to `lease` seconds from now, in one
     statement. Per task id: whether a cancel was requested, None when the attempt lost the
@@ -310,21 +328,20 @@ async def renew_leases(
         "attempts": [claimed.attempt for claimed in held],
         "lease": float(lease),
     }
-    async with autocommit(engine).connect() as connection:
-        rows = (await connection.execute(RENEW, params)).all()
-    return {row.task_id: row.cancel_requested for row in rows if not row.skipped}
+    rows = await pg.fetch(_RENEW.sql, *_RENEW.args(params))
+    return {row["task_id"]: row["cancel_requested"] for row in rows if not row["skipped"]}
 
 
-async def succeed(engine: AsyncEngine, claimed: Claim, result: AIResult) -> RowMapping | None:
+async def succeed(pg: asyncpg.Pool, claimed: Claim, result: AIResult) -> Row | None:
     """Store the result and `success` in one transaction; None for a stale attempt."""
     values = result.model_dump()
     for key in ("detailed_analysis", "sentence_analyses", "improvement_areas"):
         values[key] = None if values[key] is None else json.dumps(values[key])
-    return await _one(engine, SUCCEED, claimed.fence | values)
+    return await _one(pg, _SUCCEED, claimed.fence | values)
 
 
 async def schedule_retry(
-    engine: AsyncEngine,
+    pg: asyncpg.Pool,
     claimed: Claim,
     delay: float,
     error_code: str,
@@ -332,7 +349,7 @@ async def schedule_retry(
     *,
     budget: int,
     counted: bool = True,
-) -> RowMapping | None:
+) -> Row | None:
     """None when this attempt lost the task or a cancel was requested (then cancel it)."""
     params = claimed.fence | {
         "delay": float(delay),
@@ -341,23 +358,21 @@ async def schedule_retry(
         "error_code": error_code,
         "error_message": error_message[:2000],
     }
-    return await _one(engine, RETRY, params)
+    return await _one(pg, _RETRY, params)
 
 
-async def fail(
-    engine: AsyncEngine, claimed: Claim, error_code: str, error_message: str
-) -> RowMapping | None:
+async def fail(pg: asyncpg.Pool, claimed: Claim, error_code: str, error_message: str) -> Row | None:
     """None when this attempt lost the task or a cancel was requested (then cancel it)."""
     params = claimed.fence | {"error_code": error_code, "error_message": error_message[:2000]}
-    return await _one(engine, FAIL, params)
+    return await _one(pg, _FAIL, params)
 
 
-async def mark_cancelled(engine: AsyncEngine, claimed: Claim) -> RowMapping | None:
+async def mark_cancelled(pg: asyncpg.Pool, claimed: Claim) -> Row | None:
     """Cancel the task if this attempt holds it and a cancel was requested; else None."""
-    return await _one(engine, CANCELLED, claimed.fence)
+    return await _one(pg, _CANCELLED, claimed.fence)
 
 
-async def interrupt(engine: AsyncEngine, claimed: Claim) -> RowMapping | None:
+async def interrupt(pg: asyncpg.Pool, claimed: Claim) -> Row | None:
     """Hand the task back (retry, due now, nothing counted), or cancel it if that was
     requested; None when this attempt no longer holds it."""
-    return await _one(engine, INTERRUPT, claimed.fence)
+    return await _one(pg, _INTERRUPT, claimed.fence)

@@ -15,12 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from sqlalchemy import RowMapping
 
 from app.analysis.eta import Estimator
 from app.analysis.models import TERMINAL_STATUSES
 from app.analysis.schemas import TaskStatusOut
-from app.analysis.status import describe
+from app.analysis.status import Row, describe
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,11 +71,11 @@ class Publisher:
         self._settings = settings or PublishSettings()
         self._script = redis.register_script(_PUBLISH_LUA)
 
-    async def publish_rows(self, rows: Sequence[RowMapping]) -> None:
+    async def publish_rows(self, rows: Sequence[Row]) -> None:
         for row in rows:
             await self.publish_row(row)
 
-    async def publish_row(self, row: RowMapping | None) -> None:
+    async def publish_row(self, row: Row | None) -> None:
         """Describe a row just written (None: nothing was written) and publish it. Best
         effort: a failure is logged, never raised to the writer of the row."""
         if row is None:
@@ -86,7 +85,7 @@ class Publisher:
         except Exception as exc:
             log.warning("publishing the status of %s failed: %r", row["task_id"], exc)
 
-    async def send_row(self, row: RowMapping) -> None:
+    async def send_row(self, row: Row) -> None:
         """Describe a row just written and publish it; raises what Redis raised (for callers
         that retry, such as the worker after committing an outcome)."""
         await self._append_and_announce(await describe(row, self._redis, self._estimator))

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from redis.asyncio import Redis
@@ -147,6 +148,7 @@ async def test_stopping_the_leases_while_a_redis_command_is_in_flight_never_hang
     engine: AsyncEngine,
     redis: Redis,
     worker_settings: Settings,
+    pg: asyncpg.Pool,
 ) -> None:
     """The lease loop's PEXPIRE of arq's in-progress key is held by a paused Redis, on a
     client that swallows a cancel as redis-py can (its issues 2028 and 2551), when the
@@ -156,13 +158,13 @@ async def test_stopping_the_leases_while_a_redis_command_is_in_flight_never_hang
     cancelling the loop and awaiting it would turn a swallowed cancel into a wait without
     end."""
     task_id = await new_task(client, alice)
-    claimed = await lifecycle.claim(engine, task_id, f"{task_id}:0", "unit", lease=30.0)
+    claimed = await lifecycle.claim(pg, task_id, f"{task_id}:0", "unit", lease=30.0)
     assert claimed is not None
     arq = queue.connect(worker_settings.redis_url, connection_class=SwallowingConnection)
     try:
         for _ in range(5 if answered else 2):
             await redis.execute_command("CLIENT", "PAUSE", str(pause_ms), "WRITE")
-            leases = Leases(30.0, engine, arq)
+            leases = Leases(30.0, pg, arq)
             leases.start()
             lease = leases.hold(claimed, f"{task_id}:0", time.monotonic() + 30)
             await wait_for(lambda: command_held(redis, "pexpire"), within=5)

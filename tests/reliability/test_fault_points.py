@@ -120,6 +120,7 @@ async def _analyse(
     ctx = {
         "settings": settings,
         "engine": plan.attach(create_engine(settings)),
+        "pg_connection_class": plan.pg_connection_class(),
         "redis_connection_class": plan.redis_connection_class(),
         "ai_transport": plan.ai_transport(),
     }

@@ -8,13 +8,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import httpx
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.analysis import lifecycle, queue
 from app.analysis.lifecycle import Claim
-from app.db import create_engine
+from app.db import create_pg_pool
 from app.settings import Settings
 from tests.analysis.conftest import new_task, wait_for
 from tests.conftest import ApiUser
@@ -30,27 +31,32 @@ def _now(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
     return check
 
 
-async def _claimed(client: httpx.AsyncClient, user: ApiUser, engine: AsyncEngine) -> Claim:
+async def _claimed(client: httpx.AsyncClient, user: ApiUser, pg: asyncpg.Pool) -> Claim:
     task_id = await new_task(client, user)
-    claimed = await lifecycle.claim(engine, task_id, f"{task_id}:0", "unit", lease=LEASE)
+    claimed = await lifecycle.claim(pg, task_id, f"{task_id}:0", "unit", lease=LEASE)
     assert claimed is not None
     return claimed
 
 
 async def test_one_statement_renews_every_lease_and_a_locked_row_waits_its_turn(
-    client: httpx.AsyncClient, alice: ApiUser, engine: AsyncEngine, worker_settings: Settings
+    client: httpx.AsyncClient,
+    alice: ApiUser,
+    engine: AsyncEngine,
+    pg: asyncpg.Pool,
+    worker_settings: Settings,
 ) -> None:
-    watched = create_engine(worker_settings)
     sizes: list[int] = []  # how many leases each renewal statement carried
 
-    def count(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-        if "lease_expires_at = now()" in statement:
-            sizes.append(len(parameters[0]))
+    class Watched(asyncpg.Connection):
+        async def fetch(self, query: str, *args: Any, **kwargs: Any) -> list[Any]:
+            if "lease_expires_at = now()" in query:
+                sizes.append(len(args[0]))
+            return await super().fetch(query, *args, **kwargs)
 
-    event.listen(watched.sync_engine, "before_cursor_execute", count)
+    watched = await create_pg_pool(worker_settings, connection_class=Watched)
     arq = queue.connect(worker_settings.redis_url)
     leases = Leases(LEASE, watched, arq)
-    claims = [await _claimed(client, alice, engine) for _ in range(3)]
+    claims = [await _claimed(client, alice, pg) for _ in range(3)]
     held: list[Lease] = []
     try:
         async with engine.connect() as locker:
@@ -72,15 +78,19 @@ async def test_one_statement_renews_every_lease_and_a_locked_row_waits_its_turn(
             lease.close()
         await leases.stop()
         await arq.aclose(close_connection_pool=True)
-        await watched.dispose()
+        await watched.close()
 
 
 async def test_a_lost_task_and_a_cancel_stop_only_their_own_attempt(
-    client: httpx.AsyncClient, alice: ApiUser, engine: AsyncEngine, worker_settings: Settings
+    client: httpx.AsyncClient,
+    alice: ApiUser,
+    engine: AsyncEngine,
+    pg: asyncpg.Pool,
+    worker_settings: Settings,
 ) -> None:
     arq = queue.connect(worker_settings.redis_url)
-    leases = Leases(LEASE, engine, arq)
-    lost, cancelled, running = [await _claimed(client, alice, engine) for _ in range(3)]
+    leases = Leases(LEASE, pg, arq)
+    lost, cancelled, running = [await _claimed(client, alice, pg) for _ in range(3)]
     leases.start()
     held = [
         leases.hold(c, f"{c.task_id}:{c.attempt}", time.monotonic())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import httpx
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -25,19 +26,19 @@ from tests.fake_ai import HANG, FakeAI, ok, status
 
 
 async def test_cancel_during_a_retry_decision_cancels_the_task(
-    client: httpx.AsyncClient, alice: ApiUser, engine: AsyncEngine
+    client: httpx.AsyncClient, alice: ApiUser, engine: AsyncEngine, pg: asyncpg.Pool
 ) -> None:
     _, record_id, _ = await upload_recording(client, alice)
     task_id = (await submit(client, alice, record_id))["task_id"]
-    claimed = await lifecycle.claim(engine, task_id, f"{task_id}:0", "worker-a", lease=30)
+    claimed = await lifecycle.claim(pg, task_id, f"{task_id}:0", "worker-a", lease=30)
     assert claimed is not None
     # The user cancels while the attempt is deciding to retry after a 503.
     response = await client.delete(f"/api/v1/tasks/analysis/{task_id}", headers=alice.headers)
     assert response.json()["status"] == "processing" and response.json()["cancel_requested"]
-    retry = await lifecycle.schedule_retry(engine, claimed, 1.0, "network", "503", budget=5)
+    retry = await lifecycle.schedule_retry(pg, claimed, 1.0, "network", "503", budget=5)
     assert retry is None  # the cancel wins: no retry is scheduled over it
-    assert await lifecycle.fail(engine, claimed, "network", "503") is None
-    cancelled = await lifecycle.mark_cancelled(engine, claimed)
+    assert await lifecycle.fail(pg, claimed, "network", "503") is None
+    cancelled = await lifecycle.mark_cancelled(pg, claimed)
     assert cancelled is not None and cancelled["status"] == "cancelled"
     assert await record_status(engine, record_id) == "recorded"
 
