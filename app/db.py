@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import asyncpg
-from sqlalchemy import Engine, MetaData, TextClause, make_url
+from sqlalchemy import MetaData, TextClause, make_url
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -51,21 +50,6 @@ def create_engine(settings: Settings, *, keep_connections: bool = False) -> Asyn
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
-
-
-_autocommit: weakref.WeakKeyDictionary[Engine, AsyncEngine] = weakref.WeakKeyDictionary()
-
-
-def autocommit(engine: AsyncEngine) -> AsyncEngine:
-    """`engine` in autocommit mode, sharing its pool: each statement is its own transaction,
-    with no BEGIN, COMMIT or ROLLBACK round trips (for single-statement reads and writes on
-    hot paths). Built once per engine."""
-    options = _autocommit.get(engine.sync_engine)
-    if options is None:
-        options = _autocommit[engine.sync_engine] = engine.execution_options(
-            isolation_level="AUTOCOMMIT"
-        )
-    return options
 
 
 # Errors of a connection that turned out dead under a statement (the server restarted, or
