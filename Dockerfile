@@ -23,5 +23,7 @@ USER vocalborn
 ENV PATH="/app/.venv/bin:$PATH" \
     STORAGE_DIR=/data/storage
 
-EXPOSE 8000
+# 8000: the public API. Metrics ports, internal (never published): 9102 for the API
+# (API_METRICS_PORT), 9100 for a worker (WORKER_METRICS_PORT).
+EXPOSE 8000 9100 9102
 CMD ["uvicorn", "app.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]
