@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -53,16 +54,21 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 
 
 # Errors of a connection that turned out dead under a statement (the server restarted, or
-# closed it): the statement never ran, and runs once more on a new connection. A backend
-# terminated while idle leaves its FATAL notice unread, and asyncpg then refuses the next
-# statement with InternalClientError ("cannot switch to state …").
-_STALE = (
+# closed it): the statement never ran. A backend terminated while idle leaves its FATAL notice
+# unread, and asyncpg then refuses the next statement with InternalClientError ("cannot switch
+# to state …"); a closed connection raises InterfaceError itself, whose subclasses (DataError,
+# ClientConfigurationError, …) are the statement's or its input's fault instead.
+_DEAD = (
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.AdminShutdownError,
-    asyncpg.InterfaceError,
     asyncpg.InternalClientError,
     ConnectionError,
 )
+
+
+def is_dead_connection(exc: BaseException) -> bool:
+    """Whether asyncpg's `exc` says the connection is gone or broken, not the statement."""
+    return isinstance(exc, _DEAD) or type(exc) is asyncpg.InterfaceError
 
 
 def asyncpg_dsn(database_url: str) -> str:
@@ -97,6 +103,20 @@ async def _json_codecs(connection: asyncpg.Connection) -> None:
         await connection.set_type_codec(
             name, encoder=str, decoder=json.loads, schema="pg_catalog", format="text"
         )
+
+
+# How long closing a pg pool waits for connections still in use (a statement left to end by
+# itself) before it terminates them.
+POOL_CLOSE_SECONDS = 5.0
+
+
+async def close_pg_pool(pool: asyncpg.Pool) -> None:
+    """Close `pool` in bounded time: asyncpg's close() waits for every connection in use to be
+    released, without limit; after POOL_CLOSE_SECONDS the rest are terminated."""
+    try:
+        await asyncio.wait_for(pool.close(), POOL_CLOSE_SECONDS)
+    except TimeoutError:
+        pool.terminate()
 
 
 async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
@@ -140,7 +160,7 @@ async def fetch_row(
         try:
             row: asyncpg.Record | None = await pool.fetchrow(statement.sql, *args)
             return row
-        except _STALE:
-            if retried:
+        except Exception as exc:
+            if retried or not is_dead_connection(exc):
                 raise
     raise AssertionError("unreachable")

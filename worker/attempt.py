@@ -115,14 +115,16 @@ class Attempt:
             await asyncio.wait(either, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
             answered = call.done()
         finally:
-            if not call.done():
-                await _abandon(call)
-            await relay.close()
-            # Phases 2 and 3 may take up to one lease past the lease, then the effects.
-            lease_seconds = self.deps.settings.lease_seconds
-            hold = lease.deadline + lease_seconds - time.monotonic() + AFTER_COMMIT_SECONDS
-            lease.close(hold_for=hold)
-            self.recorder.lease_deadline = lease.deadline
+            try:
+                if not call.done():
+                    await _abandon(call)
+                await relay.close()
+            finally:  # even if a second cancel comes meanwhile: the lease is not renewed on
+                # Phases 2 and 3 may take up to one lease past the lease, then the effects.
+                lease_seconds = self.deps.settings.lease_seconds
+                hold = lease.deadline + lease_seconds - time.monotonic() + AFTER_COMMIT_SECONDS
+                lease.close(hold_for=hold)
+                self.recorder.lease_deadline = lease.deadline
         if answered:
             if call.cancelled():  # not by us: something inside gave the call up
                 return AIServiceError("The AI call was cancelled")
@@ -137,13 +139,14 @@ class Attempt:
         started = time.monotonic()
         outcome = "error"
         try:
-            async with asyncio.timeout(self.deps.settings.ai_deadline_seconds):
+            async with asyncio.timeout(self.deps.settings.ai_deadline_seconds) as deadline:
                 result = await self.deps.ai.analyze(
                     self.deps.storage.read(record.audio_storage_key),
                     record.audio_content_type,
                     record.task_params,
                     f"{record.task_id}:{record.attempt}",
                     self._on_progress,
+                    deadline=deadline.when(),
                 )
             outcome = "ok"
             return result

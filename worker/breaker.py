@@ -75,6 +75,11 @@ class CircuitBreaker:
         )
         allowed, retry_in_ms, failures = await cast(Awaitable[list[int]], script)
         self._seen_clear = failures == 0
+        # Every worker's gauge follows what it last read, whoever opened or closed it.
+        if not allowed:
+            CIRCUIT_OPEN.set(1)
+        elif failures < self._threshold:
+            CIRCUIT_OPEN.set(0)
         return Decision(bool(allowed), 0.0 if allowed else int(retry_in_ms) / 1000)
 
     async def record_success(self) -> None:

@@ -19,7 +19,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import asyncpg
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from tenacity import (
     AsyncRetrying,
@@ -29,6 +28,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from app.db import is_dead_connection
 from app.metrics import AFTER_COMMIT_FAILURES, DB_WRITE_RETRIES
 from worker.retry import causes
 
@@ -52,7 +52,7 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if isinstance(cause, OperationalError | InterfaceError | OSError):
             return True  # OSError: refused, reset, timed out (TimeoutError is one)
-        if isinstance(cause, asyncpg.InterfaceError | asyncpg.InternalClientError):
+        if is_dead_connection(cause):
             return True  # asyncpg itself: its connection closed, or left in a broken state
         sqlstate = getattr(cause, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate.startswith(TRANSIENT_SQLSTATES):

@@ -111,6 +111,13 @@ class Leases:
         self._stopping = False
         self._loop: asyncio.Task[None] | None = None
 
+    @property
+    def round_timeout(self) -> float:
+        """How long a renewal or an extension may take (seconds), the wait for a connection
+        included: one renewal period. One stuck statement or command never holds up the
+        worker's leases longer; the round is tried again soon."""
+        return self.lease * RENEW_SHARE
+
     def start(self) -> None:
         self._loop = asyncio.create_task(self._renew_until_stopped(), name="leases")
 
@@ -156,13 +163,17 @@ class Leases:
             if due > now:
                 await self._woken_within(due - now)
                 continue
-            if now >= renewal_due:
-                renewed = await self._renew()
-                share = RENEW_SHARE if renewed else RETRY_SHARE
-                renewal_due = time.monotonic() + self.lease * share
-            if self._keys and time.monotonic() >= keys_due:
-                extended = await self._extend_keys()
-                keys_due = 0.0 if extended else time.monotonic() + self.lease * RETRY_SHARE
+            try:
+                if now >= renewal_due:
+                    renewed = await self._renew()
+                    share = RENEW_SHARE if renewed else RETRY_SHARE
+                    renewal_due = time.monotonic() + self.lease * share
+                if self._keys and time.monotonic() >= keys_due:
+                    extended = await self._extend_keys()
+                    keys_due = 0.0 if extended else time.monotonic() + self.lease * RETRY_SHARE
+            except Exception:  # a bug must not end every lease of the worker: next round
+                log.exception("lease round failed; trying again")
+                renewal_due = keys_due = time.monotonic() + self.lease * RETRY_SHARE
 
     async def _woken_within(self, seconds: float) -> None:
         """Wait up to `seconds` for a new key or `stop()`."""
@@ -179,16 +190,18 @@ class Leases:
         started = time.monotonic()
         span = lease_span(self.lease)
         try:
-            answers = await lifecycle.renew_leases(
-                self._pg, [lease.claimed for lease in leases], span
-            )
+            async with asyncio.timeout(self.round_timeout):  # the wait for a connection too
+                answers = await lifecycle.renew_leases(
+                    self._pg, [lease.claimed for lease in leases], span
+                )
         except Exception as exc:
             log.warning("renewing %d lease(s) failed (%r); retrying", len(leases), exc)
             return False
         for lease in leases:
-            if lease.closing or lease.claimed.task_id not in answers:
+            key = (lease.claimed.task_id, lease.claimed.attempt)
+            if lease.closing or key not in answers:
                 continue  # closed meanwhile, or its row was locked: renewed next time
-            cancel_requested = answers[lease.claimed.task_id]
+            cancel_requested = answers[key]
             if cancel_requested is not None:
                 lease.deadline = started + span
                 self._keys.setdefault(lease.job_id, None)  # the key follows the lease
@@ -211,7 +224,8 @@ class Leases:
         if not ttl_ms:
             return True
         try:
-            await queue.extend_in_progress(self._arq, ttl_ms)
+            async with asyncio.timeout(self.round_timeout):
+                await queue.extend_in_progress(self._arq, ttl_ms)
         except Exception as exc:
             log.warning("extending %d in-progress key(s) failed: %r", len(ttl_ms), exc)
             return False

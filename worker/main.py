@@ -14,7 +14,7 @@ from app.ai_client.client import AIClient
 from app.analysis import queue
 from app.analysis.eta import Estimator
 from app.analysis.progress import Publisher, publish_settings
-from app.db import create_engine, create_pg_pool
+from app.db import close_pg_pool, create_engine, create_pg_pool
 from app.logs import configure_logging
 from app.settings import Settings, get_settings
 from app.storage import LocalStorage
@@ -98,7 +98,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await deps.leases.stop()
         await deps.ai.aclose()
         await deps.arq.aclose(close_connection_pool=True)
-        await deps.pg.close()
+        await close_pg_pool(deps.pg)
         await deps.engine.dispose()
     if heartbeat is not None and not heartbeat.done():
         await asyncio.wait({heartbeat}, timeout=HEARTBEAT_STOP_SECONDS)

@@ -74,15 +74,24 @@ class AIClient:
         parameters: Mapping[str, Any],
         request_id: str,
         on_progress: ProgressCallback,
+        deadline: float | None = None,
     ) -> AIResult:
         """The AI service's result for the recording `audio` streams (`content_type`), its
-        progress lines handed to `on_progress` as they come. Raises an `AnalysisError`
-        subclass: the service's error by its status, a timeout or a network error."""
+        progress lines handed to `on_progress` as they come. `deadline` (the event loop's
+        time): when the caller's own timeout ends, so that reading past the result line never
+        runs into it. Raises an `AnalysisError` subclass: the service's error by its status,
+        a timeout or a network error."""
         pool = min(range(len(self._pools)), key=self._in_flight.__getitem__)
         self._in_flight[pool] += 1
         try:
             return await self._analyze(
-                self._pools[pool], audio, content_type, parameters, request_id, on_progress
+                self._pools[pool],
+                audio,
+                content_type,
+                parameters,
+                request_id,
+                on_progress,
+                deadline,
             )
         finally:
             self._in_flight[pool] -= 1
@@ -95,6 +104,7 @@ class AIClient:
         parameters: Mapping[str, Any],
         request_id: str,
         on_progress: ProgressCallback,
+        deadline: float | None,
     ) -> AIResult:
         request = http.build_request(
             "POST",
@@ -106,7 +116,7 @@ class AIClient:
         try:
             response = await http.send(request, stream=True)
             try:
-                return await _read(response, on_progress)
+                return await _read(response, on_progress, deadline)
             finally:
                 await response.aclose()
         except httpx.ConnectTimeout as exc:
@@ -127,7 +137,9 @@ def _query(parameters: Mapping[str, Any]) -> dict[str, str]:
     return query
 
 
-async def _read(response: httpx.Response, on_progress: ProgressCallback) -> AIResult:
+async def _read(
+    response: httpx.Response, on_progress: ProgressCallback, deadline: float | None
+) -> AIResult:
     if response.status_code >= 400:
         await response.aread()
         raise error_for_status(
@@ -143,24 +155,30 @@ async def _read(response: httpx.Response, on_progress: ProgressCallback) -> AIRe
         if isinstance(line, ProgressLine):
             await on_progress(line)
         elif isinstance(line, ResultLine):
-            await _read_to_the_end(lines)
+            await _read_to_the_end(lines, deadline)
             return line.result
         elif isinstance(line, ErrorLine):
             raise error_for_status(line.error.status, line.error.message, None)
     raise AIServiceError("AI service stream ended without a result")
 
 
-# How long the end of the stream is waited for once the result line has come.
+# How long the end of the stream is waited for once the result line has come; it stops this
+# long before the caller's deadline at the latest.
 DRAIN_SECONDS = 1.0
+DRAIN_MARGIN_SECONDS = 0.05
 
 
-async def _read_to_the_end(lines: AsyncIterator[str]) -> None:
+async def _read_to_the_end(lines: AsyncIterator[str], deadline: float | None) -> None:
     """Read the answer to its end (what follows the result line: its chunked terminator, any
     line), so that its connection goes back to the pool: closed before its end, httpcore
     closes the connection, and the next call opens a new one. A service that does not end
-    its answer within DRAIN_SECONDS costs its connection, never the result."""
+    its answer within DRAIN_SECONDS (or before the caller's `deadline`) costs its connection,
+    never the result."""
+    until = asyncio.get_running_loop().time() + DRAIN_SECONDS
+    if deadline is not None:
+        until = min(until, deadline - DRAIN_MARGIN_SECONDS)
     with contextlib.suppress(TimeoutError, httpx.HTTPError):
-        async with asyncio.timeout(DRAIN_SECONDS):
+        async with asyncio.timeout_at(until):
             async for _ in lines:
                 pass
 

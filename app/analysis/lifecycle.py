@@ -114,8 +114,8 @@ PROGRESS = text(
 
 # One worker's leases, renewed together (worker/lease.py). A row locked by another transaction
 # is skipped, never waited on: one stuck row must not hold up the others' renewals. Per held
-# (task id, attempt): cancel_requested (NULL: not renewed) and skipped (still this attempt's,
-# but locked just now).
+# (task id, attempt), which may hold two attempts of one task: cancel_requested (NULL: not
+# renewed) and skipped (still this attempt's, but locked just now).
 RENEW = text(
     """
     WITH held AS (
@@ -129,14 +129,14 @@ RENEW = text(
     ), renewed AS (
         UPDATE ai_analysis_tasks t SET lease_expires_at = now() + make_interval(secs => :lease)
         FROM free f WHERE t.task_id = f.task_id
-        RETURNING t.task_id, t.cancel_requested_at IS NOT NULL AS cancel_requested
+        RETURNING t.task_id, t.attempt, t.cancel_requested_at IS NOT NULL AS cancel_requested
     )
-    SELECT h.task_id, r.cancel_requested,
+    SELECT h.task_id, h.attempt, r.cancel_requested,
            r.task_id IS NULL AND EXISTS (
                SELECT 1 FROM ai_analysis_tasks t
                WHERE t.task_id = h.task_id AND t.attempt = h.attempt AND t.status = 'processing'
            ) AS skipped
-    FROM held h LEFT JOIN renewed r ON r.task_id = h.task_id
+    FROM held h LEFT JOIN renewed r ON r.task_id = h.task_id AND r.attempt = h.attempt
     """
 )
 
@@ -318,18 +318,23 @@ async def report_progress(pg: asyncpg.Pool, claimed: Claim, progress: int, step:
 
 async def renew_leases(
     pg: asyncpg.Pool, held: Sequence[Claim], lease: float
-) -> dict[uuid.UUID, bool | None]:
+) -> dict[tuple[uuid.UUID, int], bool | None]:
     """Extend the lease of every attempt in `held` to `lease` seconds from now, in one
-    statement. Per task id: whether a cancel was requested, None when the attempt lost the
-    task; a task whose row another transaction holds locked just now is left out (not
-    renewed, not lost: tried again at the next renewal)."""
+    statement. Per (task id, attempt):
+    whether a cancel was requested, None when the attempt lost the task; an attempt whose row
+    another transaction holds locked just now is left out (not renewed, not lost: tried again
+    at the next renewal)."""
     params = {
         "task_ids": [claimed.task_id for claimed in held],
         "attempts": [claimed.attempt for claimed in held],
         "lease": float(lease),
     }
     rows = await pg.fetch(_RENEW.sql, *_RENEW.args(params))
-    return {row["task_id"]: row["cancel_requested"] for row in rows if not row["skipped"]}
+    return {
+        (row["task_id"], row["attempt"]): row["cancel_requested"]
+        for row in rows
+        if not row["skipped"]
+    }
 
 
 async def succeed(pg: asyncpg.Pool, claimed: Claim, result: AIResult) -> Row | None:

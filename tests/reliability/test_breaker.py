@@ -3,6 +3,7 @@ read found counted, and failures counted by any worker open it."""
 
 from __future__ import annotations
 
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from tests.analysis.test_enqueue_script import _calls
@@ -30,3 +31,12 @@ async def test_a_success_resets_what_any_worker_counted_and_nothing_more(
     decision = await ours.before_call()
     assert not decision.allowed and 0 < decision.retry_in <= 60
     assert await redis.exists(OPEN)
+    assert _circuit_open() == 1  # our gauge too, though another worker opened it
+
+    await redis.delete(OPEN, FAILURES)  # closed elsewhere (a probe's success on their side)
+    assert (await ours.before_call()).allowed
+    assert _circuit_open() == 0  # the alert clears on every worker
+
+
+def _circuit_open() -> float | None:
+    return REGISTRY.get_sample_value("vocalborn_ai_circuit_open")
