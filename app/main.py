@@ -7,7 +7,7 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from prometheus_client import make_asgi_app, start_http_server
 
 from app import access_log
@@ -22,8 +22,9 @@ from app.analysis.progress import Publisher, publish_settings
 from app.analysis.router import router as analysis_router
 from app.analysis.stream_auth import StreamLimiter
 from app.analysis.submit import Submitter
-from app.db import create_engine, create_pg_pool, create_sessionmaker
+from app.db import close_pg_pool, create_engine, create_pg_pool, create_sessionmaker
 from app.errors import install_error_handlers
+from app.health import readiness
 from app.logs import configure_logging
 from app.metrics import OLDEST_WAITING_TASK
 from app.practice.router import router as practice_router
@@ -82,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             OLDEST_WAITING_TASK.detach(pg)
             await hub.stop()
             await arq.aclose(close_connection_pool=True)  # not closed by default: passed in
-            await pg.close()
+            await close_pg_pool(pg)
             await engine.dispose()
 
     docs = settings.serve_docs
@@ -106,6 +107,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     access_log.install()
     app.include_router(admin_router, prefix="/api/v1")
     install_web_page(app)  # GET / and /web/*: the web page (issue 13)
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> dict[str, object]:
+        state: AppState = request.app.state.vocalborn
+        return {"status": "ready", "checks": await readiness(state.pg, state.arq)}
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -60,6 +60,12 @@ AFTER_COMMIT_FAILURES = Counter(
     " the committed outcome stands",
     ["effect"],
 )
+RECONCILE_REPAIRS = Counter(
+    "vocalborn_reconcile_repairs",
+    "What the reconciler repaired: jobs enqueued again for due tasks arq did not hold"
+    " (enqueued), cancels nobody had finished (cancel_finished)",
+    ["kind"],
+)
 BREAKER_UNREADABLE = Counter(
     "vocalborn_breaker_unreadable",
     "AI calls let through because the circuit breaker's state could not be read",

@@ -51,3 +51,19 @@ async def test_admin_task_api(
     assert cleaned.json() == {"deleted_tasks": 1, "retention_days": 7}
     gone = await client.get(f"/api/v1/tasks/analysis/{task_id}/status", headers=alice.headers)
     assert gone.status_code == 404
+
+
+async def test_an_admin_cancels_another_users_task_only_through_the_audited_route(
+    client: httpx.AsyncClient, alice: ApiUser, make_user: MakeUser
+) -> None:
+    """The public cancel is the owner's: an administrator's cancel of someone else's task
+    there answers like an unknown task and changes nothing (it would bypass the audit log);
+    the admin route cancels it."""
+    admin = await make_user("root@example.test", Role.ADMIN)
+    task_id = await new_task(client, alice)
+    public = await client.delete(f"/api/v1/tasks/analysis/{task_id}", headers=admin.headers)
+    assert public.status_code == 404 and public.json()["error"]["code"] == "not_found"
+    status = await client.get(f"/api/v1/tasks/analysis/{task_id}/status", headers=alice.headers)
+    assert status.json()["status"] == "pending"
+    cancelled = await client.delete(f"/api/v1/admin/tasks/{task_id}", headers=admin.headers)
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"

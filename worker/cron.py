@@ -19,7 +19,7 @@ from app.analysis.lifecycle import RECORD_AFTER_ANALYSIS_ENDED, SET_CANCELLED, m
 from app.analysis.maintenance import delete_expired_tasks
 from app.analysis.models import ACTIVE_STATUS_SQL
 from app.analysis.status import status_columns
-from app.metrics import QUEUE_DEPTH, TASKS_FINISHED, WORKER_HEARTBEAT
+from app.metrics import QUEUE_DEPTH, RECONCILE_REPAIRS, TASKS_FINISHED, WORKER_HEARTBEAT
 from worker.context import WorkerDeps, deps_of
 
 log = logging.getLogger(__name__)
@@ -87,9 +87,11 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
         cancelled = (await connection.execute(ORPHANED_CANCELS)).mappings().all()
     await deps.publisher.publish_rows(cancelled)
     TASKS_FINISHED.labels("cancelled").inc(len(cancelled))
+    RECONCILE_REPAIRS.labels("cancel_finished").inc(len(cancelled))
     QUEUE_DEPTH.set(await queue.queued_count(deps.arq))
     due = [row for statement in DUE_PAGES async for row in _due_rows(deps, statement)]
     enqueued = await _enqueue_missing(deps, due)
+    RECONCILE_REPAIRS.labels("enqueued").inc(enqueued)
     removed = await queue.sweep_aborts(deps.arq)
     if enqueued or removed:
         log.info(

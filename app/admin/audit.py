@@ -37,6 +37,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from app.analysis.submit import CREATED_A_TASK
 from app.auth import Principal
 from app.db import Base
 from app.deps import AdminDep
@@ -97,37 +98,50 @@ class Audit:
         target: str | None = None,
         *,
         changed: Callable[[Session], bool] | None = None,
-        join_commit: bool = True,
     ) -> AsyncIterator[None]:
-        """Record `action` on `target`. With `join_commit`, the event is inserted by the first
-        commit of `session` inside the block for which `changed` (default: always) holds;
-        otherwise it is written when the block ends, in the transaction then open (a read's)
-        or, after an error, in one of its own."""
-        written = False
+        """Record `action` on `target`: the event is inserted by the first commit of `session`
+        inside the block for which `changed` (default: always) holds; with no such commit it
+        is written when the block ends, in the transaction then open (a read's) or, after an
+        error, in one of its own."""
+        written = False  # the event is committed
+        pending = False  # the event is in the transaction being committed
 
         def before_commit(sync_session: Session) -> None:
-            nonlocal written
-            if written or (changed is not None and not changed(sync_session)):
+            nonlocal pending
+            if written or pending or (changed is not None and not changed(sync_session)):
                 return
             sync_session.execute(insert(AuditEvent).values(self._row(action, target, OK)))
-            written = True
+            pending = True
+
+        def after_commit(sync_session: Session) -> None:
+            nonlocal written, pending
+            written, pending = written or pending, False
+
+        def after_rollback(sync_session: Session) -> None:  # a COMMIT that failed included
+            nonlocal pending
+            pending = False
 
         sync = session.sync_session
-        if join_commit:
-            event.listen(sync, "before_commit", before_commit)
+        hooks = {
+            "before_commit": before_commit,
+            "after_commit": after_commit,
+            "after_rollback": after_rollback,
+        }
+        for name, hook in hooks.items():
+            event.listen(sync, name, hook)
         try:
             yield
         except BaseException as error:
-            if join_commit:
-                event.remove(sync, "before_commit", before_commit)
+            for name, hook in hooks.items():
+                event.remove(sync, name, hook)
             if not written:
                 await session.rollback()
                 outcome = error.code if isinstance(error, AppError) else "error"
                 await session.execute(insert(AuditEvent).values(self._row(action, target, outcome)))
                 await session.commit()
             raise
-        if join_commit:
-            event.remove(sync, "before_commit", before_commit)
+        for name, hook in hooks.items():
+            event.remove(sync, name, hook)
         if not written:
             await session.execute(insert(AuditEvent).values(self._row(action, target, OK)))
             await session.commit()
@@ -138,6 +152,11 @@ def task_changed(task_id: uuid.UUID) -> Callable[[Session], bool]:
         return bool(sync_session.execute(CHANGED_TASK, {"task_id": task_id}).scalar())
 
     return changed
+
+
+def created_a_task(sync_session: Session) -> bool:
+    """Whether this transaction created a task (app.analysis.submit.resubmit_in says so)."""
+    return bool(sync_session.info.get(CREATED_A_TASK))
 
 
 async def get_audit(request: Request, admin: AdminDep) -> Audit:

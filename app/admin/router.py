@@ -59,7 +59,7 @@ async def cancel_task(
         session, "task.cancel", f"task:{task_id}", changed=audit.task_changed(task_id)
     ):
         return await analysis_service.cancel(
-            session, state.arq, state.estimator, state.publisher, admin, task_id
+            session, state.arq, state.estimator, state.publisher, admin, task_id, as_admin=True
         )
 
 
@@ -67,9 +67,9 @@ async def cancel_task(
 async def retry_task(
     task_id: uuid.UUID, _: AdminDep, session: SessionDep, state: StateDep, log: AuditDep
 ) -> SubmittedTask:
-    # The new task is inserted through the asyncpg pool (app.analysis.submit), not this
-    # session: its event is written right after, in a transaction of its own.
-    async with log.action(session, "task.retry", f"task:{task_id}", join_commit=False):
+    # The new task and the audit event commit together; a retry that created nothing (an
+    # active analysis of the recording answered instead) is recorded after it.
+    async with log.action(session, "task.retry", f"task:{task_id}", changed=audit.created_a_task):
         return await tasks.retry(session, state, task_id)
 
 

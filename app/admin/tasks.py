@@ -86,8 +86,8 @@ async def retry(session: AsyncSession, state: AppState, task_id: uuid.UUID) -> S
     owner = Principal(row["user_id"], Role.USER)
     parameters = AnalysisParameters.model_validate(_known(row["task_params"]))
     # If the recording already has an active analysis, that one is returned.
-    return await submit.submit_record(
-        state.pg, state.submitter, owner, row["practice_record_id"], parameters, None
+    return await submit.resubmit_in(
+        session, state.submitter, owner, row["practice_record_id"], parameters
     )
 
 

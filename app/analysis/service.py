@@ -51,8 +51,10 @@ CANCEL = text(
 )
 
 
-def _owner(user: Principal, task_id: uuid.UUID) -> dict[str, object]:
-    return {"task_id": task_id, "user_id": user.user_id, "admin": user.is_admin}
+def _owner(user: Principal, task_id: uuid.UUID, as_admin: bool = False) -> dict[str, object]:
+    """The parameters that find `task_id` among the user's tasks, or among everyone's when
+    `as_admin` (an admin route) and the user is an administrator."""
+    return {"task_id": task_id, "user_id": user.user_id, "admin": as_admin and user.is_admin}
 
 
 async def read_status(
@@ -66,7 +68,7 @@ async def read_status(
     (`app.db.create_pg_pool`: no ORM session, no BEGIN/COMMIT, no SQLAlchemy execution), the
     connection returned before the queue position is read (from the process's snapshot of
     the queue's head)."""
-    params = _owner(user, task_id) | {"admin": False}
+    params = _owner(user, task_id)
     row = await fetch_row(pg, status.TASK_STATUS_ASYNCPG, params)
     if row is None:
         raise NotFound("Analysis task")
@@ -82,7 +84,7 @@ async def get_status(
     *,
     as_admin: bool = False,
 ) -> TaskStatusOut:
-    params = _owner(user, task_id) | {"admin": as_admin and user.is_admin}
+    params = _owner(user, task_id, as_admin)
     row = (await session.execute(status.TASK_STATUS, params)).mappings().first()
     if row is None:
         raise NotFound("Analysis task")
@@ -128,14 +130,17 @@ async def cancel(
     publisher: Publisher,
     user: Principal,
     task_id: uuid.UUID,
+    *,
+    as_admin: bool = False,
 ) -> TaskStatusOut:
     """Pending or retry: cancelled at once. Processing: arq aborts the job, whose worker
-    closes the AI request and records `cancelled`."""
-    params = _owner(user, task_id)
+    closes the AI request and records `cancelled`. Only the owner's task, unless `as_admin`
+    (the admin route, which audits it) and the user is an administrator."""
+    params = _owner(user, task_id, as_admin)
     row = (await session.execute(CANCEL, params)).mappings().first()
     await session.commit()
     if row is None:
-        current = await get_status(session, arq, estimator, user, task_id, as_admin=True)
+        current = await get_status(session, arq, estimator, user, task_id, as_admin=as_admin)
         raise AppError(
             409,
             "task_finished",

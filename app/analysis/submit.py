@@ -149,6 +149,38 @@ async def submit_record(
     raise NotFound("Practice record")
 
 
+# Set in a session's info by `resubmit_in` when it created a task: what the admin's audit
+# event waits for before it joins a commit (app.admin.audit).
+CREATED_A_TASK = "vocalborn.created_a_task"
+
+
+async def resubmit_in(
+    session: AsyncSession,
+    submitter: Submitter,
+    user: Principal,
+    record_id: uuid.UUID,
+    parameters: AnalysisParameters,
+) -> SubmittedTask:
+    """Submit one record inside `session`'s transaction and commit it, then enqueue (the row
+    is the outbox: a failed enqueue is the reconciler's): for an admin's retry, whose audit
+    event commits in the same transaction as the new task (`CREATED_A_TASK` is set in
+    `session.info` when one was created). An existing active task of the record is answered
+    instead; NotFound when the record does not exist."""
+    values = _values(user, parameters, None) | {"record_id": record_id}
+    row = (await session.execute(SUBMIT_RECORD, values)).mappings().first()
+    existing = None
+    if row is None:
+        existing = (await session.execute(EXISTING_FOR_RECORD, values)).mappings().first()
+    else:
+        session.info[CREATED_A_TASK] = True
+    await session.commit()
+    if row is not None:
+        return (await _enqueue(submitter, [row]))[0]
+    if existing is None:
+        raise NotFound("Practice record")
+    return (await _describe(submitter, [existing]))[0]
+
+
 def _check_same_request(existing: Row, record_id: uuid.UUID, idempotency_key: str | None) -> None:
     reused = idempotency_key is not None and existing["idempotency_key"] == idempotency_key
     if reused and existing["practice_record_id"] != record_id:

@@ -112,6 +112,25 @@ async def test_cancel_and_its_event_commit_together_and_a_refusal_is_recorded(
     ]
 
 
+async def test_a_retry_and_its_event_commit_together(
+    client: httpx.AsyncClient, make_user: MakeUser, alice: ApiUser, engine: AsyncEngine
+) -> None:
+    admin = await make_user(role=Role.ADMIN)
+    task_id = await new_task(client, alice)
+    await client.delete(f"{ADMIN_PREFIX}/tasks/{task_id}", headers=admin.headers)
+    retried = await client.post(f"{ADMIN_PREFIX}/tasks/{task_id}/retry", headers=admin.headers)
+    assert retried.status_code == 202
+    async with engine.connect() as connection:
+        same_transaction = await connection.scalar(
+            text(
+                "SELECT t.xmin::text = e.xmin::text FROM ai_analysis_tasks t, audit_events e"
+                " WHERE t.task_id = :t AND e.actor_id = :a AND e.action = 'task.retry'"
+            ),
+            {"t": retried.json()["task_id"], "a": admin.user_id},
+        )
+    assert same_transaction is True
+
+
 async def test_the_log_is_append_only_and_outlives_cleanup(
     client: httpx.AsyncClient, make_user: MakeUser, alice: ApiUser, engine: AsyncEngine
 ) -> None:

@@ -91,7 +91,7 @@ def test_pods_run_as_non_root_with_requests_and_secrets_by_reference() -> None:
 def test_probes() -> None:
     [api] = deployment("api")["spec"]["template"]["spec"]["containers"]
     assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert api["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
     [worker] = deployment("worker")["spec"]["template"]["spec"]["containers"]
     assert worker["livenessProbe"]["exec"]["command"] == [
         "arq", "--check", "worker.main.WorkerSettings"

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from functools import partial
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import text
@@ -92,6 +93,7 @@ async def test_a_short_postgres_outage_at_the_final_write_costs_nothing(
     fake_ai: FakeAI,
     start_worker: StartWorker,
     postgres_server: EmbeddedPostgres | None,
+    pg: asyncpg.Pool,
 ) -> None:
     """PostgreSQL stops during the AI call and comes back after the result arrived, well
     within the lease: the result is written, no crash is counted, the AI is called once
@@ -113,7 +115,8 @@ async def test_a_short_postgres_outage_at_the_final_write_costs_nothing(
         await wait_for(answered)
     finally:
         await asyncio.to_thread(postgres_server.start)
-        await engine.dispose()  # the test's own pooled connections died with the server
+        await engine.dispose()  # the tests' own pooled connections died with the server
+        await pg.expire_connections()
     final = await wait_for_status(client, alice, task_id, within=30)
     row = await _task_row(engine, task_id)
     assert final["status"] == "success", final

@@ -13,6 +13,7 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 from arq.jobs import deserialize_job_raw, serialize_job
 from arq.utils import timestamp_ms
+from prometheus_client import REGISTRY
 from redis.asyncio import Connection, ConnectionPool, Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -186,7 +187,14 @@ async def test_more_due_rows_than_a_page_all_enqueued_in_one_tick(
     read once, none skipped, and all are enqueued by one tick."""
     user = await make_user()
     tasks = await insert_tasks(engine, user.user_id, 2_500)
+    repairs = _repairs("enqueued")
     outcome = await cron.reconcile(worker_ctx)
     assert outcome == {"due": 2_500, "enqueued": 2_500}
+    assert _repairs("enqueued") - repairs == 2_500  # vocalborn_reconcile_repairs_total
     await assert_queued(redis, tasks)
     assert await redis.zcard(queue.QUEUE_NAME) == 2_500
+
+
+def _repairs(kind: str) -> float:
+    value = REGISTRY.get_sample_value("vocalborn_reconcile_repairs_total", {"kind": kind})
+    return value or 0.0
