@@ -278,7 +278,8 @@ def write_results(sections: list[Section], order: Sequence[str]) -> None:
         "Written by `uv run python -m bench --write` (see README.md here for what each "
         "scenario measures and how). Ratios are ours / baseline per round, median and "
         "(min–max) over the rounds; values are medians (min–max). In a quick run the "
-        "verdicts are in parentheses: its sizes are not the issue's.",
+        "verdicts are in parentheses: its sizes are not the issue's. Where a goal is not met, "
+        "PROFILES.md here shows where the time goes (py-spy, `--profile`).",
     ]
     quick = sorted(name for name, entry in stored.items() if entry["run"].get("quick"))
     if quick:
