@@ -96,8 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
     install_error_handlers(app)
-    app.include_router(practice_router, prefix="/api/v1")
+    # Routes are matched in order: the hottest (status, submit) first.
     app.include_router(analysis_router, prefix="/api/v1")
+    app.include_router(practice_router, prefix="/api/v1")
     app.include_router(events_router, prefix="/api/v1")
     for path in SSE_PATHS:
         app.add_route(path, sse_events, methods=["GET"], include_in_schema=False)

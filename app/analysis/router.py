@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, status
+from fastapi import APIRouter, Header, Response, status
 
 from app.analysis import service, submit
 from app.analysis.schemas import (
@@ -21,6 +21,14 @@ router = APIRouter(prefix="/tasks/analysis", tags=["analysis"])
 IdempotencyKey = Annotated[
     str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
 ]
+
+
+@router.get("/{task_id}/status", response_model=TaskStatusOut)
+async def task_status(task_id: uuid.UUID, user: UserDep, state: StateDep) -> Response:
+    """The hottest read: the document is serialised once by its own model and returned as
+    is (`response_model` documents it), not validated and serialised again by FastAPI."""
+    document = await service.read_status(state.pg, state.arq, state.estimator, user, task_id)
+    return Response(document.model_dump_json(), media_type="application/json")
 
 
 @router.post(
@@ -61,11 +69,6 @@ async def session_status(
     session_id: uuid.UUID, user: UserDep, session: SessionDep, state: StateDep
 ) -> SessionStatusOut:
     return await service.get_session_status(session, state.arq, state.estimator, user, session_id)
-
-
-@router.get("/{task_id}/status", response_model=TaskStatusOut)
-async def task_status(task_id: uuid.UUID, user: UserDep, state: StateDep) -> TaskStatusOut:
-    return await service.read_status(state.pg, state.arq, state.estimator, user, task_id)
 
 
 @router.get("/{task_id}/result", response_model=AnalysisResultOut)

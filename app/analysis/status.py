@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ from sqlalchemy import RowMapping, text
 from app.analysis import queue
 from app.analysis.eta import Estimator, iso_duration
 from app.analysis.schemas import CurrentStep, TaskStatusOut
-from app.analysis.steps import step_for
+from app.analysis.steps import Step, step_for
 from app.db import for_asyncpg
 
 log = logging.getLogger(__name__)
@@ -81,13 +82,15 @@ async def document(row: Row, position: int | None, estimator: Estimator) -> Task
     elif position is not None:
         eta = await estimator.completion_time(position)
         remaining = eta - datetime.now(UTC) if eta else None
-    return TaskStatusOut(
+    # The row's own columns, typed by PostgreSQL: built without validating them again (about
+    # a tenth of a status read's CPU).
+    return TaskStatusOut.model_construct(
         task_id=row["task_id"],
         practice_record_id=row["practice_record_id"],
         practice_session_id=row["practice_session_id"],
         status=status,
         progress=row["progress"],
-        current_step=CurrentStep(code=step.code, label=step.label, index=step.index),
+        current_step=_current_step(step),
         total_steps=row["total_steps"],
         started_at=row["started_at"],
         completed_at=row["completed_at"],
@@ -100,6 +103,11 @@ async def document(row: Row, position: int | None, estimator: Estimator) -> Task
         cancel_requested=row["cancel_requested_at"] is not None,
         updated_at=row["updated_at"],
     )
+
+
+@functools.cache
+def _current_step(step: Step) -> CurrentStep:
+    return CurrentStep(code=step.code, label=step.label, index=step.index)
 
 
 async def describe_all(

@@ -151,7 +151,8 @@ async def run(ctx: Context) -> Section:
         ),
     ]
     notes = [
-        "The rescuer polls before the kill, so only the lease (renewed every third of it until "
-        "the kill) stands between the kill and the take-over, plus arq's poll.",
+        "The rescuer polls before the kill, so only the lease (taken for a lease and a quarter, "
+        "renewed every quarter until the kill) stands between the kill and the take-over, plus "
+        "arq's poll.",
     ]
     return Section(NAME, TITLE, rows, notes)
