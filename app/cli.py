@@ -71,7 +71,7 @@ async def token_for(settings: Settings, email: str, ttl: int) -> str:
     finally:
         await engine.dispose()
     if user is None:
-        raise SystemExit(f"no user with email {email}; create it with `vocalborn users create`")
+        raise LookupError(f"no user with email {email}; create it with `vocalborn users create`")
     return issue_access_token(settings, user.user_id, Role(user.role), ttl)
 
 
@@ -87,8 +87,13 @@ def users_create(email: str, admin: Annotated[bool, typer.Option("--admin")] = F
 def token_command(
     email: str, ttl: Annotated[int, typer.Option(help="lifetime in seconds")] = 3600
 ) -> None:
-    """Print an access token for a user."""
-    print(asyncio.run(token_for(get_settings(), email, ttl)))
+    """Print an access token for a user (reads DATABASE_URL and JWT_SECRET)."""
+    try:
+        token = asyncio.run(token_for(get_settings(), email, ttl))
+    except (LookupError, OSError, RuntimeError) as exc:  # no such user, no database, no key
+        typer.echo(f"vocalborn token: {exc}", err=True)
+        raise typer.Exit(2) from None
+    print(token)
 
 
 @cli.command("link")

@@ -203,3 +203,16 @@ async def test_a_token_from_the_cli_is_accepted_by_the_api_with_env_example_as_i
             except TimeoutError:
                 api.kill()
                 await api.wait()
+
+
+async def test_token_for_an_unknown_user_says_so_and_exits_2(
+    tmp_path: Path, settings: Settings, clean: None
+) -> None:
+    env = _subprocess_env(DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url)
+    env["JWT_SECRET"] = "x" * 64
+    done = await asyncio.to_thread(
+        subprocess.run, [str(BIN / "vocalborn"), "token", "nobody@example.test"], cwd=tmp_path,
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stdout == ""
+    assert "no user with email nobody@example.test" in done.stderr

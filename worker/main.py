@@ -27,6 +27,11 @@ from worker.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
+# How often arq refreshes its health-check key (it lasts one second longer): what
+# `arq --check worker.main.WorkerSettings` reads, the compose health check and the Kubernetes
+# liveness probe every 60 s. arq's default, an hour, hid a dead worker for up to an hour.
+HEALTH_CHECK_SECONDS = 30
+
 # arq's own retry counter is only a backstop: the retry budget lives in PostgreSQL.
 ARQ_MAX_TRIES = 1000
 
@@ -152,6 +157,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "job_timeout": job_timeout,
         "max_tries": ARQ_MAX_TRIES,
         "allow_abort_jobs": True,
+        "health_check_interval": HEALTH_CHECK_SECONDS,
         # No result is kept, whoever ends a job: arq refuses to enqueue a job id while a result
         # is kept for it, and it keeps one (with this worker-wide setting, whatever the
         # function's) for a job that fails before it starts: undecodable, expired, aborted.

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from app.analysis import queue, status
 from app.analysis.eta import Estimator
 from app.analysis.lifecycle import RECORD_AFTER_ANALYSIS_ENDED, move_record
-from app.analysis.models import ACTIVE_STATUS_SQL
+from app.analysis.models import ACTIVE_STATUS_SQL, TERMINAL_STATUSES
 from app.analysis.progress import Publisher
 from app.analysis.schemas import AnalysisResultOut, SessionStatusOut, TaskStatusOut
 from app.auth import Principal
@@ -114,10 +114,12 @@ async def get_result(
     if row is None:
         raise NotFound("Analysis task")
     if row["status"] != "success" or row["result_id"] is None:
+        ended = row["status"] in TERMINAL_STATUSES  # failed or cancelled: it never will
+        said = "ended without a result" if ended else "has no result yet"
         raise AppError(
             404,
             "result_not_ready",
-            f"The analysis has no result yet: its status is {row['status']}",
+            f"The analysis {said}: its status is {row['status']}",
             details={"status": row["status"]},
         )
     return AnalysisResultOut.model_validate(dict(row))

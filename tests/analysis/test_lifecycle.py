@@ -106,7 +106,7 @@ async def test_422_fails_at_once(
     assert response.status_code == 404
     assert response.json()["error"] == {
         "code": "result_not_ready",
-        "message": "The analysis has no result yet: its status is failure",
+        "message": "The analysis ended without a result: its status is failure",
         "status": "failure",
     }
 

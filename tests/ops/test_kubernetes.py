@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
+from app.settings import Settings
 from tests.ops.test_monitoring import ROOT, promtool
+from worker.main import worker_options
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 CRDS = {"worker-scaledobject.yaml"}  # no schema in kubernetes-validate: checked below
@@ -98,6 +100,17 @@ def test_probes() -> None:
     ]  # fmt: skip
     [analyzer] = deployment("analyzer")["spec"]["template"]["spec"]["containers"]
     assert analyzer["readinessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_a_dead_worker_fails_its_liveness_check_within_a_probe_period() -> None:
+    """`arq --check` reads arq's health-check key, refreshed every health_check_interval and
+    lasting a second longer: refreshed less often than the probes run (arq's default is an
+    hour), a dead worker passes them for up to that long."""
+    interval = worker_options(Settings())["health_check_interval"]
+    [worker] = deployment("worker")["spec"]["template"]["spec"]["containers"]
+    assert interval < worker["livenessProbe"]["periodSeconds"]
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    assert interval < int(compose["services"]["worker"]["healthcheck"]["interval"].rstrip("s"))
 
 
 def test_metrics_ports_are_internal_and_annotated() -> None:
