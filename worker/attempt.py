@@ -1,7 +1,8 @@
 """One attempt at one analysis task, in three phases (see also worker/outcome.py):
 
 1. The AI call: the recording is streamed to the AI service while the worker renews the
-   lease (worker/lease.py); progress is relayed best effort, off the AI read loop.
+   lease (worker/lease.py, from the claim on); progress is relayed best effort, off the AI
+   read loop.
 2. The outcome (success, retry, deferral, failure, cancel) is committed to PostgreSQL, the
    source of truth, fenced by the attempt number, retried through transient database errors.
    The lease is closed by then: nothing can cancel an attempt while it records its
@@ -64,16 +65,35 @@ class Attempt:
         """Run the attempt to a committed outcome; returns it in words (for arq's log).
         Raises CancelledError when arq cancels the job: after handing the task back during
         phase 1, after the outcome is recorded during phases 2 and 3."""
+        # Renewed from the claim on, not from the AI call: on a saturated event loop the
+        # claim's publish and the breaker's read can take seconds of the lease.
+        lease = self._lease = self.deps.leases.hold(
+            self.claimed, self.job_id, self.recorder.lease_deadline
+        )
         try:
             try:
                 outcome = await self._phase_one()
             except asyncio.CancelledError:
+                self._close_lease()
                 await _to_the_end(self.claimed, self.recorder.hand_back())
                 raise
+            self._close_lease()
             return await _to_the_end(self.claimed, self._record(outcome))
         finally:
-            if self._lease is not None:
-                self._lease.release()
+            self._close_lease()  # whatever happened before (once)
+            lease.release()
+
+    def _close_lease(self) -> None:
+        """Stop renewing the lease (once). arq's in-progress key is then held for what the
+        attempt still has to do: its outcome, written until one lease past the lease, then
+        its effects."""
+        lease = self._lease
+        if lease is None or lease.closing:
+            return
+        lease_seconds = self.deps.settings.lease_seconds
+        hold = lease.deadline + lease_seconds - time.monotonic() + AFTER_COMMIT_SECONDS
+        lease.close(hold_for=hold)
+        self.recorder.lease_deadline = lease.deadline
 
     async def fail_now(self, error_class: ErrorClass, message: str) -> str:
         """Fail the task without calling the AI service (a crash loop)."""
@@ -103,9 +123,8 @@ class Attempt:
         """The AI call while the worker renews its lease: its result or error, or why the
         lease stopped it. The lease is closed and the progress relay has stopped (within its
         bounded close) when this returns or raises."""
-        lease = self._lease = self.deps.leases.hold(
-            self.claimed, self.job_id, self.recorder.lease_deadline
-        )
+        lease = self._lease
+        assert lease is not None, "held since the claim (run)"
         relay = self._relay = ProgressRelay(self.deps, self.claimed, lease)
         relay.start()
         call = asyncio.create_task(self._call_ai())
@@ -120,11 +139,7 @@ class Attempt:
                     await _abandon(call)
                 await relay.close()
             finally:  # even if a second cancel comes meanwhile: the lease is not renewed on
-                # Phases 2 and 3 may take up to one lease past the lease, then the effects.
-                lease_seconds = self.deps.settings.lease_seconds
-                hold = lease.deadline + lease_seconds - time.monotonic() + AFTER_COMMIT_SECONDS
-                lease.close(hold_for=hold)
-                self.recorder.lease_deadline = lease.deadline
+                self._close_lease()
         if answered:
             if call.cancelled():  # not by us: something inside gave the call up
                 return AIServiceError("The AI call was cancelled")

@@ -4,21 +4,26 @@ a requested cancel stops only its own attempt."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import httpx
+from redis.asyncio.connection import Connection
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.analysis import lifecycle, queue
 from app.analysis.lifecycle import Claim
+from app.analysis.progress import _PUBLISH_LUA
 from app.db import create_pg_pool
 from app.settings import Settings
-from tests.analysis.conftest import new_task, wait_for
+from tests.analysis.conftest import StartWorker, new_task, wait_for, wait_for_status
 from tests.conftest import ApiUser
+from tests.fake_ai import FakeAI, ok
 from worker.lease import Lease, Leases, StopReason
 
 LEASE = 0.8  # a round every 0.2 s
@@ -117,3 +122,59 @@ async def test_a_lost_task_and_a_cancel_stop_only_their_own_attempt(
             lease.close()
         await leases.stop()
         await arq.aclose(close_connection_pool=True)
+
+
+_PUBLISH_SHA = hashlib.sha1(_PUBLISH_LUA.encode()).hexdigest().encode()
+
+
+class _PublishHeld(Connection):
+    """A redis-py connection whose status-document publishes (EVALSHA of the publish script)
+    wait until `released` is set: the claim's publish, held."""
+
+    released: asyncio.Event
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        chunks = command if isinstance(command, list | tuple) else [command]
+        if _PUBLISH_SHA in b"".join(bytes(chunk) for chunk in chunks):
+            await _PublishHeld.released.wait()
+        await super().send_packed_command(command, check_health)
+
+
+async def test_the_lease_is_renewed_from_the_claim_on(
+    client: httpx.AsyncClient,
+    alice: ApiUser,
+    engine: AsyncEngine,
+    fake_ai: FakeAI,
+    start_worker: StartWorker,
+) -> None:
+    """Between the claim and the AI call come the claim's publish and the breaker's read; on
+    a saturated event loop they can take seconds of the lease. Held here for three leases:
+    the row's lease is renewed meanwhile (before, renewals began with the AI call and the
+    lease ran out), and the analysis ends with one AI call."""
+    _PublishHeld.released = asyncio.Event()
+    fake_ai.reset(default=ok())
+    task_id = await new_task(client, alice)
+    await start_worker(ctx={"redis_connection_class": _PublishHeld}, lease_seconds=1.0)
+
+    async def expires_at() -> Any:
+        async with engine.connect() as connection:
+            return await connection.scalar(
+                text(
+                    "SELECT lease_expires_at FROM ai_analysis_tasks"
+                    " WHERE task_id = :t AND status = 'processing'"
+                ),
+                {"t": task_id},
+            )
+
+    claimed = await wait_for(expires_at)
+
+    async def renewed_past_three_leases() -> bool:  # the claim took 1.25 s: renewed since
+        current = await expires_at()
+        return current is not None and (current - claimed).total_seconds() >= 3.0
+
+    try:
+        await wait_for(renewed_past_three_leases, within=10)
+    finally:
+        _PublishHeld.released.set()
+    assert (await wait_for_status(client, alice, task_id))["status"] == "success"
+    assert fake_ai.call_count() == 1
