@@ -64,7 +64,8 @@ SESSION_STATUS = text(
 
 async def describe(row: Row, redis: Redis, estimator: Estimator) -> TaskStatusOut:
     """The status document of a task row (`STATUS_FIELDS` and `practice_session_id`); a
-    pending or retry task's queue position is read from Redis (None when Redis is down)."""
+    pending or retry task's queue position comes from the queue's snapshot, or Redis (None
+    when Redis is down)."""
     position = None
     if row["status"] in ("pending", "retry"):
         position = await safe_position(redis, queue.job_id_for(row["task_id"], row["attempt"]))

@@ -81,13 +81,18 @@ async def start_worker(worker_settings: Settings, clean: None) -> AsyncIterator[
 
     yield start
     for worker, task in running:
-        # arq's close() gathers the job tasks it cancels; one cancelled while arq itself was
-        # finishing it (after our code returned) surfaces here as CancelledError.
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker.close()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_worker(worker, task)
+
+
+async def stop_worker(worker: Worker, running: asyncio.Task[None]) -> None:
+    """Stop an in-process worker and the task that runs it."""
+    # arq's close() gathers the job tasks it cancels; one cancelled while arq itself was
+    # finishing it (after our code returned) surfaces here as CancelledError.
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker.close()
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
 
 
 async def wait_for(

@@ -5,7 +5,6 @@ PostgreSQL and Redis of tests/conftest.py."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import os
 import subprocess
@@ -23,6 +22,7 @@ from arq.worker import Worker
 from app.embedded import free_port
 from app.main import create_app
 from app.settings import Settings
+from tests.analysis.conftest import stop_worker
 from tests.conftest import ApiUser
 from tests.servers import UvicornThread
 from worker.main import worker_options
@@ -124,11 +124,7 @@ async def live(
     try:
         yield system
     finally:
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker.close()
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
+        await stop_worker(worker, running)
         await asyncio.to_thread(system.api.stop)
 
 

@@ -7,7 +7,6 @@ and a last published status document equal to the row. The table is printed (run
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.analysis.progress import stream_key, task_topic
 from app.db import create_engine
 from app.settings import Settings
-from tests.analysis.conftest import new_task, task_status, wait_for, wait_for_status
+from tests.analysis.conftest import new_task, stop_worker, task_status, wait_for, wait_for_status
 from tests.conftest import ApiUser
 from tests.fake_ai import FakeAI, Mode, ok, status
 from tests.faults import IN_ATTEMPT, Fault, FaultPlan
@@ -140,11 +139,7 @@ async def _analyse(
         except AssertionError:
             published = False
     finally:
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker.close()
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
+        await stop_worker(worker, running)
     async with engine.connect() as connection:
         task = (
             await connection.execute(
