@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,46 @@ STATUS_CODES = {
     500: "internal_error",
     503: "service_unavailable",
 }
+
+
+class ErrorDetail(BaseModel):
+    """`code` (machine-readable, e.g. "not_found") and `message` (for people); some errors
+    add fields of their own (a validation error's `fields`, a conflict's `status`...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """The one error shape, as the OpenAPI document describes it."""
+
+    error: ErrorDetail
+
+
+RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+
+
+def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route or router: each status code answered in the one error shape
+    (a 429 with its Retry-After header). Declaring 422 replaces FastAPI's own validation
+    error schema, which is not the shape we answer with."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status_code in status_codes:
+        response: dict[str, Any] = {
+            "model": ErrorOut,
+            "description": HTTPStatus(status_code).phrase,
+        }
+        if status_code == 429:
+            response["headers"] = RETRY_AFTER_HEADER
+        responses[status_code] = response
+    return responses
 
 
 class AppError(Exception):
