@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
+from limits import parse_many
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -114,6 +115,9 @@ class Settings(BaseSettings):
     stream_token_secret: str | None = None
     max_streams_per_user: int = Field(20, ge=1)
 
+    # Abuse limits (issue 11): submits per user, shared by every API replica through Redis.
+    submit_rate_limit: str = "60/minute"
+
     @field_validator("*", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object, info: ValidationInfo) -> object:
@@ -129,6 +133,15 @@ class Settings(BaseSettings):
     def _split_formats(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("submit_rate_limit")
+    @classmethod
+    def _a_rate(cls, value: str) -> str:
+        # The limiter's notation (ValueError when it is not); `limits.parse` would take the
+        # first of "10/second;300/hour" and drop the rest in silence.
+        if len(parse_many(value)) != 1:
+            raise ValueError("one rate, such as 60/minute")
         return value
 
     @field_validator("reconcile_interval_seconds")

@@ -14,7 +14,7 @@ from app.analysis.schemas import (
     SubmittedTask,
     TaskStatusOut,
 )
-from app.deps import SessionDep, StateDep, UserDep
+from app.deps import SessionDep, StateDep, SubmittingUserDep, UserDep
 from app.errors import error_responses
 
 router = APIRouter(
@@ -42,7 +42,7 @@ async def task_status(task_id: uuid.UUID, user: UserDep, state: StateDep) -> Res
 )
 async def submit_analysis(
     body: SubmitRequest,
-    user: UserDep,
+    user: SubmittingUserDep,
     state: StateDep,
     idempotency_key: IdempotencyKey = None,
 ) -> SubmittedTask | SessionSubmitted:

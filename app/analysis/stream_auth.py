@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections import Counter
@@ -81,10 +82,13 @@ def stream_principal(connection: HTTPConnection, settings: Settings, scope: str)
 
 
 class StreamLimiter:
-    """Open streams per user in this process; more than the limit answers 429."""
+    """Open streams per user in this process; more than the limit answers 429 with a
+    Retry-After of one heartbeat (`retry_after` seconds): a stream whose client has gone
+    gives its place back when its next heartbeat fails to be sent, at the latest."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, retry_after: float = 15.0) -> None:
         self._limit = limit
+        self._retry_after = str(max(1, math.ceil(retry_after)))
         self._open: Counter[uuid.UUID] = Counter()
 
     def take(self, user: Principal) -> None:
@@ -92,7 +96,12 @@ class StreamLimiter:
         between, so concurrent openings cannot all pass the same check), before the response
         starts: a 429 cannot be sent once the stream is open."""
         if self._open[user.user_id] >= self._limit:
-            raise AppError(429, "too_many_streams", f"At most {self._limit} open streams per user")
+            raise AppError(
+                429,
+                "too_many_streams",
+                f"At most {self._limit} open streams per user",
+                headers={"Retry-After": self._retry_after},
+            )
         self._open[user.user_id] += 1
 
     def give_back(self, user: Principal) -> None:

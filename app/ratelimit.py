@@ -1,0 +1,76 @@
+"""The per-user submit rate limit (SUBMIT_RATE_LIMIT), shared by every API replica through
+Redis: the `limits` library's moving window (exact: the window is the last N seconds, not a
+calendar minute), on the queue's Redis connection pool.
+
+Fails open: with Redis unreachable a submit is let through (logged), as the submit itself
+goes on without Redis (its row is the outbox, the reconciler enqueues it later)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from redis.asyncio import ConnectionPool
+from redis.exceptions import RedisError
+
+from app.errors import AppError
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "vocalborn:ratelimit"
+SUBMIT_NAMESPACE = "submit"
+
+
+def parse_rate(rate: str) -> RateLimitItem:
+    """`"60/minute"`, `"10/second"`, `"1000 per hour"` (the `limits` notation); ValueError
+    for anything else."""
+    return parse(rate)
+
+
+class RateLimited(AppError):
+    """429 in the one error shape, with Retry-After in whole seconds (at least 1)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(
+            429,
+            "too_many_requests",
+            message,
+            details={"retry_after": seconds},
+            headers={"Retry-After": str(seconds)},
+        )
+
+
+class SubmitRateLimit:
+    """Submits per user per window; `check` counts one and raises RateLimited past the limit."""
+
+    def __init__(self, pool: ConnectionPool, rate: str) -> None:
+        self.rate = rate
+        self._item = parse_rate(rate)
+        storage = RedisStorage(
+            "async+redis://",  # the connection comes from `pool`, not from this URI
+            implementation="redispy",
+            key_prefix=KEY_PREFIX,
+            connection_pool=pool,  # type: ignore[arg-type]  # limits types options as scalars
+        )
+        self._limiter = MovingWindowRateLimiter(storage)
+
+    async def check(self, user_id: uuid.UUID) -> None:
+        """One submit by `user_id`: one Redis round trip when allowed, two when refused
+        (the second reads when the oldest submit in the window leaves it)."""
+        key = str(user_id)
+        try:
+            if await self._limiter.hit(self._item, SUBMIT_NAMESPACE, key):
+                return
+            stats = await self._limiter.get_window_stats(self._item, SUBMIT_NAMESPACE, key)
+        except RedisError:
+            log.warning("submit rate limit not checked: Redis unreachable", exc_info=True)
+            return
+        raise RateLimited(
+            f"At most {self.rate} submits per user", retry_after=stats.reset_time - time.time()
+        )

@@ -1,0 +1,94 @@
+"""S6: per-user limits. Submits: SUBMIT_RATE_LIMIT per user across every API replica (shared
+through Redis), 429 with Retry-After in the one error shape beyond it, nothing created, other
+users unaffected. Open streams: 429 with Retry-After beyond MAX_STREAMS_PER_USER."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.main import create_app
+from app.settings import Settings
+from tests.analysis.conftest import new_task, upload_recording
+from tests.conftest import ApiUser
+from tests.events.conftest import StartApi, read_events
+from tests.security.conftest import figure
+
+RATE = 3
+
+
+@contextlib.asynccontextmanager
+async def _replica(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """One API replica (its own process state, the shared PostgreSQL and Redis)."""
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
+    ):
+        yield http
+
+
+async def _task_count(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int(await connection.scalar(text("SELECT count(*) FROM ai_analysis_tasks")) or 0)
+
+
+async def test_s6_submit_rate_is_per_user_and_shared_by_replicas(
+    settings: Settings, alice: ApiUser, bob: ApiUser, engine: AsyncEngine, clean: None
+) -> None:
+    limited = settings.model_copy(update={"submit_rate_limit": f"{RATE}/minute"})
+    async with _replica(limited) as one, _replica(limited) as two:
+        records = [(await upload_recording(one, alice))[1] for _ in range(RATE + 1)]
+        _, bobs_record, _ = await upload_recording(one, bob)
+        answers = []
+        for index, record_id in enumerate(records):  # alternately on either replica
+            replica = (one, two)[index % 2]
+            answers.append(
+                await replica.post(
+                    "/api/v1/tasks/analysis/submit",
+                    json={"practice_record_id": record_id},
+                    headers=alice.headers,
+                )
+            )
+        assert [a.status_code for a in answers] == [202] * RATE + [429]
+        refused = answers[-1]
+        retry_after = int(refused.headers["Retry-After"])
+        assert 1 <= retry_after <= 60
+        error = refused.json()["error"]
+        assert error["code"] == "too_many_requests" and error["retry_after"] == retry_after
+        assert await _task_count(engine) == RATE  # the refused submit created nothing
+
+        # Another user's quota is their own.
+        bobs = await two.post(
+            "/api/v1/tasks/analysis/submit",
+            json={"practice_record_id": bobs_record},
+            headers=bob.headers,
+        )
+        assert bobs.status_code == 202, bobs.text
+    figure(
+        "S6",
+        f"submit limit {RATE}/minute over 2 replicas: submit {RATE + 1} -> 429, "
+        f"Retry-After {retry_after} s; another user unaffected",
+    )
+
+
+async def test_s6_open_streams_beyond_the_limit_get_429_with_retry_after(
+    start_live_api: StartApi, alice: ApiUser
+) -> None:
+    server = start_live_api(max_streams_per_user=1, sse_heartbeat_seconds=2.5)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        task_id = await new_task(http, alice)
+        url = f"/api/v1/tasks/analysis/{task_id}/events"
+        async with http.stream("GET", url, headers=alice.headers) as first:
+            lines = first.aiter_lines()
+            await read_events(lines, limit=1)
+            second = await http.get(url, headers=alice.headers)
+    assert second.status_code == 429
+    assert second.headers["Retry-After"] == str(math.ceil(2.5))
+    assert second.json()["error"]["code"] == "too_many_streams"
+    figure("S6", "open streams beyond MAX_STREAMS_PER_USER -> 429, Retry-After one heartbeat")
