@@ -11,7 +11,10 @@ from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The development secret `.env.example` ships with is public: weak by definition.
-ENV_EXAMPLE_JWT_SECRET = "development-only-secret-from-env-example-not-for-production"
+# (Allowlisted for the secret scan, .secrets.baseline: public on purpose, listed to be refused.)
+ENV_EXAMPLE_JWT_SECRET = (
+    "development-only-secret-from-env-example-not-for-production"  # pragma: allowlist secret
+)
 WEAK_SECRETS = frozenset(
     {
         "secret",
@@ -181,20 +184,32 @@ class Settings(BaseSettings):
         return self.jwt_private_key
 
     def check_serving_security(self) -> None:
-        """Refuse to serve outside development with a missing or weak JWT key."""
+        """Refuse to serve with a missing JWT key, and outside development and test with a
+        weak HMAC secret: JWT_SECRET (HS* algorithms) and STREAM_TOKEN_SECRET (when set, it
+        signs the stream tokens instead of JWT_SECRET)."""
         key = self.jwt_verification_key
         if key is None:
             raise InsecureConfiguration(
                 f"JWT_{'SECRET' if self.jwt_algorithm.startswith('HS') else 'PUBLIC_KEY'} "
                 f"is not set (JWT_ALGORITHM={self.jwt_algorithm})"
             )
-        if self.environment in LENIENT_ENVIRONMENTS or not self.jwt_algorithm.startswith("HS"):
+        if self.environment in LENIENT_ENVIRONMENTS:
             return
-        if key.lower() in WEAK_SECRETS or len(key.encode()) < MIN_SECRET_BYTES:
-            raise InsecureConfiguration(
-                f"JWT_SECRET is weak: use at least {MIN_SECRET_BYTES} random bytes "
-                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
-            )
+        secrets = {
+            "JWT_SECRET": key if self.jwt_algorithm.startswith("HS") else None,
+            "STREAM_TOKEN_SECRET": self.stream_token_secret,
+        }
+        for name, secret in secrets.items():
+            if secret is not None and is_weak_secret(secret):
+                raise InsecureConfiguration(
+                    f"{name} is weak: use at least {MIN_SECRET_BYTES} random bytes "
+                    "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+                )
+
+
+def is_weak_secret(secret: str) -> bool:
+    """Shorter than MIN_SECRET_BYTES, or a known placeholder (WEAK_SECRETS)."""
+    return secret.strip().lower() in WEAK_SECRETS or len(secret.encode()) < MIN_SECRET_BYTES
 
 
 @lru_cache
