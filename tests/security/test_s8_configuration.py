@@ -27,12 +27,16 @@ BIN = Path(sys.executable).parent
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}
 STRONG = secrets.token_urlsafe(48)
 
+# Deliberately weak values, the kind the API must refuse (placeholders, not secrets).
+PLACEHOLDER = "changeme"  # pragma: allowlist secret
+WORD = "secret"  # pragma: allowlist secret
+
 REFUSALS = {
     "no JWT_SECRET": {},
     "short JWT_SECRET": {"JWT_SECRET": "x" * 31},
-    "placeholder JWT_SECRET": {"JWT_SECRET": "changeme"},
+    "placeholder JWT_SECRET": {"JWT_SECRET": PLACEHOLDER},
     ".env.example's JWT_SECRET": {"JWT_SECRET": ENV_EXAMPLE_JWT_SECRET},
-    "weak STREAM_TOKEN_SECRET": {"JWT_SECRET": STRONG, "STREAM_TOKEN_SECRET": "secret"},
+    "weak STREAM_TOKEN_SECRET": {"JWT_SECRET": STRONG, "STREAM_TOKEN_SECRET": WORD},
     "RS256 without JWT_PUBLIC_KEY": {"JWT_ALGORITHM": "RS256", "JWT_SECRET": STRONG},
 }
 
@@ -158,10 +162,7 @@ def test_s8_the_secret_scan_finds_nothing(tmp_path: Path) -> None:
     # The control: the same scan does flag a planted key (written at run time, so that this
     # file holds no key of its own).
     planted = tmp_path / "settings_local.py"
-    planted.write_text(
-        "AWS_ACCESS_KEY_ID = '" + "AKIA" + "Q3EGRIOTX5N7ZP2K" + "'\n"
-        "aws_secret_access_key = '" + "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzq8Kd3Lm2Q" + "'\n"
-    )
+    planted.write_text("AWS_ACCESS_KEY_ID = '" + "AKIA" + "Q" * 16 + "'\n")
     flagged = _hook(str(planted))
     assert flagged.returncode != 0 and "AWS" in flagged.stdout, flagged.stdout
     figure(
