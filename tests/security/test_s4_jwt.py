@@ -11,6 +11,7 @@ import hmac
 import json
 import secrets
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -168,4 +169,40 @@ async def test_s4_jwt_matrix_is_refused(
             not_refused[case] = (response.status_code, body)
     refused = len(MATRIX) - len(not_refused)
     figure("S4", f"{api_config.algorithm}: {refused}/{len(MATRIX)} forged or broken tokens: 401")
+    assert not not_refused
+
+
+async def test_s4_forged_stream_tokens_are_refused(
+    client: httpx.AsyncClient, settings: Settings, alice: ApiUser
+) -> None:
+    """The browsers' `?stream_token=` (HS256 with the stream key): the same kinds of forgery."""
+    session = await client.post("/api/v1/practice/sessions", json={}, headers=alice.headers)
+    session_id = session.json()["practice_session_id"]
+    scope = f"session:{session_id}"
+    issued = await client.post(
+        f"/api/v1/tasks/analysis/session/{session_id}/stream-token", headers=alice.headers
+    )
+    claims = jwt.decode(
+        issued.json()["stream_token"], options={"verify_signature": False}
+    )  # the real claims, to forge from
+    assert claims["scope"] == scope
+    key = settings.jwt_secret or ""
+    now = int(time.time())
+    forged = {
+        "alg none": _unsigned({"alg": "none"}, claims) + ".",
+        "wrong key": jwt.encode(claims, secrets.token_urlsafe(48), algorithm="HS256"),
+        "expired": jwt.encode(claims | {"exp": now - 30}, key, algorithm="HS256"),
+        "future nbf": jwt.encode(claims | {"nbf": now + 600}, key, algorithm="HS256"),
+        "no exp": jwt.encode({k: v for k, v in claims.items() if k != "exp"}, key, "HS256"),
+        "another scope": jwt.encode(claims | {"scope": f"session:{uuid.uuid4()}"}, key, "HS256"),
+        "access type": jwt.encode(claims | {"typ": "access"}, key, algorithm="HS256"),
+        "malformed": "x.y.z",
+    }
+    url = f"/api/v1/tasks/analysis/session/{session_id}/events?stream_token="
+    not_refused = {}
+    for case, token in forged.items():
+        response = await client.get(url + token)
+        if response.status_code != 401 or response.json()["error"]["code"] != "unauthorized":
+            not_refused[case] = response.status_code
+    figure("S4", f"stream tokens: {len(forged) - len(not_refused)}/{len(forged)} forged: 401")
     assert not not_refused
