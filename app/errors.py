@@ -50,7 +50,8 @@ class ErrorOut(BaseModel):
 RETRY_AFTER_HEADER = {
     "Retry-After": {
         "description": "Seconds to wait before trying again",
-        "schema": {"type": "integer", "minimum": 0},
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
     }
 }
 
