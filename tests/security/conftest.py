@@ -23,7 +23,7 @@ __all__ = [
 def figure(sid: str, text: str) -> None:
     """One scenario's figure, printed as `FIGURE S<n>: <text>` (read with `pytest -s`, or from
     the captured output of a failed run); the lead wires it to tests/reliability/report.py."""
-    print(f"FIGURE {sid}: {text}", flush=True)
+    print(f"\nFIGURE {sid}: {text}", flush=True)  # own line, after pytest's progress dots
 
 
 @pytest.fixture
