@@ -2,8 +2,11 @@
 Redis: the `limits` library's moving window (exact: the window is the last N seconds, not a
 calendar minute), on the queue's Redis connection pool.
 
-Fails open: with Redis unreachable a submit is let through (logged), as the submit itself
-goes on without Redis (its row is the outbox, the reconciler enqueues it later)."""
+Fails open: with Redis unreachable or not answering a submit is let through, logged and
+counted (`vocalborn_submit_limit_unchecked`), as the submit itself goes on without Redis (its
+row is the outbox, the reconciler enqueues it later). The wait is bounded by the pool's own
+timeouts (`queue.connect`: 2 s to connect, 5 s for an answer), no cancel of a command in
+flight."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
 from app.errors import AppError
+from app.metrics import SUBMIT_LIMIT_UNCHECKED
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +66,22 @@ class SubmitRateLimit:
 
     async def check(self, user_id: uuid.UUID) -> None:
         """One submit by `user_id`: one Redis round trip when allowed, two when refused
-        (the second reads when the oldest submit in the window leaves it)."""
+        (the second reads when the oldest submit in the window leaves it). Raises RateLimited
+        past the limit; never raises a Redis error: a Redis that refuses, drops or does not
+        answer within the pool's socket timeout lets the submit through (logged, counted)."""
         key = str(user_id)
         try:
-            if await self._limiter.hit(self._item, SUBMIT_NAMESPACE, key):
-                return
-            stats = await self._limiter.get_window_stats(self._item, SUBMIT_NAMESPACE, key)
-        except RedisError:
-            log.warning("submit rate limit not checked: Redis unreachable", exc_info=True)
+            allowed = await self._limiter.hit(self._item, SUBMIT_NAMESPACE, key)
+        except RedisError as exc:
+            SUBMIT_LIMIT_UNCHECKED.inc()
+            log.warning("submit rate limit not checked, submit let through: Redis %r", exc)
             return
-        raise RateLimited(
-            f"At most {self.rate} submits per user", retry_after=stats.reset_time - time.time()
-        )
+        if allowed:
+            return
+        try:
+            stats = await self._limiter.get_window_stats(self._item, SUBMIT_NAMESPACE, key)
+            retry_after = stats.reset_time - time.time()
+        except RedisError as exc:  # refused all the same; the whole window is an upper bound
+            log.warning("submit rate limit: window unreadable (%r), Retry-After a window", exc)
+            retry_after = self._item.get_expiry()
+        raise RateLimited(f"At most {self.rate} submits per user", retry_after=retry_after)

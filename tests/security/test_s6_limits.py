@@ -1,18 +1,29 @@
 """S6: per-user limits. Submits: SUBMIT_RATE_LIMIT per user across every API replica (shared
 through Redis), 429 with Retry-After in the one error shape beyond it, nothing created, other
-users unaffected. Open streams: 429 with Retry-After beyond MAX_STREAMS_PER_USER."""
+users unaffected; with Redis refusing or not answering, a submit is let through within the
+pool's socket timeout, logged and counted. Open streams: 429 with Retry-After beyond
+MAX_STREAMS_PER_USER."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import time
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
+from prometheus_client import REGISTRY
+from redis.asyncio import ConnectionPool, Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.analysis import queue
+from app.embedded import free_port
 from app.main import create_app
+from app.ratelimit import SubmitRateLimit
 from app.settings import Settings
 from tests.analysis.conftest import new_task, upload_recording
 from tests.conftest import ApiUser
@@ -92,3 +103,72 @@ async def test_s6_open_streams_beyond_the_limit_get_429_with_retry_after(
     assert second.headers["Retry-After"] == str(math.ceil(2.5))
     assert second.json()["error"]["code"] == "too_many_streams"
     figure("S6", "open streams beyond MAX_STREAMS_PER_USER -> 429, Retry-After one heartbeat")
+
+
+UNCHECKED = "vocalborn_submit_limit_unchecked_total"
+SOCKET_TIMEOUT = 0.5  # the test pool's; the API's is queue.connect's (checked below)
+
+
+@pytest.fixture
+async def paused(redis: Redis) -> AsyncIterator[Redis]:
+    """`redis`, unpaused at the end whatever the test did."""
+    yield redis
+    await redis.execute_command("CLIENT", "UNPAUSE")
+
+
+def _unchecked() -> float:
+    return REGISTRY.get_sample_value(UNCHECKED) or 0.0
+
+
+def _let_through_logged(caplog: pytest.LogCaptureFixture) -> bool:
+    return any(
+        "not checked" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records
+    )
+
+
+async def test_s6_a_redis_that_does_not_answer_lets_a_submit_through_in_bounded_time(
+    settings: Settings, paused: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis holds every script (CLIENT PAUSE WRITE): the check gives up at the pool's socket
+    timeout and lets the submit through, logged and counted; a limit of 1 would refuse it."""
+    pool = ConnectionPool.from_url(
+        settings.redis_url, socket_connect_timeout=SOCKET_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
+    )
+    limit = SubmitRateLimit(pool, "1/minute")
+    user = uuid.uuid4()
+    try:
+        await limit.check(user)  # the one allowed; connected, scripts loaded
+        await paused.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")
+        before = _unchecked()
+        started = time.monotonic()
+        await limit.check(user)  # refused if Redis answered: it raises RateLimited
+        took = time.monotonic() - started
+    finally:
+        await pool.aclose()
+    assert took < SOCKET_TIMEOUT + 2, took
+    assert _unchecked() == before + 1
+    assert _let_through_logged(caplog)
+
+    # The API's own pool (what the limiter runs on) has both timeouts: no submit waits longer.
+    api_pool = queue.connect(settings.redis_url).connection_pool
+    try:
+        for name in ("socket_timeout", "socket_connect_timeout"):
+            assert 0 < api_pool.connection_kwargs[name] <= 5, name
+    finally:
+        await api_pool.aclose()
+    figure("S6", f"Redis not answering: submit let through after {took:.2f} s, counted")
+
+
+async def test_s6_a_redis_that_is_down_lets_a_submit_through_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool = ConnectionPool.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=SOCKET_TIMEOUT
+    )
+    before = _unchecked()
+    try:
+        await SubmitRateLimit(pool, "1/minute").check(uuid.uuid4())
+    finally:
+        await pool.aclose()
+    assert _unchecked() == before + 1
+    assert _let_through_logged(caplog)
