@@ -183,10 +183,17 @@ class Settings(BaseSettings):
             return self.jwt_secret
         return self.jwt_private_key
 
+    @property
+    def stream_token_key(self) -> str | None:
+        """The HMAC key of the browsers' stream tokens (HS256 whatever JWT_ALGORITHM is):
+        STREAM_TOKEN_SECRET, else JWT_SECRET; None when neither is set."""
+        return self.stream_token_secret or self.jwt_secret
+
     def check_serving_security(self) -> None:
         """Refuse to serve with a missing JWT key, and outside development and test with a
-        weak HMAC secret: JWT_SECRET (HS* algorithms) and STREAM_TOKEN_SECRET (when set, it
-        signs the stream tokens instead of JWT_SECRET)."""
+        weak HMAC secret (InsecureConfiguration): JWT_SECRET with an HS* algorithm, and the
+        stream tokens' key (`stream_token_key`: STREAM_TOKEN_SECRET, else JWT_SECRET, whatever
+        the algorithm: with RS256 a weak JWT_SECRET would still sign stream tokens)."""
         key = self.jwt_verification_key
         if key is None:
             raise InsecureConfiguration(
@@ -195,9 +202,10 @@ class Settings(BaseSettings):
             )
         if self.environment in LENIENT_ENVIRONMENTS:
             return
+        stream_key = "STREAM_TOKEN_SECRET" if self.stream_token_secret else "JWT_SECRET"
         secrets = {
             "JWT_SECRET": key if self.jwt_algorithm.startswith("HS") else None,
-            "STREAM_TOKEN_SECRET": self.stream_token_secret,
+            f"{stream_key} (it signs the stream tokens)": self.stream_token_key,
         }
         for name, secret in secrets.items():
             if secret is not None and is_weak_secret(secret):

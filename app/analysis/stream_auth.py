@@ -26,7 +26,7 @@ URL_ACCESS_TOKEN_PARAMS = ("access_token", "token", "jwt", "authorization")
 
 
 def _key(settings: Settings) -> str:
-    key = settings.stream_token_secret or settings.jwt_secret
+    key = settings.stream_token_key
     if not key:
         raise AppError(503, "stream_tokens_unavailable", "Stream tokens are not configured")
     return key
