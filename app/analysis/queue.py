@@ -45,17 +45,18 @@ def job_id_for(task_id: uuid.UUID | str, attempt: int) -> str:
 
 
 def task_of_job(job_id: str, task_id: object) -> uuid.UUID | None:
-    """The task a job may act on: `task_id` (its argument) when it is a task id and the one
-    its job id names (`{task_id}:{attempt}`, as `job_id_for` makes them); None for anything
-    our enqueue never writes (a tampered or corrupted job)."""
+    """The task a job may act on: `task_id` (its argument, a string) when it is a task id
+    and the same task its job id names (`{task_id}:{attempt}`, as `job_id_for` makes them;
+    compared as UUIDs, so the spelling of the id does not matter); None for anything our
+    enqueue never writes (a tampered or corrupted job)."""
     named, colon, attempt = job_id.rpartition(":")
-    if not colon or not attempt.isdigit() or not isinstance(task_id, str):
+    if not colon or not attempt.isdecimal() or not isinstance(task_id, str):
         return None
     try:
         task = uuid.UUID(task_id)
+        return task if uuid.UUID(named) == task else None
     except ValueError:
         return None
-    return task if named == str(task) == task_id else None
 
 
 def redis_settings(url: str) -> RedisSettings:
