@@ -109,17 +109,20 @@ def test_production_refuses_missing_or_weak_secret(secret: str | None) -> None:
 
 
 STRONG = "x" * 20 + "y" * 20
+# Deliberately weak values, the kind production must refuse (placeholders, not secrets).
+PLACEHOLDER = "changeme"  # pragma: allowlist secret
+SHORT = "short"  # pragma: allowlist secret
 PUBLIC_KEY = "-----BEGIN PUBLIC KEY-----\nnot read before a token comes\n-----END PUBLIC KEY-----"
 
 
 @pytest.mark.parametrize(
     "keys",
     [
-        {"jwt_secret": STRONG, "stream_token_secret": "changeme"},
+        {"jwt_secret": STRONG, "stream_token_secret": PLACEHOLDER},
         # RS256 verifies access tokens with the public key, but the stream tokens are HS256
         # with JWT_SECRET when STREAM_TOKEN_SECRET is unset: a weak one must be refused too.
-        {"jwt_algorithm": "RS256", "jwt_public_key": PUBLIC_KEY, "jwt_secret": "changeme"},
-        {"jwt_algorithm": "RS256", "jwt_public_key": PUBLIC_KEY, "stream_token_secret": "short"},
+        {"jwt_algorithm": "RS256", "jwt_public_key": PUBLIC_KEY, "jwt_secret": PLACEHOLDER},
+        {"jwt_algorithm": "RS256", "jwt_public_key": PUBLIC_KEY, "stream_token_secret": SHORT},
     ],
     ids=["weak stream secret", "RS256, weak JWT_SECRET signs stream tokens", "RS256, weak stream"],
 )
