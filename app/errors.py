@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -90,6 +91,21 @@ class AppError(Exception):
         self.message = message
         self.details = details
         self.headers = headers
+
+
+class TooManyRequests(AppError):
+    """429 in the one error shape, with Retry-After in whole seconds (at least 1), also in the
+    body as `retry_after`: what every limit answers (submits per user, open streams)."""
+
+    def __init__(self, code: str, message: str, retry_after: float) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(
+            429,
+            code,
+            message,
+            details={"retry_after": seconds},
+            headers={"Retry-After": str(seconds)},
+        )
 
 
 class NotFound(AppError):

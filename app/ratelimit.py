@@ -11,7 +11,6 @@ flight."""
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 
@@ -21,7 +20,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
-from app.errors import AppError
+from app.errors import TooManyRequests
 from app.metrics import SUBMIT_LIMIT_UNCHECKED
 
 log = logging.getLogger(__name__)
@@ -36,22 +35,8 @@ def parse_rate(rate: str) -> RateLimitItem:
     return parse(rate)
 
 
-class RateLimited(AppError):
-    """429 in the one error shape, with Retry-After in whole seconds (at least 1)."""
-
-    def __init__(self, message: str, retry_after: float) -> None:
-        seconds = max(1, math.ceil(retry_after))
-        super().__init__(
-            429,
-            "too_many_requests",
-            message,
-            details={"retry_after": seconds},
-            headers={"Retry-After": str(seconds)},
-        )
-
-
 class SubmitRateLimit:
-    """Submits per user per window; `check` counts one and raises RateLimited past the limit."""
+    """Submits per user per window; `check` counts one and raises TooManyRequests past the limit."""
 
     def __init__(self, pool: ConnectionPool, rate: str) -> None:
         self.rate = rate
@@ -66,7 +51,7 @@ class SubmitRateLimit:
 
     async def check(self, user_id: uuid.UUID) -> None:
         """One submit by `user_id`: one Redis round trip when allowed, two when refused
-        (the second reads when the oldest submit in the window leaves it). Raises RateLimited
+        (the second reads when the oldest submit in the window leaves it). Raises TooManyRequests
         past the limit; never raises a Redis error: a Redis that refuses, drops or does not
         answer within the pool's socket timeout lets the submit through (logged, counted)."""
         key = str(user_id)
@@ -84,4 +69,6 @@ class SubmitRateLimit:
         except RedisError as exc:  # refused all the same; the whole window is an upper bound
             log.warning("submit rate limit: window unreadable (%r), Retry-After a window", exc)
             retry_after = self._item.get_expiry()
-        raise RateLimited(f"At most {self.rate} submits per user", retry_after=retry_after)
+        raise TooManyRequests(
+            "too_many_requests", f"At most {self.rate} submits per user", retry_after
+        )

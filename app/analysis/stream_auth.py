@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from collections import Counter
@@ -16,7 +15,7 @@ import jwt
 from starlette.requests import HTTPConnection
 
 from app.auth import Principal, Unauthorized, decode_access_token
-from app.errors import AppError
+from app.errors import AppError, TooManyRequests
 from app.settings import Settings
 from app.users.models import Role
 
@@ -88,7 +87,7 @@ class StreamLimiter:
 
     def __init__(self, limit: int, retry_after: float = 15.0) -> None:
         self._limit = limit
-        self._retry_after = str(max(1, math.ceil(retry_after)))
+        self._retry_after = retry_after
         self._open: Counter[uuid.UUID] = Counter()
 
     def take(self, user: Principal) -> None:
@@ -96,11 +95,10 @@ class StreamLimiter:
         between, so concurrent openings cannot all pass the same check), before the response
         starts: a 429 cannot be sent once the stream is open."""
         if self._open[user.user_id] >= self._limit:
-            raise AppError(
-                429,
+            raise TooManyRequests(
                 "too_many_streams",
                 f"At most {self._limit} open streams per user",
-                headers={"Retry-After": self._retry_after},
+                self._retry_after,
             )
         self._open[user.user_id] += 1
 

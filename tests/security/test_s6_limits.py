@@ -141,7 +141,7 @@ async def test_s6_a_redis_that_does_not_answer_lets_a_submit_through_in_bounded_
         await paused.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")
         before = _unchecked()
         started = time.monotonic()
-        await limit.check(user)  # refused if Redis answered: it raises RateLimited
+        await limit.check(user)  # refused if Redis answered: it raises TooManyRequests
         took = time.monotonic() - started
     finally:
         await pool.aclose()
