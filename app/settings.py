@@ -142,9 +142,11 @@ class Settings(BaseSettings):
     @classmethod
     def _a_rate(cls, value: str) -> str:
         # The limiter's notation (ValueError when it is not); `limits.parse` would take the
-        # first of "10/second;300/hour" and drop the rest in silence.
-        if len(parse_many(value)) != 1:
-            raise ValueError("one rate, such as 60/minute")
+        # first of "10/second;300/hour" and drop the rest in silence, and "0/minute" would
+        # refuse every submit.
+        rates = parse_many(value)
+        if len(rates) != 1 or rates[0].amount < 1:
+            raise ValueError("one rate of at least 1, such as 60/minute")
         return value
 
     @field_validator("reconcile_interval_seconds")
