@@ -22,12 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.analysis import queue
 from app.embedded import free_port
+from app.errors import TooManyRequests
 from app.main import create_app
 from app.ratelimit import SubmitRateLimit
 from app.settings import Settings
 from tests.analysis.conftest import new_task, upload_recording
 from tests.conftest import ApiUser
 from tests.events.conftest import StartApi, read_events
+from tests.faults import IN_ATTEMPT, Fault, FaultPlan
 from tests.security.conftest import figure
 
 RATE = 3
@@ -172,3 +174,31 @@ async def test_s6_a_redis_that_is_down_lets_a_submit_through_counted(
         await pool.aclose()
     assert _unchecked() == before + 1
     assert _let_through_logged(caplog)
+
+
+async def test_s6_a_refused_submit_whose_window_cannot_be_read_stays_refused(
+    settings: Settings, redis: Redis
+) -> None:
+    """Redis counts the submit as one too many, then drops the connection before the second
+    round trip (when the window's oldest submit leaves it): still a 429, Retry-After a whole
+    window, not a submit let through."""
+    plan = FaultPlan()
+    pool = ConnectionPool.from_url(
+        settings.redis_url, connection_class=plan.redis_connection_class()
+    )
+    limit = SubmitRateLimit(pool, "1/minute")
+    user = uuid.uuid4()
+    token = IN_ATTEMPT.set(True)  # the plan counts and targets this context's commands
+    try:
+        await limit.check(user)
+        with pytest.raises(TooManyRequests):  # both scripts loaded, the window read
+            await limit.check(user)
+        evalshas = plan.calls.count("redis:EVALSHA")
+        plan.fault = Fault("redis:EVALSHA", nth=evalshas + 2)  # the next window read
+        with pytest.raises(TooManyRequests) as refused:
+            await limit.check(user)
+    finally:
+        IN_ATTEMPT.reset(token)
+        await pool.aclose()
+    assert plan.fired
+    assert refused.value.headers == {"Retry-After": "60"}
