@@ -58,8 +58,18 @@ async def require_admin(user: Annotated[Principal, Depends(current_user)]) -> Pr
     return user
 
 
+async def submitting_user(
+    user: Annotated[Principal, Depends(current_user)], state: StateDep
+) -> Principal:
+    """The caller of a submit, counted against SUBMIT_RATE_LIMIT (429 with Retry-After past
+    it); only after authentication, so anonymous requests never spend a user's quota."""
+    await state.submit_limit.check(user.user_id)
+    return user
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 UserDep = Annotated[Principal, Depends(current_user)]
 AdminDep = Annotated[Principal, Depends(require_admin)]
+SubmittingUserDep = Annotated[Principal, Depends(submitting_user)]

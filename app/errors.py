@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,47 @@ STATUS_CODES = {
 }
 
 
+class ErrorDetail(BaseModel):
+    """`code` (machine-readable, e.g. "not_found") and `message` (for people); some errors
+    add fields of their own (a validation error's `fields`, a conflict's `status`...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """The one error shape, as the OpenAPI document describes it."""
+
+    error: ErrorDetail
+
+
+RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+
+
+def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route or router: each status code answered in the one error shape
+    (a 429 with its Retry-After header). Declaring 422 replaces FastAPI's own validation
+    error schema, which is not the shape we answer with."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status_code in status_codes:
+        response: dict[str, Any] = {
+            "model": ErrorOut,
+            "description": HTTPStatus(status_code).phrase,
+        }
+        if status_code == 429:
+            response["headers"] = RETRY_AFTER_HEADER
+        responses[status_code] = response
+    return responses
+
+
 class AppError(Exception):
     """An error a client can act on; raised by services, rendered by the handler below."""
 
@@ -48,6 +91,21 @@ class AppError(Exception):
         self.message = message
         self.details = details
         self.headers = headers
+
+
+class TooManyRequests(AppError):
+    """429 in the one error shape, with Retry-After in whole seconds (at least 1), also in the
+    body as `retry_after`: what every limit answers (submits per user, open streams)."""
+
+    def __init__(self, code: str, message: str, retry_after: float) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(
+            429,
+            code,
+            message,
+            details={"retry_after": seconds},
+            headers={"Retry-After": str(seconds)},
+        )
 
 
 class NotFound(AppError):

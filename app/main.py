@@ -28,6 +28,7 @@ from app.health import readiness
 from app.logs import configure_logging
 from app.metrics import OLDEST_WAITING_TASK
 from app.practice.router import router as practice_router
+from app.ratelimit import SubmitRateLimit
 from app.settings import Settings, get_settings
 from app.state import AppState
 from app.storage import LocalStorage
@@ -62,7 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             submitter=Submitter(arq, estimator, publisher),
             hub=hub,
             live=LiveSource(hub, arq, sessions, estimator, timing),
-            limiter=StreamLimiter(settings.max_streams_per_user),
+            limiter=StreamLimiter(settings.max_streams_per_user, settings.sse_heartbeat_seconds),
+            submit_limit=SubmitRateLimit(arq.connection_pool, settings.submit_rate_limit),
             storage=LocalStorage(settings.storage_dir),
         )
         await hub.start()

@@ -70,6 +70,10 @@ BREAKER_UNREADABLE = Counter(
     "vocalborn_breaker_unreadable",
     "AI calls let through because the circuit breaker's state could not be read",
 )
+SUBMIT_LIMIT_UNCHECKED = Counter(
+    "vocalborn_submit_limit_unchecked",
+    "Submits let through without the per-user rate limit because Redis did not answer in time",
+)
 
 
 OLDEST_WAITING = "vocalborn_oldest_waiting_task_age_seconds"

@@ -6,11 +6,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
+from limits import parse_many
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The development secret `.env.example` ships with is public: weak by definition.
-ENV_EXAMPLE_JWT_SECRET = "development-only-secret-from-env-example-not-for-production"
+# (Allowlisted for the secret scan, .secrets.baseline: public on purpose, listed to be refused.)
+ENV_EXAMPLE_JWT_SECRET = (
+    "development-only-secret-from-env-example-not-for-production"  # pragma: allowlist secret
+)
 WEAK_SECRETS = frozenset(
     {
         "secret",
@@ -114,6 +118,9 @@ class Settings(BaseSettings):
     stream_token_secret: str | None = None
     max_streams_per_user: int = Field(20, ge=1)
 
+    # Abuse limits (issue 11): submits per user, shared by every API replica through Redis.
+    submit_rate_limit: str = "60/minute"
+
     @field_validator("*", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object, info: ValidationInfo) -> object:
@@ -129,6 +136,17 @@ class Settings(BaseSettings):
     def _split_formats(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("submit_rate_limit")
+    @classmethod
+    def _a_rate(cls, value: str) -> str:
+        # The limiter's notation (ValueError when it is not); `limits.parse` would take the
+        # first of "10/second;300/hour" and drop the rest in silence, and "0/minute" would
+        # refuse every submit.
+        rates = parse_many(value)
+        if len(rates) != 1 or rates[0].amount < 1:
+            raise ValueError("one rate of at least 1, such as 60/minute")
         return value
 
     @field_validator("reconcile_interval_seconds")
@@ -167,21 +185,41 @@ class Settings(BaseSettings):
             return self.jwt_secret
         return self.jwt_private_key
 
+    @property
+    def stream_token_key(self) -> str | None:
+        """The HMAC key of the browsers' stream tokens (HS256 whatever JWT_ALGORITHM is):
+        STREAM_TOKEN_SECRET, else JWT_SECRET; None when neither is set."""
+        return self.stream_token_secret or self.jwt_secret
+
     def check_serving_security(self) -> None:
-        """Refuse to serve outside development with a missing or weak JWT key."""
+        """Refuse to serve with a missing JWT key, and outside development and test with a
+        weak HMAC secret (InsecureConfiguration): JWT_SECRET with an HS* algorithm, and the
+        stream tokens' key (`stream_token_key`: STREAM_TOKEN_SECRET, else JWT_SECRET, whatever
+        the algorithm: with RS256 a weak JWT_SECRET would still sign stream tokens)."""
         key = self.jwt_verification_key
         if key is None:
             raise InsecureConfiguration(
                 f"JWT_{'SECRET' if self.jwt_algorithm.startswith('HS') else 'PUBLIC_KEY'} "
                 f"is not set (JWT_ALGORITHM={self.jwt_algorithm})"
             )
-        if self.environment in LENIENT_ENVIRONMENTS or not self.jwt_algorithm.startswith("HS"):
+        if self.environment in LENIENT_ENVIRONMENTS:
             return
-        if key.lower() in WEAK_SECRETS or len(key.encode()) < MIN_SECRET_BYTES:
-            raise InsecureConfiguration(
-                f"JWT_SECRET is weak: use at least {MIN_SECRET_BYTES} random bytes "
-                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
-            )
+        stream_key = "STREAM_TOKEN_SECRET" if self.stream_token_secret else "JWT_SECRET"
+        secrets = {
+            "JWT_SECRET": key if self.jwt_algorithm.startswith("HS") else None,
+            f"{stream_key} (it signs the stream tokens)": self.stream_token_key,
+        }
+        for name, secret in secrets.items():
+            if secret is not None and is_weak_secret(secret):
+                raise InsecureConfiguration(
+                    f"{name} is weak: use at least {MIN_SECRET_BYTES} random bytes "
+                    "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+                )
+
+
+def is_weak_secret(secret: str) -> bool:
+    """Shorter than MIN_SECRET_BYTES, or a known placeholder (WEAK_SECRETS)."""
+    return secret.strip().lower() in WEAK_SECRETS or len(secret.encode()) < MIN_SECRET_BYTES
 
 
 @lru_cache

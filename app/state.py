@@ -14,6 +14,7 @@ from app.analysis.live import LiveSource
 from app.analysis.progress import Publisher
 from app.analysis.stream_auth import StreamLimiter
 from app.analysis.submit import Submitter
+from app.ratelimit import SubmitRateLimit
 from app.settings import Settings
 from app.storage import Storage
 
@@ -31,4 +32,5 @@ class AppState:
     hub: Hub
     live: LiveSource
     limiter: StreamLimiter
+    submit_limit: SubmitRateLimit
     storage: Storage

@@ -108,6 +108,41 @@ def test_production_refuses_missing_or_weak_secret(secret: str | None) -> None:
         create_app(settings)
 
 
+STRONG = "x" * 20 + "y" * 20
+# Deliberately weak values, the kind production must refuse (placeholders, not secrets).
+PLACEHOLDER = "changeme"  # pragma: allowlist secret
+SHORT = "short"  # pragma: allowlist secret
+PUBLIC_KEY = "-----BEGIN PUBLIC KEY-----\nnot read before a token comes\n-----END PUBLIC KEY-----"
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"jwt_secret": STRONG, "stream_token_secret": PLACEHOLDER},
+        # RS256 verifies access tokens with the public key, but the stream tokens are HS256
+        # with JWT_SECRET when STREAM_TOKEN_SECRET is unset: a weak one must be refused too.
+        {"jwt_algorithm": "RS256", "jwt_public_key": PUBLIC_KEY, "jwt_secret": PLACEHOLDER},
+        {"jwt_algorithm": "RS256", "jwt_public_key": PUBLIC_KEY, "stream_token_secret": SHORT},
+    ],
+    ids=["weak stream secret", "RS256, weak JWT_SECRET signs stream tokens", "RS256, weak stream"],
+)
+def test_production_refuses_a_weak_stream_token_key(keys: dict[str, str]) -> None:
+    settings = Settings(_env_file=None, environment="production", **keys)  # type: ignore[call-arg]
+    with pytest.raises(InsecureConfiguration, match="stream tokens"):
+        create_app(settings)
+
+
+def test_production_accepts_rs256_with_a_strong_stream_key() -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        environment="production",
+        jwt_algorithm="RS256",
+        jwt_public_key=PUBLIC_KEY,
+        stream_token_secret=STRONG,
+    )
+    assert create_app(settings).title
+
+
 def test_production_accepts_a_strong_secret() -> None:
     settings = Settings(_env_file=None, environment="production", jwt_secret="x" * 20 + "y" * 20)  # type: ignore[call-arg]
     assert create_app(settings).title

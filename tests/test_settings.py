@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from analyzer.settings import Settings as AnalyzerSettings
 from app.embedded import free_port
@@ -113,6 +114,19 @@ def test_an_optional_setting_given_empty_in_code_is_unset(no_settings_in_environ
     assert {"jwt_audience", "jwt_issuer", "worker_name"} <= set(optional)
     settings = Settings(_env_file=None, **dict.fromkeys(optional, ""))  # type: ignore[call-arg]
     assert {name: getattr(settings, name) for name in optional} == dict.fromkeys(optional)
+
+
+@pytest.mark.parametrize("rate", ["60/minute", "10 per second", "1000/hour"])
+def test_submit_rate_limit_takes_one_rate(rate: str, no_settings_in_environment: None) -> None:
+    assert Settings(_env_file=None, submit_rate_limit=rate).submit_rate_limit == rate  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("rate", ["10/second;300/hour", "0/minute", "sixty a minute", "60"])
+def test_submit_rate_limit_refuses_anything_but_one_positive_rate(
+    rate: str, no_settings_in_environment: None
+) -> None:
+    with pytest.raises(ValidationError, match="submit_rate_limit"):
+        Settings(_env_file=None, submit_rate_limit=rate)  # type: ignore[call-arg]
 
 
 def test_an_empty_value_in_the_environment_does_not_hide_the_env_file(

@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from app.ai_client.errors import ErrorClass
-from app.analysis import lifecycle
+from app.analysis import lifecycle, queue
 from app.analysis.lifecycle import Claim
 from app.metrics import TASK_WAIT, TASKS_IN_FLIGHT
 from worker.attempt import Attempt
@@ -21,8 +21,20 @@ log = logging.getLogger(__name__)
 
 
 async def analyze_recording(ctx: dict[str, Any], task_id: str) -> str:
-    deps = deps_of(ctx)
+    """The arq job of one attempt at task `task_id` (job id `{task_id}:{attempt}`): claim it
+    (lease, fencing token), run it, store its outcome. Returns a one-line summary for arq's
+    log; never raises for a job it refuses: one whose argument is not the task its id names
+    (a job nobody but our enqueue should write) is logged and claims nothing."""
     job_id: str = ctx["job_id"]
+    if queue.task_of_job(job_id, task_id) is None:
+        # Not a job our enqueue wrote (it names its task in its id): never claim a task for it.
+        log.error(  # the argument cut short: a forged job's could be megabytes
+            "job %.200s rejected: its task id %.200r is not the one its job id names",
+            job_id,
+            task_id,
+        )
+        return "rejected: the task id is not the job's"
+    deps = deps_of(ctx)
     try:
         claimed, lease_deadline = await claim(deps, task_id, job_id)
     except Exception as exc:  # the reconciler offers the job again

@@ -12,8 +12,10 @@ from app.admin.audit import AuditDep
 from app.analysis import service as analysis_service
 from app.analysis.schemas import SubmittedTask, TaskStatusOut
 from app.deps import AdminDep, SessionDep, StateDep
+from app.errors import error_responses
+from app.text import MAX_BIGINT, CleanText, TimeFilter
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], responses=error_responses(401, 403, 422))
 
 
 class UserOut(BaseModel):
@@ -49,7 +51,12 @@ async def task_stats(
     return result
 
 
-@router.delete("/tasks/{task_id}", status_code=202, response_model=TaskStatusOut)
+@router.delete(
+    "/tasks/{task_id}",
+    status_code=202,
+    response_model=TaskStatusOut,
+    responses=error_responses(404, 409),
+)
 async def cancel_task(
     task_id: uuid.UUID, admin: AdminDep, session: SessionDep, state: StateDep, log: AuditDep
 ) -> TaskStatusOut:
@@ -63,7 +70,12 @@ async def cancel_task(
         )
 
 
-@router.post("/tasks/{task_id}/retry", status_code=202, response_model=SubmittedTask)
+@router.post(
+    "/tasks/{task_id}/retry",
+    status_code=202,
+    response_model=SubmittedTask,
+    responses=error_responses(404, 409),
+)
 async def retry_task(
     task_id: uuid.UUID, _: AdminDep, session: SessionDep, state: StateDep, log: AuditDep
 ) -> SubmittedTask:
@@ -112,12 +124,12 @@ async def audit_log(
     session: SessionDep,
     log: AuditDep,
     actor_id: uuid.UUID | None = None,
-    action: Annotated[str | None, Query(max_length=64)] = None,
-    target: Annotated[str | None, Query(max_length=255)] = None,
-    outcome: Annotated[str | None, Query(max_length=64)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    before_id: Annotated[int | None, Query(ge=1)] = None,
+    action: Annotated[CleanText | None, Query(max_length=64)] = None,
+    target: Annotated[CleanText | None, Query(max_length=255)] = None,
+    outcome: Annotated[CleanText | None, Query(max_length=64)] = None,
+    since: TimeFilter | None = None,
+    until: TimeFilter | None = None,
+    before_id: Annotated[int | None, Query(ge=1, le=MAX_BIGINT)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AuditPage:
     """Newest first; `next_before_id` pages on (keyset). Reading the log is audited too."""

@@ -30,11 +30,13 @@ from app.analysis.progress import session_topic, task_topic
 from app.analysis.stream_auth import issue_stream_token, stream_principal
 from app.auth import Principal
 from app.deps import SessionDep, StateDep, UserDep
-from app.errors import AppError, NotFound, app_error_response
+from app.errors import AppError, NotFound, app_error_response, error_responses
 from app.metrics import STREAM_CONNECTIONS
 from app.state import AppState
 
-router = APIRouter(prefix="/tasks", tags=["progress"])
+router = APIRouter(
+    prefix="/tasks", tags=["progress"], responses=error_responses(401, 404, 422, 503)
+)
 
 HEARTBEAT_FRAME = b": heartbeat\r\n\r\n"
 RECONNECT_FRAME = b"event: reconnect\r\ndata: {}\r\n\r\n"

@@ -44,6 +44,21 @@ def job_id_for(task_id: uuid.UUID | str, attempt: int) -> str:
     return f"{task_id}:{attempt}"
 
 
+def task_of_job(job_id: str, task_id: object) -> uuid.UUID | None:
+    """The task a job may act on: `task_id` (its argument, a string) when it is a task id
+    and the same task its job id names (`{task_id}:{attempt}`, as `job_id_for` makes them;
+    compared as UUIDs, so the spelling of the id does not matter); None for anything our
+    enqueue never writes (a tampered or corrupted job)."""
+    named, colon, attempt = job_id.rpartition(":")
+    if not colon or not attempt.isdecimal() or not isinstance(task_id, str):
+        return None
+    try:
+        task = uuid.UUID(task_id)
+        return task if uuid.UUID(named) == task else None
+    except ValueError:
+        return None
+
+
 def redis_settings(url: str) -> RedisSettings:
     """arq's connection settings for `url`: a short connect timeout, no connect retries."""
     settings = RedisSettings.from_dsn(url)

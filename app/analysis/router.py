@@ -14,9 +14,12 @@ from app.analysis.schemas import (
     SubmittedTask,
     TaskStatusOut,
 )
-from app.deps import SessionDep, StateDep, UserDep
+from app.deps import SessionDep, StateDep, SubmittingUserDep, UserDep
+from app.errors import error_responses
 
-router = APIRouter(prefix="/tasks/analysis", tags=["analysis"])
+router = APIRouter(
+    prefix="/tasks/analysis", tags=["analysis"], responses=error_responses(401, 404, 422)
+)
 
 IdempotencyKey = Annotated[
     str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
@@ -35,10 +38,11 @@ async def task_status(task_id: uuid.UUID, user: UserDep, state: StateDep) -> Res
     "/submit",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=SubmittedTask | SessionSubmitted,
+    responses=error_responses(400, 429),  # 400: a body that is not JSON
 )
 async def submit_analysis(
     body: SubmitRequest,
-    user: UserDep,
+    user: SubmittingUserDep,
     state: StateDep,
     idempotency_key: IdempotencyKey = None,
 ) -> SubmittedTask | SessionSubmitted:
@@ -76,7 +80,12 @@ async def task_result(task_id: uuid.UUID, user: UserDep, session: SessionDep) ->
     return await service.get_result(session, user, task_id)
 
 
-@router.delete("/{task_id}", status_code=status.HTTP_202_ACCEPTED, response_model=TaskStatusOut)
+@router.delete(
+    "/{task_id}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=TaskStatusOut,
+    responses=error_responses(409),
+)
 async def cancel_task(
     task_id: uuid.UUID, user: UserDep, session: SessionDep, state: StateDep
 ) -> TaskStatusOut:

@@ -15,7 +15,7 @@ import jwt
 from starlette.requests import HTTPConnection
 
 from app.auth import Principal, Unauthorized, decode_access_token
-from app.errors import AppError
+from app.errors import AppError, TooManyRequests
 from app.settings import Settings
 from app.users.models import Role
 
@@ -25,7 +25,7 @@ URL_ACCESS_TOKEN_PARAMS = ("access_token", "token", "jwt", "authorization")
 
 
 def _key(settings: Settings) -> str:
-    key = settings.stream_token_secret or settings.jwt_secret
+    key = settings.stream_token_key
     if not key:
         raise AppError(503, "stream_tokens_unavailable", "Stream tokens are not configured")
     return key
@@ -81,10 +81,13 @@ def stream_principal(connection: HTTPConnection, settings: Settings, scope: str)
 
 
 class StreamLimiter:
-    """Open streams per user in this process; more than the limit answers 429."""
+    """Open streams per user in this process; more than the limit answers 429 with a
+    Retry-After of one heartbeat (`retry_after` seconds): a stream whose client has gone
+    gives its place back when its next heartbeat fails to be sent, at the latest."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, retry_after: float = 15.0) -> None:
         self._limit = limit
+        self._retry_after = retry_after
         self._open: Counter[uuid.UUID] = Counter()
 
     def take(self, user: Principal) -> None:
@@ -92,7 +95,11 @@ class StreamLimiter:
         between, so concurrent openings cannot all pass the same check), before the response
         starts: a 429 cannot be sent once the stream is open."""
         if self._open[user.user_id] >= self._limit:
-            raise AppError(429, "too_many_streams", f"At most {self._limit} open streams per user")
+            raise TooManyRequests(
+                "too_many_streams",
+                f"At most {self._limit} open streams per user",
+                self._retry_after,
+            )
         self._open[user.user_id] += 1
 
     def give_back(self, user: Principal) -> None:

@@ -5,10 +5,11 @@ import uuid
 from fastapi import APIRouter, Query, Request, status
 
 from app.deps import SessionDep, SettingsDep, StorageDep, UserDep
+from app.errors import error_responses
 from app.practice import service
 from app.practice.schemas import RecordOut, SessionCreate, SessionOut, SessionWithRecords
 
-router = APIRouter(prefix="/practice", tags=["practice"])
+router = APIRouter(prefix="/practice", tags=["practice"], responses=error_responses(401, 404, 422))
 
 UPLOAD_DOC = {
     "requestBody": {
@@ -25,7 +26,12 @@ UPLOAD_DOC = {
 }
 
 
-@router.post("/sessions", status_code=status.HTTP_201_CREATED, response_model=SessionOut)
+@router.post(
+    "/sessions",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SessionOut,
+    responses=error_responses(400),  # a body that is not JSON
+)
 async def create_session(body: SessionCreate, user: UserDep, session: SessionDep) -> SessionOut:
     practice = await service.create_session(session, user, body.title)
     return SessionOut.model_validate(practice)
@@ -55,6 +61,7 @@ async def get_session(
     "/sessions/{session_id}/records",
     status_code=status.HTTP_201_CREATED,
     response_model=RecordOut,
+    responses=error_responses(400, 413, 415),
     openapi_extra=UPLOAD_DOC,
 )
 async def upload_record(

@@ -157,3 +157,30 @@ async def test_a_job_enqueued_after_the_snapshot_is_found_all_the_same(
     assert await queue.queue_position(arq, queue.job_id_for(tasks[2], 0)) == 3
     assert await _calls(redis, "zrank") - zranks == 1  # not in the snapshot: asked for itself
     assert await queue.queue_position(arq, queue.job_id_for(uuid.uuid4(), 0)) is None
+
+
+@pytest.mark.parametrize(
+    ("job_id", "argument", "accepted"),
+    [
+        ("{task}:1", "{task}", True),
+        ("{TASK}:2", "{task}", True),  # the same task, spelled otherwise
+        ("{task}:1", "{other}", False),  # another task than the job id names
+        ("{task}", "{task}", False),  # no attempt
+        ("{task}:x", "{task}", False),
+        ("forged:1", "{task}", False),
+        ("{task}:1", "not-a-uuid", False),
+        ("{task}:1", None, False),
+        ("{task}:1", ["{task}"], False),
+    ],
+)
+def test_a_job_may_act_only_on_the_task_its_id_names(
+    job_id: str, argument: object, accepted: bool
+) -> None:
+    task, other = uuid.uuid4(), uuid.uuid4()
+    names = {"task": str(task), "TASK": str(task).upper(), "other": str(other)}
+    if isinstance(argument, str):
+        argument = argument.format(**names)
+    elif isinstance(argument, list):
+        argument = [item.format(**names) for item in argument]
+    expected = task if accepted else None
+    assert queue.task_of_job(job_id.format(**names), argument) == expected
