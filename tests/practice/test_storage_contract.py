@@ -1,0 +1,109 @@
+"""The storage contract (app.storage.Storage), one suite for both backends: the local
+filesystem and S3 on a real SeaweedFS. What the upload path adds on top (413, 415, a dropped
+upload, 50 MiB + 1 byte without Content-Length) is in test_upload_abuse.py, on both too."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from app.embedded import free_port
+from app.storage import CHUNK_SIZE, StorageUnavailable, from_settings
+from tests.practice.conftest import Backend
+
+MiB = 1024 * 1024
+# Above S3's 5 MiB part: a multipart upload of three parts (the last one short).
+LARGE = 12 * MiB + 3
+
+
+class Boom(Exception):
+    pass
+
+
+async def _write(backend: Backend, key: str, content: bytes, piece: int = MiB) -> int:
+    async with backend.storage.writer(key) as writer:
+        for start in range(0, len(content), piece):
+            await writer.write(content[start : start + piece])
+    return writer.size
+
+
+@pytest.mark.parametrize("size", [10, CHUNK_SIZE + 1, LARGE], ids=["tiny", "chunk+1", "12MiB"])
+async def test_write_stream_read_delete(backend: Backend, size: int) -> None:
+    key = backend.storage.new_stem(uuid.uuid4()) + ".wav"
+    content = os.urandom(size)
+    assert await _write(backend, key, content) == size
+    assert backend.leftovers() == [key]
+
+    chunks = [chunk async for chunk in backend.storage.read(key)]
+    assert b"".join(chunks) == content
+    assert all(chunks) and max(map(len, chunks)) <= MiB  # streamed in bounded chunks
+
+    with backend.storage.open_blocking(key) as reader:  # what the duration decoder reads
+        assert reader.read(4) == content[:4]
+        reader.seek(-3, os.SEEK_END)
+        assert reader.read() == content[-3:]
+
+    await backend.storage.delete(key)
+    await backend.storage.delete(key)  # a missing key is not an error
+    assert backend.leftovers() == []
+    with pytest.raises(FileNotFoundError):
+        await anext(backend.storage.read(key))
+
+
+@pytest.mark.parametrize("size", [10, LARGE], ids=["before-a-part", "after-two-parts"])
+async def test_a_write_that_fails_leaves_nothing(backend: Backend, size: int) -> None:
+    key = backend.storage.new_stem(uuid.uuid4()) + ".wav"
+    with pytest.raises(Boom):
+        async with backend.storage.writer(key) as writer:
+            for start in range(0, size, MiB):
+                await writer.write(os.urandom(min(MiB, size - start)))
+            raise Boom
+    assert backend.leftovers() == []
+    with pytest.raises(FileNotFoundError):
+        await anext(backend.storage.read(key))
+
+
+async def test_a_reader_that_stops_early(backend: Backend) -> None:
+    key = backend.storage.new_stem(uuid.uuid4()) + ".wav"
+    await _write(backend, key, os.urandom(3 * MiB))
+    reader = backend.storage.read(key)
+    assert len(await anext(reader)) > 0
+    await reader.aclose()  # type: ignore[attr-defined]
+    assert [chunk async for chunk in backend.storage.read(key)]  # still there, still readable
+
+
+async def test_keys_are_kept_apart_by_the_prefix(s3_backend: Backend) -> None:
+    backend = s3_backend
+    key = backend.storage.new_stem(uuid.uuid4()) + ".wav"
+    await _write(backend, key, b"RIFF....WAVE")
+    assert backend.leftovers() == [key]
+    prefix = backend.settings.s3_key_prefix
+    assert prefix and key.startswith("recordings/")
+    assert prefix + key in _whole_bucket(backend)
+
+
+def _whole_bucket(backend: Backend) -> list[str]:
+    import obstore
+
+    from app.s3_storage import S3Storage
+
+    storage = S3Storage.from_settings(backend.settings.model_copy(update={"s3_key_prefix": None}))
+    return [meta["path"] for meta in obstore.list(storage.store).collect()]
+
+
+async def test_an_unreachable_s3_is_storage_unavailable(s3_backend: Backend) -> None:
+    """A `resource` error for the worker's retry policy (worker/retry.py), not an unknown
+    one: writes, reads and deletes alike."""
+    gone = s3_backend.settings.model_copy(
+        update={"s3_endpoint_url": f"http://127.0.0.1:{free_port()}"}
+    )
+    storage = from_settings(gone)
+    with pytest.raises(StorageUnavailable):
+        async with storage.writer("recordings/x.wav") as writer:
+            await writer.write(b"RIFF....WAVE")
+    with pytest.raises(StorageUnavailable):
+        await anext(storage.read("recordings/x.wav"))
+    with pytest.raises(StorageUnavailable):
+        await storage.delete("recordings/x.wav")
