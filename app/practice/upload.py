@@ -8,6 +8,7 @@ is written, and any failure removes the partial file.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -21,6 +22,9 @@ from app.storage import AudioWriter, Storage
 
 FILE_FIELDS = frozenset({"audio", "file"})
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# `filename*=UTF-8''...` (RFC 5987, which RFC 7578 forbids in forms but clients send):
+# python-multipart drops it from the options. The name is never used (keys are ours).
+RFC5987_FILENAME = re.compile(rb";\s*filename\*\s*=", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +76,8 @@ class _PartEvents:
         name = options.get(b"name", b"").decode("utf-8", "replace")
         kind = "skip"
         if name in FILE_FIELDS:
-            kind = "file" if b"filename" in options or b"filename*" in options else "bare"
+            named = b"filename" in options or RFC5987_FILENAME.search(disposition) is not None
+            kind = "file" if named else "bare"
         self.events.append((kind, b""))
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
