@@ -103,9 +103,9 @@ class S3Storage:
         if settings.s3_access_key_id and settings.s3_secret_access_key:
             config["access_key_id"] = settings.s3_access_key_id
             config["secret_access_key"] = settings.s3_secret_access_key
+        endpoint = settings.s3_endpoint_url or ""
         client = {
-            "allow_http": bool(settings.s3_endpoint_url)
-            and settings.s3_endpoint_url.startswith("http://"),  # type: ignore[union-attr]
+            "allow_http": endpoint.startswith("http://"),  # a private network's plain HTTP
             "connect_timeout": CONNECT_TIMEOUT,
             "timeout": REQUEST_TIMEOUT,
         }

@@ -3,6 +3,8 @@ filesystem and S3 (a real SeaweedFS), with a look at what each holds afterwards.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,8 @@ from app.storage import Storage, from_settings
 from tests.conftest import s3_settings
 from tests.seaweed import EmbeddedSeaweed
 
+SETTLE_SECONDS = 10.0
+
 
 @dataclass
 class Backend:
@@ -26,6 +30,17 @@ class Backend:
     # Everything the backend holds: files (partial ones too) or objects and unfinished
     # multipart uploads.
     leftovers: Callable[[], list[str]]
+
+    async def settles_to(self, expected: list[str], within: float = SETTLE_SECONDS) -> list[str]:
+        """What the backend holds once it is `expected`, or at the deadline. SeaweedFS may
+        list an aborted multipart upload for a moment after the abort has answered (seen:
+        under a second, never for good), so what is left is judged once it settles."""
+        deadline = time.monotonic() + within
+        while True:
+            held = await asyncio.to_thread(self.leftovers)
+            if held == expected or time.monotonic() > deadline:
+                return held
+            await asyncio.sleep(0.05)
 
 
 def _local(settings: Settings) -> Backend:

@@ -4,13 +4,16 @@ upload, 50 MiB + 1 byte without Content-Length) is in test_upload_abuse.py, on b
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 
 import pytest
 
+from app.audio_types import MP3, WAV, decoded_duration
 from app.embedded import free_port
 from app.storage import CHUNK_SIZE, StorageUnavailable, from_settings
+from tests.audio import make_mp3, make_wav
 from tests.practice.conftest import Backend
 
 MiB = 1024 * 1024
@@ -34,7 +37,7 @@ async def test_write_stream_read_delete(backend: Backend, size: int) -> None:
     key = backend.storage.new_stem(uuid.uuid4()) + ".wav"
     content = os.urandom(size)
     assert await _write(backend, key, content) == size
-    assert backend.leftovers() == [key]
+    assert await backend.settles_to([key]) == [key]
 
     chunks = [chunk async for chunk in backend.storage.read(key)]
     assert b"".join(chunks) == content
@@ -47,7 +50,7 @@ async def test_write_stream_read_delete(backend: Backend, size: int) -> None:
 
     await backend.storage.delete(key)
     await backend.storage.delete(key)  # a missing key is not an error
-    assert backend.leftovers() == []
+    assert await backend.settles_to([]) == []
     with pytest.raises(FileNotFoundError):
         await anext(backend.storage.read(key))
 
@@ -60,9 +63,25 @@ async def test_a_write_that_fails_leaves_nothing(backend: Backend, size: int) ->
             for start in range(0, size, MiB):
                 await writer.write(os.urandom(min(MiB, size - start)))
             raise Boom
-    assert backend.leftovers() == []
+    assert await backend.settles_to([]) == []
     with pytest.raises(FileNotFoundError):
         await anext(backend.storage.read(key))
+
+
+@pytest.mark.parametrize("kind", ["wav", "mp3"])
+async def test_the_duration_is_decoded_from_storage(backend: Backend, kind: str) -> None:
+    """What the upload reports as audio_duration_seconds: a WAV's header, an MP3 decoded to
+    its end (ranged reads on S3)."""
+    audio, audio_type = (make_wav(1.5), WAV) if kind == "wav" else (make_mp3(1.0), MP3)
+    key = backend.storage.new_stem(uuid.uuid4()) + "." + audio_type.extension
+    await _write(backend, key, audio)
+
+    def measure() -> float | None:
+        with backend.storage.open_blocking(key) as reader:
+            return decoded_duration(reader, audio_type)
+
+    expected = 1.5 if kind == "wav" else 1.0
+    assert await asyncio.to_thread(measure) == pytest.approx(expected, abs=0.03)
 
 
 async def test_a_reader_that_stops_early(backend: Backend) -> None:
@@ -78,7 +97,7 @@ async def test_keys_are_kept_apart_by_the_prefix(s3_backend: Backend) -> None:
     backend = s3_backend
     key = backend.storage.new_stem(uuid.uuid4()) + ".wav"
     await _write(backend, key, b"RIFF....WAVE")
-    assert backend.leftovers() == [key]
+    assert await backend.settles_to([key]) == [key]
     prefix = backend.settings.s3_key_prefix
     assert prefix and key.startswith("recordings/")
     assert prefix + key in _whole_bucket(backend)

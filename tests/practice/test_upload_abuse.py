@@ -67,7 +67,7 @@ async def _refused(
     response = await client.post(
         f"/api/v1/practice/sessions/{session_id}/records", content=content, headers=_headers(alice)
     )
-    leftovers, rows = backend.leftovers(), await _rows(engine)
+    leftovers, rows = await backend.settles_to([]), await _rows(engine)
     print(
         f"FIGURE S5: upload, {scenario} [{backend.name}] -> {response.status_code} "
         f"{response.json()['error']['code']}; left in storage {len(leftovers)}, rows {rows}"
@@ -185,7 +185,7 @@ async def test_hostile_file_names_get_a_server_key(
     assert response.status_code == 201, response.text
     async with engine.connect() as connection:
         key = await connection.scalar(text("SELECT audio_storage_key FROM practice_records"))
-    leftovers = backend.leftovers()
+    leftovers = await backend.settles_to([key])
     print(
         f"FIGURE S5: upload, file name {disposition.split('; ', 1)[1]!r} [{backend.name}] -> "
         f"{response.status_code}, server key {key}"
@@ -218,15 +218,15 @@ async def test_a_dropped_upload_leaves_nothing(
             assert began, "the upload never began writing"
         finally:
             sock.close()
-        gone = await _poll(lambda: not backend.leftovers(), 30.0)
+        leftovers = await backend.settles_to([], within=30.0)  # the server still running
     finally:
         server.stop()
-    leftovers, rows = backend.leftovers(), await _rows(engine)
+    rows = await _rows(engine)
     print(
         f"FIGURE S5: upload, client gone after 20 MiB of 40 [{backend.name}] -> "
         f"left in storage {len(leftovers)}, rows {rows}"
     )
-    assert gone and leftovers == [] and rows == 0
+    assert leftovers == [] and rows == 0
 
 
 def _writing(backend: Backend) -> bool:
