@@ -158,6 +158,17 @@ async def test_two_audio_parts(
     )
 
 
+async def test_a_field_name_that_is_not_utf8(
+    backend: Backend, backend_client: httpx.AsyncClient, alice: ApiUser, engine: AsyncEngine
+) -> None:
+    """Raw bytes in the part's name: it is not the audio field (it raised, a 500)."""
+    part = _part('name="audio"; filename="a.wav"', WAV).replace(b'"audio"', b'"audio\xff\xfe"')
+    await _refused(
+        backend_client, alice, backend, engine, "field name not UTF-8",
+        _body(part), 422, "missing_audio",
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "disposition",
     [
