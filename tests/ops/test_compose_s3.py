@@ -4,7 +4,9 @@ from the environment (no defaults), the bucket made before the services that use
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +75,10 @@ def test_the_bucket_exists_before_api_and_worker_start() -> None:
     services = S3["services"]
     server, bucket = services["seaweedfs"], services["seaweedfs-bucket"]
     assert "8333/healthz" in " ".join(server["healthcheck"]["test"])
-    assert "-s3.port=8333" in "\n".join(server["entrypoint"])
+    script = "\n".join(server["entrypoint"])
+    # Listening on every interface: the health check's 127.0.0.1 and the network's name.
+    assert "-s3.port=8333" in script and "-ip.bind=0.0.0.0" in script
+    assert "-ip=seaweedfs" in script
     assert "ports" not in server  # the compose network only
     assert bucket["depends_on"] == {"seaweedfs": {"condition": "service_healthy"}}
     assert bucket["restart"] == "no"
@@ -84,3 +89,21 @@ def test_the_bucket_exists_before_api_and_worker_start() -> None:
             "seaweedfs-bucket": {"condition": "service_completed_successfully"}
         }
     assert "seaweedfs" in S3["volumes"]
+
+
+def test_the_identity_file_the_entrypoint_writes_is_the_keys(tmp_path: Path) -> None:
+    """The entrypoint up to `exec weed`, run by sh as compose hands it over ($$ is $)."""
+    [script] = S3["services"]["seaweedfs"]["entrypoint"][2:]
+    setup = script.split("exec weed")[0].replace("$$", "$")
+    target = tmp_path / "s3.json"
+    keys = {"S3_ACCESS_KEY_ID": "AKEXAMPLE", "S3_SECRET_ACCESS_KEY": "a-secret_with.url~safe"}
+    subprocess.run(
+        ["/bin/sh", "-c", setup.replace("/tmp/s3.json", str(target))],
+        env={"PATH": "/usr/bin:/bin", **keys},
+        check=True,
+    )
+    [identity] = json.loads(target.read_text())["identities"]
+    assert identity["credentials"] == [
+        {"accessKey": keys["S3_ACCESS_KEY_ID"], "secretKey": keys["S3_SECRET_ACCESS_KEY"]}
+    ]
+    assert target.stat().st_mode & 0o077 == 0  # umask 077: readable by its owner only
