@@ -64,9 +64,13 @@ class _S3Writer:
 
 
 class _BlockingObject(io.RawIOBase):
-    """obstore's ReadableFile (ranged GETs) as a raw binary stream, as decoders want it."""
+    """obstore's ReadableFile (ranged GETs) as a raw binary stream, as decoders want it.
 
-    def __init__(self, reader: ReadableFile) -> None:
+    A failed GET is StorageUnavailable, never an OSError: the MP3/AAC decoder takes an
+    OSError for a file cut short and would report the duration of what it had read."""
+
+    def __init__(self, key: str, reader: ReadableFile) -> None:
+        self._key = key
         self._reader = reader
 
     def readable(self) -> bool:
@@ -76,13 +80,19 @@ class _BlockingObject(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = self._reader.read(len(buffer))
+        try:
+            data = self._reader.read(len(buffer))
+        except S3_ERRORS as exc:
+            raise StorageUnavailable(f"S3 read of {self._key}: {exc}") from exc
         size = len(data)
         memoryview(buffer).cast("B")[:size] = memoryview(data)
         return size
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self._reader.seek(offset, whence)
+        try:
+            return self._reader.seek(offset, whence)
+        except S3_ERRORS as exc:
+            raise StorageUnavailable(f"S3 read of {self._key}: {exc}") from exc
 
     def tell(self) -> int:
         return self._reader.tell()
@@ -169,4 +179,4 @@ class S3Storage:
             raise FileNotFoundError(key) from exc
         except S3_ERRORS as exc:
             raise StorageUnavailable(f"S3 read of {key}: {exc}") from exc
-        return io.BufferedReader(_BlockingObject(reader), READ_BUFFER_BYTES)
+        return io.BufferedReader(_BlockingObject(key, reader), READ_BUFFER_BYTES)

@@ -97,7 +97,10 @@ class _LocalWriter:
         self._handle = handle
 
     async def write(self, chunk: bytes) -> None:
-        await asyncio.to_thread(self._handle.write, chunk)
+        try:
+            await asyncio.to_thread(self._handle.write, chunk)
+        except OSError as exc:  # a full disk: the API's 503, not a 500
+            raise StorageUnavailable(str(exc)) from exc
         self.size += len(chunk)
 
 
@@ -129,8 +132,11 @@ class LocalStorage:
             raise StorageUnavailable(str(exc)) from exc
         try:
             yield _LocalWriter(key, handle)
-            await asyncio.to_thread(handle.close)
-            await asyncio.to_thread(os.replace, partial, path)
+            try:
+                await asyncio.to_thread(handle.close)
+                await asyncio.to_thread(os.replace, partial, path)
+            except OSError as exc:
+                raise StorageUnavailable(str(exc)) from exc
         except BaseException:
             await asyncio.to_thread(handle.close)
             await asyncio.to_thread(partial.unlink, missing_ok=True)

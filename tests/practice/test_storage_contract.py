@@ -8,12 +8,17 @@ import asyncio
 import os
 import uuid
 
+import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.audio_types import MP3, WAV, decoded_duration
 from app.embedded import free_port
+from app.main import create_app
 from app.storage import CHUNK_SIZE, StorageUnavailable, from_settings
 from tests.audio import make_mp3, make_wav
+from tests.conftest import ApiUser
 from tests.practice.conftest import Backend
 
 MiB = 1024 * 1024
@@ -126,3 +131,44 @@ async def test_an_unreachable_s3_is_storage_unavailable(s3_backend: Backend) -> 
         await anext(storage.read("recordings/x.wav"))
     with pytest.raises(StorageUnavailable):
         await storage.delete("recordings/x.wav")
+
+
+async def test_a_failed_ranged_read_is_storage_unavailable(s3_backend: Backend) -> None:
+    """The object gone between the decoder's open and its first read: StorageUnavailable (a
+    503 on upload, a `resource` error in the worker), not an OSError that the MP3 decoder
+    would take for a file cut short, nor obstore's own error (a 500)."""
+    backend = s3_backend
+    key = backend.storage.new_stem(uuid.uuid4()) + ".mp3"
+    await _write(backend, key, make_mp3(1.0))
+
+    def measure() -> float | None:
+        with backend.storage.open_blocking(key) as reader:
+            asyncio.run(backend.storage.delete(key))
+            return decoded_duration(reader, MP3)
+
+    with pytest.raises(StorageUnavailable):
+        await asyncio.to_thread(measure)
+
+
+async def test_an_upload_to_an_unreachable_s3_is_503(
+    s3_backend: Backend, alice: ApiUser, engine: AsyncEngine
+) -> None:
+    """The one error shape with 503 storage_unavailable (it was a 500), and no row."""
+    gone = s3_backend.settings.model_copy(
+        update={"s3_endpoint_url": f"http://127.0.0.1:{free_port()}"}
+    )
+    application = create_app(gone)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            created = await client.post("/api/v1/practice/sessions", json={}, headers=alice.headers)
+            session_id = created.json()["practice_session_id"]
+            response = await client.post(
+                f"/api/v1/practice/sessions/{session_id}/records",
+                files={"audio": ("a.wav", make_wav(0.5), "audio/wav")},
+                headers=alice.headers,
+            )
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "storage_unavailable"
+    async with engine.connect() as connection:
+        assert await connection.scalar(text("SELECT count(*) FROM practice_records")) == 0
