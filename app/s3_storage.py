@@ -67,11 +67,27 @@ class _BlockingObject(io.RawIOBase):
     """obstore's ReadableFile (ranged GETs) as a raw binary stream, as decoders want it.
 
     A failed GET is StorageUnavailable, never an OSError: the MP3/AAC decoder takes an
-    OSError for a file cut short and would report the duration of what it had read."""
+    OSError for a file cut short and would report the duration of what it had read. The
+    WAV/FLAC decoder (libsndfile, through cffi callbacks) cannot pass an exception on at all
+    and reports "undecodable": so the first failure is raised again by close(), at the end
+    of the reader's `with` block."""
 
     def __init__(self, key: str, reader: ReadableFile) -> None:
         self._key = key
         self._reader = reader
+        self._failure: StorageUnavailable | None = None
+
+    def _failed(self, exc: Exception) -> StorageUnavailable:
+        failure = StorageUnavailable(f"S3 read of {self._key}: {exc}")
+        failure.__cause__ = exc
+        self._failure = self._failure or failure
+        return failure
+
+    def close(self) -> None:
+        failure, self._failure = self._failure, None
+        super().close()
+        if failure is not None:
+            raise failure
 
     def readable(self) -> bool:
         return True
@@ -83,7 +99,7 @@ class _BlockingObject(io.RawIOBase):
         try:
             data = self._reader.read(len(buffer))
         except S3_ERRORS as exc:
-            raise StorageUnavailable(f"S3 read of {self._key}: {exc}") from exc
+            raise self._failed(exc) from exc
         size = len(data)
         memoryview(buffer).cast("B")[:size] = memoryview(data)
         return size
@@ -92,7 +108,7 @@ class _BlockingObject(io.RawIOBase):
         try:
             return self._reader.seek(offset, whence)
         except S3_ERRORS as exc:
-            raise StorageUnavailable(f"S3 read of {self._key}: {exc}") from exc
+            raise self._failed(exc) from exc
 
     def tell(self) -> int:
         return self._reader.tell()
