@@ -115,7 +115,7 @@ class _BlockingObject(io.RawIOBase):
 
 
 class S3Storage:
-    """Recordings as objects `<S3_KEY_PREFIX><key>` in one bucket."""
+    """Recordings as objects `<S3_KEY_PREFIX>/<key>` in one bucket (`<key>` without one)."""
 
     def __init__(self, store: S3Store) -> None:
         self.store = store

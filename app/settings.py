@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     # Both or neither; neither: the AWS_* environment, web identity or instance metadata.
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
-    # Every key is stored under this prefix in the bucket (e.g. `vocalborn/`).
+    # A folder of the bucket every key is stored under (`vocalborn`: vocalborn/recordings/...).
     s3_key_prefix: str | None = None
 
     jwt_secret: str | None = None
@@ -149,6 +149,17 @@ class Settings(BaseSettings):
         if (value < 60 and 60 % value) or (value >= 60 and (value % 60 or 3600 % value)):
             raise ValueError("must divide a minute (1..30 s) or an hour (whole minutes)")
         return value
+
+    @field_validator("s3_key_prefix")
+    @classmethod
+    def _s3_folder(cls, value: str | None) -> str | None:
+        """S3_KEY_PREFIX is a folder: `vocalborn`, `vocalborn/` and `/vocalborn/` all give keys
+        `vocalborn/recordings/...`; an empty, `.` or `..` segment is refused (obstore would
+        refuse it only when the API or a worker starts)."""
+        folder = (value or "").strip("/")
+        if any(part in ("", ".", "..") for part in folder.split("/")) and folder:
+            raise ValueError("S3_KEY_PREFIX: folder names separated by single slashes")
+        return folder or None
 
     @field_validator("database_url")
     @classmethod

@@ -229,3 +229,17 @@ def test_the_s3_backend_needs_a_bucket_and_both_keys_or_neither(
     ambient = Settings(**base, s3_bucket="b", s3_key_prefix="")  # type: ignore[arg-type]
     assert ambient.s3_access_key_id is None and ambient.s3_key_prefix is None
     assert Settings(_env_file=None).storage_backend == "local"  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("given", ["vocalborn", "vocalborn/", "/vocalborn/"])
+def test_the_s3_key_prefix_is_a_folder(given: str, no_settings_in_environment: None) -> None:
+    settings = Settings(_env_file=None, s3_key_prefix=given)  # type: ignore[call-arg]
+    assert settings.s3_key_prefix == "vocalborn"
+
+
+@pytest.mark.parametrize("given", ["a//b", "a/../b", "./a"])
+def test_an_s3_key_prefix_obstore_would_refuse_is_refused_here(
+    given: str, no_settings_in_environment: None
+) -> None:
+    with pytest.raises(ValueError, match="S3_KEY_PREFIX"):
+        Settings(_env_file=None, s3_key_prefix=given)  # type: ignore[call-arg]
