@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from prometheus_client import make_asgi_app, start_http_server
 
-from app import access_log
+from app import access_log, storage
 from app.admin.router import router as admin_router
 from app.analysis import queue
 from app.analysis.eta import Estimator
@@ -31,7 +31,6 @@ from app.practice.router import router as practice_router
 from app.ratelimit import SubmitRateLimit
 from app.settings import Settings, get_settings
 from app.state import AppState
-from app.storage import LocalStorage
 from app.web import install as install_web_page
 
 
@@ -65,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             live=LiveSource(hub, arq, sessions, estimator, timing),
             limiter=StreamLimiter(settings.max_streams_per_user, settings.sse_heartbeat_seconds),
             submit_limit=SubmitRateLimit(arq.connection_pool, settings.submit_rate_limit),
-            storage=LocalStorage(settings.storage_dir),
+            storage=storage.from_settings(settings),
         )
         await hub.start()
         # The metrics on an internal port (issue 16), never on the public one in production.

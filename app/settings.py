@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 
 from limits import parse_many
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The development secret `.env.example` ships with is public: weak by definition.
@@ -56,7 +56,19 @@ class Settings(BaseSettings):
     database_url: str = "postgresql+asyncpg://localhost/vocalborn"
     database_pool_size: int = 20
     redis_url: str = "redis://localhost:6379/0"
+    # Recordings (issue 12): the local filesystem under STORAGE_DIR (the default, and what
+    # `vocalborn up` uses), or an S3-compatible object store.
+    storage_backend: Literal["local", "s3"] = "local"
     storage_dir: Path = Path("var/storage")
+    s3_bucket: str | None = None
+    # None: AWS itself (the region's endpoint); else e.g. http://seaweedfs:8333 (http allowed).
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    # Both or neither; neither: the AWS_* environment, web identity or instance metadata.
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    # A folder of the bucket every key is stored under (`vocalborn`: vocalborn/recordings/...).
+    s3_key_prefix: str | None = None
 
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
@@ -156,10 +168,29 @@ class Settings(BaseSettings):
             raise ValueError("must divide a minute (1..30 s) or an hour (whole minutes)")
         return value
 
+    @field_validator("s3_key_prefix")
+    @classmethod
+    def _s3_folder(cls, value: str | None) -> str | None:
+        """S3_KEY_PREFIX is a folder: `vocalborn`, `vocalborn/` and `/vocalborn/` all give keys
+        `vocalborn/recordings/...`; an empty, `.` or `..` segment is refused (obstore would
+        refuse it only when the API or a worker starts)."""
+        folder = (value or "").strip("/")
+        if any(part in ("", ".", "..") for part in folder.split("/")) and folder:
+            raise ValueError("S3_KEY_PREFIX: folder names separated by single slashes")
+        return folder or None
+
     @field_validator("database_url")
     @classmethod
     def _asyncpg_driver(cls, value: str) -> str:
         return asyncpg_url(value)
+
+    @model_validator(mode="after")
+    def _s3_complete(self) -> Settings:
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("STORAGE_BACKEND=s3 needs S3_BUCKET")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError("set both S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY, or neither")
+        return self
 
     @property
     def serve_docs(self) -> bool:

@@ -135,7 +135,8 @@ async def _enqueue_missing(deps: WorkerDeps, rows: Sequence[Row[Any]]) -> int:
 
 
 async def cleanup_expired(ctx: dict[str, Any]) -> int:
-    """Failed and cancelled tasks past retention; successful results are the user's history."""
+    """Failed and cancelled tasks past retention; successful results are the user's history.
+    Records and their stored recordings stay (a record outlives its tasks)."""
     deps = deps_of(ctx)
     async with deps.engine.begin() as connection:
         return await delete_expired_tasks(connection, deps.settings.cleanup_retention_days)

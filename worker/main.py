@@ -10,6 +10,7 @@ import prometheus_client
 from arq import cron, func
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import storage
 from app.ai_client.client import AIClient
 from app.analysis import queue
 from app.analysis.eta import Estimator
@@ -17,7 +18,6 @@ from app.analysis.progress import Publisher, publish_settings
 from app.db import close_pg_pool, create_engine, create_pg_pool
 from app.logs import configure_logging
 from app.settings import Settings, get_settings
-from app.storage import LocalStorage
 from worker.breaker import CircuitBreaker
 from worker.context import WorkerDeps, default_worker_name
 from worker.cron import cleanup_expired, heartbeat_forever, reconcile
@@ -63,7 +63,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         engine=engine,
         pg=pg,
         arq=arq,
-        storage=LocalStorage(settings.storage_dir),
+        storage=storage.from_settings(settings),
         ai=AIClient(settings, transport=ctx.get("ai_transport")),
         breaker=CircuitBreaker(
             arq, settings.breaker_failure_threshold, settings.breaker_cooldown_seconds
