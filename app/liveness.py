@@ -1,0 +1,111 @@
+"""Per-worker liveness: each worker writes a heartbeat key every few seconds
+(`vocalborn:worker:<name>`, a JSON document, TTL about three periods: worker/cron.py); a worker
+whose key has expired is dead. Read by `vocalborn workers` / `vocalborn worker-check` (the
+containers' health check) and by the admin stats.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+from redis.asyncio import Redis
+
+from app.analysis.queue import WORKER_KEY_PREFIX
+
+log = logging.getLogger(__name__)
+
+TTL_PERIODS = 3  # a heartbeat key lives this many periods: two beats may be missed
+
+
+def app_version() -> str:
+    try:
+        return version("vocalborn-analysis")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """One worker's last beat. `at`: Unix time (s) of the beat; `every`: its period (s)."""
+
+    worker: str
+    host: str
+    pid: int
+    jobs_in_flight: int
+    version: str
+    started_at: float
+    at: float
+    every: float
+
+    @classmethod
+    def now(cls, worker: str, started_at: float, jobs_in_flight: int, every: float) -> Heartbeat:
+        """This process's beat at this moment."""
+        return cls(
+            worker=worker,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            jobs_in_flight=jobs_in_flight,
+            version=app_version(),
+            started_at=started_at,
+            at=time.time(),
+            every=every,
+        )
+
+    @property
+    def ttl_seconds(self) -> float:
+        return TTL_PERIODS * self.every
+
+
+def heartbeat_key(worker: str) -> str:
+    return WORKER_KEY_PREFIX + worker
+
+
+async def write(redis: Redis, beat: Heartbeat) -> None:
+    """Write the beat's key, to expire after TTL_PERIODS periods. Raises what Redis raised."""
+    document = json.dumps(asdict(beat), separators=(",", ":"))
+    await redis.set(heartbeat_key(beat.worker), document, px=max(int(beat.ttl_seconds * 1000), 1))
+
+
+async def live_workers(redis: Redis) -> list[Heartbeat]:
+    """The workers whose heartbeat key has not expired, by name: a SCAN and one MGET. A key
+    that is not a heartbeat document (an older worker's) counts as live, with what it says."""
+    keys = sorted([key async for key in redis.scan_iter(match=f"{WORKER_KEY_PREFIX}*", count=1000)])
+    if not keys:
+        return []
+    beats: list[Heartbeat] = []
+    for key, value in zip(keys, await redis.mget(keys), strict=True):
+        if value is None:  # expired between the SCAN and the MGET
+            continue
+        name = (key.decode() if isinstance(key, bytes) else key).removeprefix(WORKER_KEY_PREFIX)
+        beats.append(_parse(name, value))
+    return beats
+
+
+async def live_worker(redis: Redis, name: str) -> Heartbeat | None:
+    """`name`'s heartbeat, or None when it has none (dead, or never started)."""
+    value = await redis.get(heartbeat_key(name))
+    return None if value is None else _parse(name, value)
+
+
+def _parse(name: str, value: bytes | str) -> Heartbeat:
+    try:
+        document = json.loads(value)
+        return Heartbeat(
+            worker=name,
+            host=str(document["host"]),
+            pid=int(document["pid"]),
+            jobs_in_flight=int(document["jobs_in_flight"]),
+            version=str(document["version"]),
+            started_at=float(document["started_at"]),
+            at=float(document["at"]),
+            every=float(document["every"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        log.debug("heartbeat of %s is not a heartbeat document", name)
+        return Heartbeat(name, "?", 0, 0, "?", 0.0, 0.0, 0.0)
