@@ -109,3 +109,23 @@ def _parse(name: str, value: bytes | str) -> Heartbeat:
     except (ValueError, KeyError, TypeError):
         log.debug("heartbeat of %s is not a heartbeat document", name)
         return Heartbeat(name, "?", 0, 0, "?", 0.0, 0.0, 0.0)
+
+
+async def check(redis: Redis, name: str | None) -> tuple[bool, str]:
+    """Whether worker `name` (None: a worker on this host) has a live heartbeat, and a line
+    saying so. Raises what Redis raised (unreachable: unknown, not dead)."""
+    if name is not None:
+        beat = await live_worker(redis, name)
+        if beat is None:
+            return False, f"worker {name}: no live heartbeat"
+        return True, f"worker {name}: alive ({_described(beat)})"
+    host = socket.gethostname()
+    here = [beat for beat in await live_workers(redis) if beat.host == host]
+    if not here:
+        return False, f"no worker on {host} has a live heartbeat"
+    return True, "; ".join(f"worker {beat.worker}: alive ({_described(beat)})" for beat in here)
+
+
+def _described(beat: Heartbeat) -> str:
+    age = max(time.time() - beat.at, 0.0)
+    return f"host {beat.host}, pid {beat.pid}, {beat.jobs_in_flight} job(s), beat {age:.1f} s ago"
