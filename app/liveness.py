@@ -62,35 +62,51 @@ class Heartbeat:
         return TTL_PERIODS * self.every
 
 
+# The heartbeats' index: each worker's name, scored with its key's expiry (Unix ms), so that
+# readers find the live keys without a SCAN of the whole keyspace. The keys decide liveness.
+INDEX_KEY = "vocalborn:workers"
+
+
 def heartbeat_key(worker: str) -> str:
     return WORKER_KEY_PREFIX + worker
 
 
-async def write(redis: Redis, beat: Heartbeat) -> None:
-    """Write the beat's key, to expire after TTL_PERIODS periods. Raises what Redis raised."""
+async def write(redis: Redis, beat: Heartbeat) -> int:
+    """Write the beat's key, to expire after TTL_PERIODS periods, and index it; the number of
+    workers whose beat has not expired (this one included). One round trip; raises what Redis
+    raised."""
     document = json.dumps(asdict(beat), separators=(",", ":"))
-    await redis.set(heartbeat_key(beat.worker), document, px=max(int(beat.ttl_seconds * 1000), 1))
+    ttl_ms = max(int(beat.ttl_seconds * 1000), 1)
+    now_ms = int(time.time() * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(heartbeat_key(beat.worker), document, px=ttl_ms)
+        pipe.zadd(INDEX_KEY, {beat.worker: now_ms + ttl_ms})
+        pipe.zremrangebyscore(INDEX_KEY, "-inf", now_ms)
+        pipe.zcard(INDEX_KEY)
+        *_, live = await pipe.execute()
+    return int(live)
 
 
 async def live_workers(redis: Redis) -> list[Heartbeat]:
-    """The workers whose heartbeat key has not expired, by name: a SCAN and one MGET. A key
-    that is not a heartbeat document (an older worker's) counts as live, with what it says."""
-    keys = sorted([key async for key in redis.scan_iter(match=f"{WORKER_KEY_PREFIX}*", count=1000)])
-    if not keys:
+    """The workers whose heartbeat key has not expired, by name: the index, then one MGET of
+    the keys. A key that is not a heartbeat document (an older worker's) counts as live, with
+    what it says."""
+    now_ms = int(time.time() * 1000)
+    names = sorted(_text(name) for name in await redis.zrangebyscore(INDEX_KEY, now_ms, "+inf"))
+    if not names:
         return []
-    beats: list[Heartbeat] = []
-    for key, value in zip(keys, await redis.mget(keys), strict=True):
-        if value is None:  # expired between the SCAN and the MGET
-            continue
-        name = (key.decode() if isinstance(key, bytes) else key).removeprefix(WORKER_KEY_PREFIX)
-        beats.append(_parse(name, value))
-    return beats
+    values = await redis.mget([heartbeat_key(name) for name in names])
+    return [_parse(name, value) for name, value in zip(names, values, strict=True) if value]
 
 
 async def live_worker(redis: Redis, name: str) -> Heartbeat | None:
     """`name`'s heartbeat, or None when it has none (dead, or never started)."""
     value = await redis.get(heartbeat_key(name))
     return None if value is None else _parse(name, value)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _parse(name: str, value: bytes | str) -> Heartbeat:

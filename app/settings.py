@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     redis_username: str | None = None
     redis_password: str | None = None
     # RESP protocol version spoken to Redis (3 needs Redis 6 or later).
-    redis_protocol: Literal[2, 3] = 2
+    redis_protocol: int = Field(2, ge=2, le=3)
     # Redis Sentinel: `host:port,host:port,…` (empty: REDIS_URL's host). The Sentinels name
     # the master of REDIS_SENTINEL_MASTER; REDIS_URL then gives only the database, the scheme
     # (rediss: TLS) and the credentials.

@@ -20,7 +20,13 @@ from app.analysis.maintenance import delete_expired_tasks
 from app.analysis.models import ACTIVE_STATUS_SQL
 from app.analysis.status import status_columns
 from app.liveness import Heartbeat
-from app.metrics import QUEUE_DEPTH, RECONCILE_REPAIRS, TASKS_FINISHED, WORKER_HEARTBEAT
+from app.metrics import (
+    LIVE_WORKERS,
+    QUEUE_DEPTH,
+    RECONCILE_REPAIRS,
+    TASKS_FINISHED,
+    WORKER_HEARTBEAT,
+)
 from worker.context import WorkerDeps, deps_of
 
 log = logging.getLogger(__name__)
@@ -157,7 +163,7 @@ async def heartbeat_forever(deps: WorkerDeps, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             beat = Heartbeat.now(deps.worker_name, started_at, deps.leases.in_flight, every)
-            await liveness.write(deps.arq, beat)
+            LIVE_WORKERS.set(await liveness.write(deps.arq, beat))
             WORKER_HEARTBEAT.labels(deps.worker_name).set(beat.at)
         except Exception:
             if stop.is_set():  # shutdown closed the connection under the beat

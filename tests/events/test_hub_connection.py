@@ -18,6 +18,7 @@ from app.analysis.eta import Estimator
 from app.analysis.hub import Event, Hub, Listener
 from app.analysis.progress import DOC_FIELD, Publisher, channel, stream_key
 from app.analysis.schemas import TaskStatusOut
+from app.redis_client import RedisTarget
 from app.settings import Settings
 from tests.analysis.conftest import wait_for
 
@@ -175,3 +176,23 @@ async def test_a_tick_right_after_a_loss_still_ticks_and_reconnects(hub: Hub, re
     await wait_for(_subscribed_anew(redis, lost), within=10)
     entry_id = await _announce(redis, 4)
     assert (await _next_event(listener)).id == entry_id
+
+
+async def test_the_hub_speaks_resp3(
+    settings: Settings, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """REDIS_PROTOCOL=3 (from redis-py): notices arrive as pushes, PINGs are answered."""
+    caplog.set_level(logging.WARNING, logger="app.analysis.hub")
+    hub = Hub(RedisTarget(settings.redis_url, protocol=3), queue_size=8, tick_seconds=0.1)
+    await hub.start()
+    try:
+        await wait_for(lambda: _connected(hub), within=5)
+        listener = await hub.join(TOPIC)
+        entry_id = await _announce(redis, 5)
+        assert (await _next_event(listener)).id == entry_id
+        ticks = 0
+        while ticks < 5:  # five heartbeats, each PINGing Redis
+            ticks += await listener.next() is None
+        assert "did not answer PING" not in caplog.text and hub.connected
+    finally:
+        await hub.stop()
