@@ -174,7 +174,7 @@ class Hub:
         self._subscribed: set[str] = set()  # topics whose SUBSCRIBE went out on this connection
         self._confirming: dict[str, deque[asyncio.Future[None]]] = {}  # SUBSCRIBEs unanswered
         self._unanswered_pings = 0
-        self._sending: set[asyncio.Task[None]] = set()  # commands written in the background
+        self._sending: set[asyncio.Future[Any]] = set()  # commands written in the background
         self._tasks: list[asyncio.Task[None]] = []
         self._stop: asyncio.Future[None] | None = None  # resolved by stop()
         self.connected = False
@@ -287,35 +287,43 @@ class Hub:
         """Until `stop`: never by a cancellation (see `stop()`)."""
         try:
             while not stop.done():
+                pubsub = self._redis.pubsub()
                 try:
-                    pubsub = await self._connect()
+                    await self._connect(pubsub)
                 except (OSError, RedisError, TimeoutError) as exc:
                     if not stop.done():
                         log.warning("progress hub: cannot reach Redis (%s); retrying", exc)
-                        await self._close_connections()
-                        await _rest(stop, RECONNECT_DELAY_SECONDS)
-                    continue
                 except Exception:  # never stop trying: the streams depend on it
                     log.exception("progress hub: connecting to Redis failed; retrying")
-                    await self._close_connections()
-                    await _rest(stop, RECONNECT_DELAY_SECONDS)
-                    continue
-                try:
-                    await self._read(pubsub, stop)
-                except Exception as exc:  # any failure: reconnect
-                    if stop.done():
-                        return
-                    log.warning("progress hub: connection to Redis lost (%r); reconnecting", exc)
+                else:
+                    try:
+                        await self._read(pubsub, stop)
+                    except Exception as exc:  # any failure: reconnect
+                        if not stop.done():
+                            log.warning(
+                                "progress hub: connection to Redis lost (%r); reconnecting", exc
+                            )
                 self._disconnected()
                 await self._close_connections()
-                await _rest(stop, RECONNECT_DELAY_SECONDS)  # back-off before reconnecting
+                await self._release(pubsub)
+                if not stop.done():
+                    await _rest(stop, RECONNECT_DELAY_SECONDS)  # back-off before reconnecting
         finally:
             self._disconnected()  # a connection made while stopping
 
-    async def _connect(self) -> PubSub:
-        """The pub/sub connection (named, authenticated: redis-py's handshake, bounded here),
-        subscribed to every topic that has listeners. `stop()` closes a handshake in flight."""
-        pubsub = self._redis.pubsub()
+    @staticmethod
+    async def _release(pubsub: PubSub) -> None:
+        """Give a closed pub/sub connection back to the pool (it is never reused as it is:
+        its connection is closed, so the pool reconnects it)."""
+        try:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        except Exception:
+            log.debug("progress hub: releasing the connection failed", exc_info=True)
+
+    async def _connect(self, pubsub: PubSub) -> None:
+        """Connect `pubsub` (named, authenticated: redis-py's handshake, bounded here) and
+        subscribe it to every topic that has listeners. `stop()` closes a handshake in
+        flight."""
         async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
             await pubsub.connect()  # type: ignore[no-untyped-call]
         self._pubsub = pubsub
@@ -326,7 +334,6 @@ class Hub:
             self._subscribed = set(topics)
             self._send(lambda pubsub: pubsub.subscribe(*(channel(topic) for topic in topics)))
         self.connected = True
-        return pubsub
 
     async def _read(self, pubsub: PubSub, stop: asyncio.Future[None]) -> None:
         """Every message, until the connection fails, is judged dead, or the hub stops."""

@@ -134,6 +134,8 @@ async def test_the_hub_resubscribes_after_its_connection_is_killed(hub: Hub, red
     await wait_for(_subscribed_anew(redis, killed), within=10)
     second = await _announce(redis, 2)
     assert (await _next_event(listener)).id == second
+    pool: Any = hub._redis.connection_pool  # the lost connection went back to the pool
+    assert len(pool._in_use_connections) == 1
 
 
 async def _connected(hub: Hub) -> bool:

@@ -23,7 +23,14 @@ KUBERNETES = ROOT / "deploy" / "kubernetes"
 CRDS = {"worker-scaledobject.yaml"}  # no schema in kubernetes-validate: checked below
 NOT_RESOURCES = {"kustomization.yaml"}
 VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
-SECRET_NAMES = {"DATABASE_URL", "REDIS_URL", "JWT_SECRET", "AI_SERVICE_API_KEY"}
+SECRET_NAMES = {
+    "DATABASE_URL",
+    "REDIS_URL",
+    "REDIS_PASSWORD",
+    "REDIS_SENTINEL_PASSWORD",
+    "JWT_SECRET",
+    "AI_SERVICE_API_KEY",
+}
 
 
 def manifests() -> list[Path]:
