@@ -64,7 +64,8 @@ async def test_a_killed_worker_fails_its_check_and_the_other_keeps_passing(
             return await check("liveness-doomed") == 0 and await check("liveness-survivor") == 0
 
         await wait_for(both_alive, within=60, interval=0.2)
-        assert (await stats())["live_workers"] == 2
+        body = await stats()
+        assert body["live_workers"] == 2, body["workers"]
         code, listing = await _vocalborn(env, tmp_path, "workers", "--json")
         beats = {beat["worker"]: beat for beat in json.loads(listing.splitlines()[0])}
         assert code == 0 and beats.keys() == {"liveness-doomed", "liveness-survivor"}
@@ -81,7 +82,7 @@ async def test_a_killed_worker_fails_its_check_and_the_other_keeps_passing(
         took = time.monotonic() - killed
         assert await check("liveness-survivor") == 0
         body = await stats()
-        assert body["live_workers"] == 1
+        assert body["live_workers"] == 1, body["workers"]
         assert [w["worker"] for w in body["workers"]] == ["liveness-survivor"]  # type: ignore[attr-defined]
         print(f"FIGURE worker-liveness: SIGKILL -> worker-check non-zero in {took:.1f} s")
     finally:
