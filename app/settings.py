@@ -40,6 +40,14 @@ def asyncpg_url(url: str) -> str:
     return url
 
 
+def _host_and_port(address: str) -> tuple[str, int]:
+    """`host:port` (a Sentinel's address; `[v6]:port` too) → (host, port); ValueError if not."""
+    host, separator, port = address.rpartition(":")
+    if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
 class InsecureConfiguration(RuntimeError):
     """The settings are not safe to serve requests with."""
 
@@ -59,6 +67,18 @@ class Settings(BaseSettings):
     # Recordings (issue 12): the local filesystem under STORAGE_DIR (the default, and what
     # `vocalborn up` uses), or an S3-compatible object store.
     storage_backend: Literal["local", "s3"] = "local"
+    # An ACL user and password for Redis when REDIS_URL carries none (app/redis_client.py).
+    redis_username: str | None = None
+    redis_password: str | None = None
+    # RESP protocol version spoken to Redis (3 needs Redis 6 or later).
+    redis_protocol: int = Field(2, ge=2, le=3)
+    # Redis Sentinel: `host:port,host:port,…` (empty: REDIS_URL's host). The Sentinels name
+    # the master of REDIS_SENTINEL_MASTER; REDIS_URL then gives only the database, the scheme
+    # (rediss: TLS) and the credentials.
+    redis_sentinels: Annotated[tuple[str, ...], NoDecode] = ()
+    redis_sentinel_master: str = "vocalborn"
+    redis_sentinel_username: str | None = None
+    redis_sentinel_password: str | None = None
     storage_dir: Path = Path("var/storage")
     s3_bucket: str | None = None
     # None: AWS itself (the region's endpoint); else e.g. http://seaweedfs:8333 (http allowed).
@@ -113,6 +133,8 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(50, ge=1)
     worker_poll_delay_seconds: float = Field(0.2, gt=0)
     worker_name: str | None = None
+    # Each worker's heartbeat key is written this often and lives three periods.
+    worker_heartbeat_seconds: float = Field(5.0, gt=0)
     worker_shutdown_grace_seconds: float = Field(10.0, ge=0)
     # Prometheus metrics of a worker on this port (0: not served).
     worker_metrics_port: int = Field(0, ge=0, le=65535)
@@ -160,6 +182,25 @@ class Settings(BaseSettings):
         if len(rates) != 1 or rates[0].amount < 1:
             raise ValueError("one rate of at least 1, such as 60/minute")
         return value
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for address in value:
+            _host_and_port(address)
+        return value
+
+    @property
+    def redis_sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        """REDIS_SENTINELS as (host, port) pairs."""
+        return tuple(_host_and_port(address) for address in self.redis_sentinels)
 
     @field_validator("reconcile_interval_seconds")
     @classmethod
