@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -27,25 +24,11 @@ from tests.analysis.conftest import StartWorker, new_task, wait_for, wait_for_st
 from tests.conftest import ApiUser
 from tests.events.conftest import LIVE, read_events
 from tests.fake_ai import FakeAI, ok
+from tests.reliability.conftest import ACL_USER
 from tests.sentinel_cluster import SentinelCluster
 from tests.servers import UvicornThread
 
-ACL_USER = "vocalborn-app"
 IN_FLIGHT_SECONDS = 3.0  # the analysis the master dies under (below FAST's AI deadline, 4 s)
-
-
-@pytest.fixture
-def sentinel_cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
-    cluster = SentinelCluster(
-        tmp_path / "sentinel",
-        redis_password=secrets.token_urlsafe(16),
-        sentinel_password=secrets.token_urlsafe(16),
-        redis_username=ACL_USER,
-    ).start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 async def _clients_on(cluster: SentinelCluster, server: str) -> list[dict[str, str]]:
