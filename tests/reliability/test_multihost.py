@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -181,13 +182,18 @@ async def test_tasks_streams_and_results_survive_a_failover_across_hosts(
     admin = await make_user(role=Role.ADMIN)
     async with httpx.AsyncClient(base_url=api.url, timeout=30.0) as http:
 
-        async def both_workers_beat() -> bool:  # heartbeats written through Sentinel
+        async def beating_since(since: float) -> bool:
+            """Both workers' heartbeats (written through Sentinel), each from its own process,
+            are newer than `since` (Unix s), as the admin stats see them."""
             for worker in workers:
                 assert worker.returncode is None, f"a worker exited:\n{worker.output()}"
             response = await http.get("/api/v1/admin/tasks/stats", headers=admin.headers)
-            return bool(response.json()["live_workers"] == len(WORKERS))
+            assert response.status_code == 200, response.text
+            beats = response.json()["workers"] or []
+            pids = {b["worker"]: b["pid"] for b in beats if b["last_heartbeat_at"] > since}
+            return pids == dict(zip(WORKERS, (w.pid for w in workers), strict=True))
 
-        await wait_for(both_workers_beat, within=60, interval=0.2)
+        await wait_for(partial(beating_since, 0.0), within=60, interval=0.2)
         first = await new_task(http, alice)
         done = await wait_for_status(http, alice, first, within=60)
         assert done["status"] == "success", done
@@ -213,7 +219,7 @@ async def test_tasks_streams_and_results_survive_a_failover_across_hosts(
             old = await asyncio.to_thread(sentinel_cluster.kill_master)
             killed_at, killed = time.time(), time.monotonic()
             new = await asyncio.to_thread(sentinel_cluster.wait_for_failover, old)
-            promoted = time.monotonic()
+            promoted, promoted_at = time.monotonic(), time.time()
             after = await new_task(http, alice)  # submitted after the failover
             done = await wait_for_status(http, alice, after, within=60)
             assert done["status"] == "success", done
@@ -226,6 +232,8 @@ async def test_tasks_streams_and_results_survive_a_failover_across_hosts(
             await asyncio.wait_for(to_the_end(), timeout=60)
         # the stream connected before the failover got its task's end, once
         assert statuses[-1] == "success" and statuses.count("success") == 1, statuses
+        # both workers beat again, on the new master
+        await wait_for(partial(beating_since, promoted_at), within=30, interval=0.2)
 
     async with engine.connect() as connection:
         tasks = {row[0]: row[1] for row in await connection.execute(text(TASKS))}
