@@ -1,5 +1,7 @@
 # One image for the API, the worker and the reference analyzer; compose.yaml picks the command.
-FROM python:3.11-slim
+# Two targets of it: `worker` (the worker's command and health check) and the default, last,
+# the API's (also run as migrate and the analyzer with another command).
+FROM python:3.11-slim AS app
 
 ENV PYTHONUNBUFFERED=1 \
     UV_COMPILE_BYTECODE=1 \
@@ -26,4 +28,12 @@ ENV PATH="/app/.venv/bin:$PATH" \
 # 8000: the public API. Metrics ports, internal (never published): 9102 for the API
 # (API_METRICS_PORT), 9100 for a worker (WORKER_METRICS_PORT).
 EXPOSE 8000 9100 9102
+
+# The worker: healthy while its heartbeat key in Redis is live (written every 5 s, kept 15 s;
+# `vocalborn worker-check` without a name: a worker on this host, i.e. in this container).
+FROM app AS worker
+CMD ["arq", "worker.main.WorkerSettings"]
+HEALTHCHECK --interval=20s --timeout=10s --start-period=30s --retries=3 CMD ["vocalborn", "worker-check"]
+
+FROM app AS api
 CMD ["uvicorn", "app.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]

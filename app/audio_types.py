@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import BinaryIO
 
 SNIFF_BYTES = 16
 
@@ -43,8 +44,9 @@ def sniff_audio_type(head: bytes) -> AudioType | None:
     return None
 
 
-def decoded_duration(path: str, audio_type: AudioType) -> float | None:
-    """Seconds of audio in a stored file, from its decoded sample count; None if undecodable.
+def decoded_duration(path: str | BinaryIO, audio_type: AudioType) -> float | None:
+    """Seconds of audio in a stored file (a path or a seekable binary reader), from its decoded
+    sample count; None if undecodable.
 
     WAV and FLAC headers carry an exact frame count (libsndfile reads it). Other containers
     are decoded with PyAV and their samples counted: FFmpeg's duration for ADTS AAC and for
@@ -63,7 +65,7 @@ def decoded_duration(path: str, audio_type: AudioType) -> float | None:
 
     samples = rate = 0
     try:
-        with av.open(path) as box:
+        with av.open(path, mode="r") as box:
             if not box.streams.audio:
                 return None
             stream = box.streams.audio[0]

@@ -1,5 +1,6 @@
 """`vocalborn`: run the system (`up`), development commands (`migrate`, `users`, `token`,
-`link`) and the command-line client of the API (`analyze`, `status`, `result`, `cancel`).
+`link`), operations (`workers`, `worker-check`) and the command-line client of the API
+(`analyze`, `status`, `result`, `cancel`).
 
 Exit codes of the client: 0 all succeeded, 1 any failed, 2 bad usage or input, 130
 interrupted."""
@@ -7,15 +8,20 @@ interrupted."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import typer
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from rich.console import Console
+from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -25,10 +31,13 @@ from app.client.analyze import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAG
 from app.client.api import Api, ApiError
 from app.client.links import LINK_TOKEN_TTL_SECONDS, web_link
 from app.db import create_engine, create_sessionmaker
+from app.redis_client import RedisTarget
+from app.redis_client import connect as connect_redis
 from app.settings import Settings, get_settings
 from app.users.models import Role, User
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
+T = TypeVar("T")
 
 cli = typer.Typer(
     name="vocalborn",
@@ -142,6 +151,62 @@ def up_command(
     from app.launcher import run
 
     raise typer.Exit(run(port=port, data_dir=data_dir))
+
+
+# -- operations: worker liveness (heartbeats in Redis) ---------------------------------------
+EXIT_NO_HEARTBEAT = 1
+EXIT_REDIS_UNAVAILABLE = 2
+
+
+async def _with_redis(body: Callable[[Redis], Awaitable[T]]) -> T:
+    """`body` with a client from the settings (REDIS_URL or Sentinel), closed after."""
+    redis = connect_redis(RedisTarget.of(get_settings()), client_name="vocalborn-cli")
+    try:
+        return await body(redis)
+    finally:
+        await redis.aclose()
+
+
+@cli.command("workers")
+def workers_command(json_output: JsonFlag = False) -> None:
+    """List the live workers: those whose heartbeat key in Redis has not expired."""
+    from app import liveness
+
+    try:
+        beats = asyncio.run(_with_redis(liveness.live_workers))
+    except (OSError, RedisError) as exc:
+        typer.echo(f"vocalborn workers: cannot read Redis: {exc}", err=True)
+        raise typer.Exit(EXIT_REDIS_UNAVAILABLE) from None
+    if json_output:
+        print(json.dumps([dataclasses.asdict(beat) for beat in beats]))
+        return
+    table = Table("worker", "host", "pid", "jobs", "version", "last beat")
+    now = time.time()
+    for beat in beats:
+        age = f"{max(now - beat.at, 0):.1f} s ago"
+        table.add_row(beat.worker, beat.host, str(beat.pid), str(beat.jobs_in_flight),
+                      beat.version, age)  # fmt: skip
+    Console().print(table)
+    Console(stderr=True).print(f"{len(beats)} live worker(s)")
+
+
+@cli.command("worker-check")
+def worker_check_command(
+    name: Annotated[
+        str | None, typer.Argument(help="the worker's name (WORKER_NAME); default: this host's")
+    ] = None,
+) -> None:
+    """Exit 0 when worker NAME (without NAME: a worker on this host) has a live heartbeat, 1
+    when it has none, 2 when Redis cannot be read: the worker containers' health check."""
+    from app import liveness
+
+    try:
+        alive, line = asyncio.run(_with_redis(lambda redis: liveness.check(redis, name)))
+    except (OSError, RedisError) as exc:
+        typer.echo(f"vocalborn worker-check: cannot read Redis: {exc}", err=True)
+        raise typer.Exit(EXIT_REDIS_UNAVAILABLE) from None
+    typer.echo(line, err=not alive)
+    raise typer.Exit(0 if alive else EXIT_NO_HEARTBEAT)
 
 
 # -- the API client ---------------------------------------------------------------------

@@ -49,12 +49,17 @@ def stop_pid(pid: int, sig: int = signal.SIGTERM) -> None:
             wait_for_exit(pid)
 
 
-def stop_child(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    """Like `stop_pid` for our own child, which must also be reaped (a zombie answers kill 0)."""
+def stop_child(
+    process: subprocess.Popen[bytes],
+    sig: int = signal.SIGTERM,
+    timeout: float = STOP_TIMEOUT_SECONDS,
+) -> None:
+    """Like `stop_pid` for our own child, which must also be reaped (a zombie answers kill 0);
+    SIGKILL after `timeout` seconds."""
     if process.poll() is None:
         process.send_signal(sig)
         try:
-            process.wait(STOP_TIMEOUT_SECONDS)
+            process.wait(timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

@@ -14,6 +14,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.storage import StorageUnavailable
+
 log = logging.getLogger(__name__)
 
 STATUS_CODES = {
@@ -155,6 +157,15 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "validation_error", "Request validation failed", {"fields": fields})
 
 
+async def _storage_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    """The recording store failed (S3 unreachable, a disk error): 503, the client may retry;
+    the cause goes to the log only (it names the endpoint and the key)."""
+    log.warning("storage unavailable: %s", exc)
+    return error_response(
+        503, "storage_unavailable", "Recording storage is unavailable, try again later"
+    )
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "Internal server error")
@@ -163,5 +174,6 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(StorageUnavailable, _storage_unavailable)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -10,9 +10,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from prometheus_client import make_asgi_app, start_http_server
 
-from app import access_log
+from app import access_log, storage
 from app.admin.router import router as admin_router
-from app.analysis import queue
 from app.analysis.eta import Estimator
 from app.analysis.events import SSE_PATHS, ServeStreamsFirst, sse_events
 from app.analysis.events import router as events_router
@@ -29,9 +28,10 @@ from app.logs import configure_logging
 from app.metrics import OLDEST_WAITING_TASK
 from app.practice.router import router as practice_router
 from app.ratelimit import SubmitRateLimit
+from app.redis_client import RedisTarget
+from app.redis_client import connect as connect_redis
 from app.settings import Settings, get_settings
 from app.state import AppState
-from app.storage import LocalStorage
 from app.web import install as install_web_page
 
 
@@ -44,12 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings, keep_connections=True)
         pg = await create_pg_pool(settings)
-        arq = queue.connect(settings.redis_url)
+        redis_target = RedisTarget.of(settings)
+        arq = connect_redis(redis_target)
         estimator = Estimator(engine, slots=settings.ai_service_concurrency)
         sessions = create_sessionmaker(engine)
-        hub = Hub(
-            settings.redis_url, settings.sse_client_queue_size, settings.sse_heartbeat_seconds
-        )
+        hub = Hub(redis_target, settings.sse_client_queue_size, settings.sse_heartbeat_seconds)
         timing = StreamTiming(settings.sse_max_connection_seconds)
         publisher = Publisher(arq, estimator, publish_settings(settings))
         app.state.vocalborn = AppState(
@@ -65,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             live=LiveSource(hub, arq, sessions, estimator, timing),
             limiter=StreamLimiter(settings.max_streams_per_user, settings.sse_heartbeat_seconds),
             submit_limit=SubmitRateLimit(arq.connection_pool, settings.submit_rate_limit),
-            storage=LocalStorage(settings.storage_dir),
+            storage=storage.from_settings(settings),
         )
         await hub.start()
         # The metrics on an internal port (issue 16), never on the public one in production.

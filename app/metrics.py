@@ -49,6 +49,10 @@ CIRCUIT_OPEN = Gauge("vocalborn_ai_circuit_open", "1 while the AI circuit breake
 WORKER_HEARTBEAT = Gauge(
     "vocalborn_worker_heartbeat_timestamp_seconds", "Last heartbeat of this worker", ["worker"]
 )
+LIVE_WORKERS = Gauge(
+    "vocalborn_live_workers",
+    "Workers with a live heartbeat in Redis, as this worker counted them at its last beat",
+)
 DB_WRITE_RETRIES = Counter(
     "vocalborn_db_write_retries",
     "Retries of a task's outcome write after a transient database error, by write",

@@ -5,7 +5,7 @@ calendar minute), on the queue's Redis connection pool.
 Fails open: with Redis unreachable or not answering a submit is let through, logged and
 counted (`vocalborn_submit_limit_unchecked`), as the submit itself goes on without Redis (its
 row is the outbox, the reconciler enqueues it later). The wait is bounded by the pool's own
-timeouts (`queue.connect`: 2 s to connect, 5 s for an answer), no cancel of a command in
+timeouts (`redis_client.connect`: 2 s to connect, 5 s for an answer), no cancel of a command in
 flight."""
 
 from __future__ import annotations

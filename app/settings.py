@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 
 from limits import parse_many
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The development secret `.env.example` ships with is public: weak by definition.
@@ -40,6 +40,14 @@ def asyncpg_url(url: str) -> str:
     return url
 
 
+def _host_and_port(address: str) -> tuple[str, int]:
+    """`host:port` (a Sentinel's address; `[v6]:port` too) → (host, port); ValueError if not."""
+    host, separator, port = address.rpartition(":")
+    if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
 class InsecureConfiguration(RuntimeError):
     """The settings are not safe to serve requests with."""
 
@@ -56,7 +64,31 @@ class Settings(BaseSettings):
     database_url: str = "postgresql+asyncpg://localhost/vocalborn"
     database_pool_size: int = 20
     redis_url: str = "redis://localhost:6379/0"
+    # Recordings (issue 12): the local filesystem under STORAGE_DIR (the default, and what
+    # `vocalborn up` uses), or an S3-compatible object store.
+    storage_backend: Literal["local", "s3"] = "local"
+    # An ACL user and password for Redis when REDIS_URL carries none (app/redis_client.py).
+    redis_username: str | None = None
+    redis_password: str | None = None
+    # RESP protocol version spoken to Redis (3 needs Redis 6 or later).
+    redis_protocol: int = Field(2, ge=2, le=3)
+    # Redis Sentinel: `host:port,host:port,…` (empty: REDIS_URL's host). The Sentinels name
+    # the master of REDIS_SENTINEL_MASTER; REDIS_URL then gives only the database, the scheme
+    # (rediss: TLS) and the credentials.
+    redis_sentinels: Annotated[tuple[str, ...], NoDecode] = ()
+    redis_sentinel_master: str = "vocalborn"
+    redis_sentinel_username: str | None = None
+    redis_sentinel_password: str | None = None
     storage_dir: Path = Path("var/storage")
+    s3_bucket: str | None = None
+    # None: AWS itself (the region's endpoint); else e.g. http://seaweedfs:8333 (http allowed).
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    # Both or neither; neither: the AWS_* environment, web identity or instance metadata.
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    # A folder of the bucket every key is stored under (`vocalborn`: vocalborn/recordings/...).
+    s3_key_prefix: str | None = None
 
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
@@ -101,6 +133,8 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(50, ge=1)
     worker_poll_delay_seconds: float = Field(0.2, gt=0)
     worker_name: str | None = None
+    # Each worker's heartbeat key is written this often and lives three periods.
+    worker_heartbeat_seconds: float = Field(5.0, gt=0)
     worker_shutdown_grace_seconds: float = Field(10.0, ge=0)
     # Prometheus metrics of a worker on this port (0: not served).
     worker_metrics_port: int = Field(0, ge=0, le=65535)
@@ -149,6 +183,25 @@ class Settings(BaseSettings):
             raise ValueError("one rate of at least 1, such as 60/minute")
         return value
 
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for address in value:
+            _host_and_port(address)
+        return value
+
+    @property
+    def redis_sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        """REDIS_SENTINELS as (host, port) pairs."""
+        return tuple(_host_and_port(address) for address in self.redis_sentinels)
+
     @field_validator("reconcile_interval_seconds")
     @classmethod
     def _divides_the_clock(cls, value: int) -> int:
@@ -156,10 +209,29 @@ class Settings(BaseSettings):
             raise ValueError("must divide a minute (1..30 s) or an hour (whole minutes)")
         return value
 
+    @field_validator("s3_key_prefix")
+    @classmethod
+    def _s3_folder(cls, value: str | None) -> str | None:
+        """S3_KEY_PREFIX is a folder: `vocalborn`, `vocalborn/` and `/vocalborn/` all give keys
+        `vocalborn/recordings/...`; an empty, `.` or `..` segment is refused (obstore would
+        refuse it only when the API or a worker starts)."""
+        folder = (value or "").strip("/")
+        if any(part in ("", ".", "..") for part in folder.split("/")) and folder:
+            raise ValueError("S3_KEY_PREFIX: folder names separated by single slashes")
+        return folder or None
+
     @field_validator("database_url")
     @classmethod
     def _asyncpg_driver(cls, value: str) -> str:
         return asyncpg_url(value)
+
+    @model_validator(mode="after")
+    def _s3_complete(self) -> Settings:
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("STORAGE_BACKEND=s3 needs S3_BUCKET")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError("set both S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY, or neither")
+        return self
 
     @property
     def serve_docs(self) -> bool:

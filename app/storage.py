@@ -1,7 +1,8 @@
 """Recording storage behind a small async, chunked interface.
 
 The local backend keeps files under STORAGE_DIR; blocking file I/O runs in threads so the
-event loop never waits on the disk. An S3-compatible backend can implement the same protocol.
+event loop never waits on the disk. The S3 backend (`app.s3_storage`) implements the same
+protocol; `from_settings` picks one (STORAGE_BACKEND).
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, BinaryIO, Protocol
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 CHUNK_SIZE = 256 * 1024
 
@@ -33,13 +37,37 @@ class Storage(Protocol):
         """A new key without its extension (known only once the content is sniffed)."""
         ...
 
-    def writer(self, key: str) -> contextlib.AbstractAsyncContextManager[AudioWriter]: ...
+    def writer(self, key: str) -> contextlib.AbstractAsyncContextManager[AudioWriter]:
+        """Write `key` as it arrives; it exists once the block completes, and nothing of it is
+        left when the block raises (StorageUnavailable when the backend fails)."""
+        ...
 
-    def read(self, key: str) -> AsyncIterator[bytes]: ...
+    def read(self, key: str) -> AsyncIterator[bytes]:
+        """The content of `key` in chunks of bounded size (FileNotFoundError: no such key;
+        StorageUnavailable: the backend failed)."""
+        ...
 
-    async def delete(self, key: str) -> None: ...
+    async def delete(self, key: str) -> None:
+        """Remove `key`; a missing key is not an error."""
+        ...
 
-    def local_path(self, key: str) -> Path | None: ...
+    def open_blocking(self, key: str) -> BinaryIO:
+        """A seekable, blocking reader of `key` for decoders (call and use it in a thread)."""
+        ...
+
+
+def new_stem(owner: uuid.UUID) -> str:
+    """A new recording key without its extension: `recordings/<owner>/<random hex>`."""
+    return f"recordings/{owner}/{uuid.uuid4().hex}"
+
+
+def from_settings(settings: Settings) -> Storage:
+    """The backend STORAGE_BACKEND names: LocalStorage(STORAGE_DIR) or S3Storage."""
+    if settings.storage_backend == "s3":
+        from app.s3_storage import S3Storage
+
+        return S3Storage.from_settings(settings)
+    return LocalStorage(settings.storage_dir)
 
 
 def _read_chunk(handle: IO[bytes]) -> bytes:
@@ -69,7 +97,10 @@ class _LocalWriter:
         self._handle = handle
 
     async def write(self, chunk: bytes) -> None:
-        await asyncio.to_thread(self._handle.write, chunk)
+        try:
+            await asyncio.to_thread(self._handle.write, chunk)
+        except OSError as exc:  # a full disk: the API's 503, not a 500
+            raise StorageUnavailable(str(exc)) from exc
         self.size += len(chunk)
 
 
@@ -78,7 +109,7 @@ class LocalStorage:
         self.root = root.resolve()
 
     def new_stem(self, owner: uuid.UUID) -> str:
-        return f"recordings/{owner}/{uuid.uuid4().hex}"
+        return new_stem(owner)
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -86,8 +117,8 @@ class LocalStorage:
             raise ValueError(f"storage key escapes the storage root: {key!r}")
         return path
 
-    def local_path(self, key: str) -> Path | None:
-        return self._path(key)
+    def open_blocking(self, key: str) -> BinaryIO:
+        return self._path(key).open("rb")
 
     @contextlib.asynccontextmanager
     async def writer(self, key: str) -> AsyncIterator[AudioWriter]:
@@ -101,8 +132,11 @@ class LocalStorage:
             raise StorageUnavailable(str(exc)) from exc
         try:
             yield _LocalWriter(key, handle)
-            await asyncio.to_thread(handle.close)
-            await asyncio.to_thread(os.replace, partial, path)
+            try:
+                await asyncio.to_thread(handle.close)
+                await asyncio.to_thread(os.replace, partial, path)
+            except OSError as exc:
+                raise StorageUnavailable(str(exc)) from exc
         except BaseException:
             await asyncio.to_thread(handle.close)
             await asyncio.to_thread(partial.unlink, missing_ok=True)

@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:
 RESULTS = BENCH / "results" / "sse_fanout.json"
 TASKS = 100
 RATE = 5.0
-GOALS = {"p99": 1.5, "cpu": 1.15, "rss": 1.1}
+GOALS = {"p99": 1.5, "cpu": 1.3, "rss": 1.1}  # issue 12: CPU per event <= 1.3x
 GOAL_CLIENTS = 2000
 SERVER_START_SECONDS = 30.0
 PHASE_SLACK_SECONDS = 20.0

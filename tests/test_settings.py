@@ -230,3 +230,30 @@ async def test_token_for_an_unknown_user_says_so_and_exits_2(
     )  # fmt: skip
     assert done.returncode == 2 and done.stdout == ""
     assert "no user with email nobody@example.test" in done.stderr
+
+
+def test_the_s3_backend_needs_a_bucket_and_both_keys_or_neither(
+    no_settings_in_environment: None,
+) -> None:
+    base = {"_env_file": None, "storage_backend": "s3"}
+    with pytest.raises(ValueError, match="S3_BUCKET"):
+        Settings(**base)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="S3_SECRET_ACCESS_KEY"):
+        Settings(**base, s3_bucket="b", s3_access_key_id="AK")  # type: ignore[arg-type]
+    ambient = Settings(**base, s3_bucket="b", s3_key_prefix="")  # type: ignore[arg-type]
+    assert ambient.s3_access_key_id is None and ambient.s3_key_prefix is None
+    assert Settings(_env_file=None).storage_backend == "local"  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("given", ["vocalborn", "vocalborn/", "/vocalborn/"])
+def test_the_s3_key_prefix_is_a_folder(given: str, no_settings_in_environment: None) -> None:
+    settings = Settings(_env_file=None, s3_key_prefix=given)  # type: ignore[call-arg]
+    assert settings.s3_key_prefix == "vocalborn"
+
+
+@pytest.mark.parametrize("given", ["a//b", "a/../b", "./a"])
+def test_an_s3_key_prefix_obstore_would_refuse_is_refused_here(
+    given: str, no_settings_in_environment: None
+) -> None:
+    with pytest.raises(ValueError, match="S3_KEY_PREFIX"):
+        Settings(_env_file=None, s3_key_prefix=given)  # type: ignore[call-arg]

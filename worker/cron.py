@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -14,12 +13,20 @@ from typing import Any
 
 from sqlalchemy import Row, TextClause, text
 
+from app import liveness
 from app.analysis import queue
 from app.analysis.lifecycle import RECORD_AFTER_ANALYSIS_ENDED, SET_CANCELLED, move_record
 from app.analysis.maintenance import delete_expired_tasks
 from app.analysis.models import ACTIVE_STATUS_SQL
 from app.analysis.status import status_columns
-from app.metrics import QUEUE_DEPTH, RECONCILE_REPAIRS, TASKS_FINISHED, WORKER_HEARTBEAT
+from app.liveness import Heartbeat
+from app.metrics import (
+    LIVE_WORKERS,
+    QUEUE_DEPTH,
+    RECONCILE_REPAIRS,
+    TASKS_FINISHED,
+    WORKER_HEARTBEAT,
+)
 from worker.context import WorkerDeps, deps_of
 
 log = logging.getLogger(__name__)
@@ -135,35 +142,34 @@ async def _enqueue_missing(deps: WorkerDeps, rows: Sequence[Row[Any]]) -> int:
 
 
 async def cleanup_expired(ctx: dict[str, Any]) -> int:
-    """Failed and cancelled tasks past retention; successful results are the user's history."""
+    """Failed and cancelled tasks past retention; successful results are the user's history.
+    Records and their stored recordings stay (a record outlives its tasks)."""
     deps = deps_of(ctx)
     async with deps.engine.begin() as connection:
         return await delete_expired_tasks(connection, deps.settings.cleanup_retention_days)
 
 
-HEARTBEAT_SECONDS = 5.0
-
-
 async def heartbeat_forever(deps: WorkerDeps, stop: asyncio.Event) -> None:
-    """A per-worker key with a short TTL, so that a worker-down alert can rely on it; a beat
-    every HEARTBEAT_SECONDS until `stop` is set.
+    """This worker's heartbeat key (app/liveness.py: name, host, pid, jobs in flight, version;
+    expiring after three periods), what `vocalborn worker-check`, the admin stats and the
+    worker-down alert rely on; a beat every WORKER_HEARTBEAT_SECONDS until `stop` is set.
 
     The wait between beats is the wait for `stop`, so a stop ends the loop at once, or after
     the beat in flight. Stop it with the event, never by cancelling the task: a cancel that
     lands during a Redis command can be swallowed by redis-py (its issues 2028 and 2551) and
     the loop would go on.
     """
-    key = queue.WORKER_KEY_PREFIX + deps.worker_name
+    every = deps.settings.worker_heartbeat_seconds
+    started_at = time.time()
     while not stop.is_set():
         try:
-            now = time.time()
-            value = json.dumps({"worker": deps.worker_name, "at": now})
-            await deps.arq.set(key, value, ex=int(HEARTBEAT_SECONDS * 3))
-            WORKER_HEARTBEAT.labels(deps.worker_name).set(now)
+            beat = Heartbeat.now(deps.worker_name, started_at, deps.leases.in_flight, every)
+            LIVE_WORKERS.set(await liveness.write(deps.arq, beat))
+            WORKER_HEARTBEAT.labels(deps.worker_name).set(beat.at)
         except Exception:
             if stop.is_set():  # shutdown closed the connection under the beat
                 return
             log.warning("heartbeat failed", exc_info=True)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(HEARTBEAT_SECONDS):
+            async with asyncio.timeout(every):
                 await stop.wait()

@@ -121,6 +121,11 @@ class Leases:
         with a 3 s lease lost a lease in a 500-task test)."""
         return self.lease * 0.5
 
+    @property
+    def in_flight(self) -> int:
+        """Attempts holding a lease here now (the heartbeat's jobs in flight)."""
+        return len(self._held)
+
     def start(self) -> None:
         self._loop = asyncio.create_task(self._renew_until_stopped(), name="leases")
 

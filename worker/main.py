@@ -10,14 +10,15 @@ import prometheus_client
 from arq import cron, func
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import redis_client, storage
 from app.ai_client.client import AIClient
 from app.analysis import queue
 from app.analysis.eta import Estimator
 from app.analysis.progress import Publisher, publish_settings
 from app.db import close_pg_pool, create_engine, create_pg_pool
 from app.logs import configure_logging
+from app.redis_client import RedisTarget, failover_retry
 from app.settings import Settings, get_settings
-from app.storage import LocalStorage
 from worker.breaker import CircuitBreaker
 from worker.context import WorkerDeps, default_worker_name
 from worker.cron import cleanup_expired, heartbeat_forever, reconcile
@@ -54,7 +55,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     configure_logging(settings)
     # The ctx may bring test seams: a Redis connection class, an engine, an asyncpg
     # connection class, an AI transport.
-    arq = queue.connect(settings.redis_url, connection_class=ctx.get("redis_connection_class"))
+    arq = redis_client.connect(
+        RedisTarget.of(settings), connection_class=ctx.get("redis_connection_class")
+    )
     engine: AsyncEngine = ctx.get("engine") or create_engine(settings)
     pg = await create_pg_pool(settings, connection_class=ctx.get("pg_connection_class"))
     estimator = Estimator(engine, slots=settings.ai_service_concurrency)
@@ -63,7 +66,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         engine=engine,
         pg=pg,
         arq=arq,
-        storage=LocalStorage(settings.storage_dir),
+        storage=storage.from_settings(settings),
         ai=AIClient(settings, transport=ctx.get("ai_transport")),
         breaker=CircuitBreaker(
             arq, settings.breaker_failure_threshold, settings.breaker_cooldown_seconds
@@ -147,7 +150,11 @@ def worker_options(settings: Settings) -> dict[str, Any]:
             ),
         ],
         "queue_name": queue.QUEUE_NAME,
-        "redis_settings": queue.redis_settings(settings.redis_url),
+        # arq's own pool (polling, job state), from the same factory as every connection; it
+        # rides out a failover or a short outage instead of ending the worker on one error.
+        "redis_pool": redis_client.connect(
+            RedisTarget.of(settings), client_name="vocalborn-worker", retry=failover_retry()
+        ),
         "job_serializer": queue.serialize,
         "job_deserializer": queue.deserialize,
         "on_startup": startup,

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import liveness
 from app.analysis import queue, submit
 from app.analysis.maintenance import delete_expired_tasks
 from app.analysis.schemas import AnalysisParameters, SubmittedTask
@@ -37,10 +38,23 @@ FINISHED_TASK = text(
 )
 
 
+class WorkerOut(BaseModel):
+    """A live worker, from its heartbeat (app/liveness.py); times are Unix seconds."""
+
+    worker: str
+    host: str
+    pid: int
+    jobs_in_flight: int
+    version: str
+    started_at: float
+    last_heartbeat_at: float
+
+
 class TaskStats(BaseModel):
     by_status: dict[str, int]
     queue_depth: int | None
-    live_workers: int | None
+    live_workers: int | None  # workers with a live heartbeat (None: Redis unavailable)
+    workers: list[WorkerOut] | None
     mean_processing_seconds_last_hour: float | None
     failures_last_hour: int
 
@@ -50,21 +64,18 @@ async def stats(session: AsyncSession, state: AppState) -> TaskStats:
     depth = workers = None
     try:
         depth = await queue.queued_count(state.arq)
-        workers = len(
-            [
-                key
-                async for key in state.arq.scan_iter(
-                    match=f"{queue.WORKER_KEY_PREFIX}*", count=1000
-                )
-            ]
-        )
+        workers = [
+            WorkerOut(**_fields(beat), last_heartbeat_at=beat.at)
+            for beat in await liveness.live_workers(state.arq)
+        ]
     except Exception:  # Redis down: the database half still answers
         pass
     mean = row["mean_processing_seconds_last_hour"]
     return TaskStats(
         by_status=row["by_status"],
         queue_depth=depth,
-        live_workers=workers,
+        live_workers=len(workers) if workers is not None else None,
+        workers=workers,
         mean_processing_seconds_last_hour=float(mean) if mean is not None else None,
         failures_last_hour=row["failures_last_hour"],
     )
@@ -96,6 +107,10 @@ async def cleanup(session: AsyncSession, retention_days: int) -> int:
     deleted = await delete_expired_tasks(connection, retention_days)
     await session.commit()
     return deleted
+
+
+def _fields(beat: liveness.Heartbeat) -> dict[str, Any]:
+    return {name: getattr(beat, name) for name in WorkerOut.model_fields if hasattr(beat, name)}
 
 
 def _known(params: dict[str, Any]) -> dict[str, Any]:

@@ -2,12 +2,15 @@
 clients (architecture §5; after SAQ's multiplexer).
 
 Clients `join(topic)`; the hub subscribes to a topic's channel when its first listener comes
-and unsubscribes when the last goes. For each notice (a stream entry id) it reads the status
-document once (XRANGE on a second connection of its own), builds the SSE frame once, and hands
-the same `Event` to every listener's bounded queue. A full queue drops its oldest event, so a
-slow client may miss intermediate states but always has the latest, and never slows the others.
-Both connections are `RespConnection`s (app/analysis/resp.py): this path runs for every
-notice, and redis-py's layers cost several times its work.
+and unsubscribes when the last goes. Each notice carries its stream entry's id and the status
+document (app/analysis/progress.py), so the hub builds the SSE frame once from the message
+itself and hands the same `Event` to every listener's bounded queue; the stream is read only
+for replay and catch-up (app/analysis/live.py). A full queue drops its oldest event, so a slow
+client may miss intermediate states but always has the latest, and never slows the others.
+
+The connection is redis-py's PubSub (hiredis parses), made by app/redis_client.py: Sentinel,
+TLS, ACL users and RESP3 come from there. The hub keeps it alive itself: a PING every
+heartbeat, a reconnect (and resubscription) when it is lost or a PING goes unanswered.
 """
 
 from __future__ import annotations
@@ -17,21 +20,24 @@ import json
 import logging
 import os
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
+from typing import Any
 
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from app.analysis.models import TERMINAL_STATUSES
-from app.analysis.progress import DOC_FIELD, channel, stream_key, topic_of_channel
-from app.analysis.resp import Reply, RespConnection
+from app.analysis.progress import channel, topic_of_channel
+from app.redis_client import RedisTarget, connect
 
 log = logging.getLogger(__name__)
 
 RECONNECT_DELAY_SECONDS = 0.5
 SUBSCRIBE_TIMEOUT_SECONDS = 2.0
 STOP_WAIT_SECONDS = 2.0
+CONNECT_TIMEOUT_SECONDS = 5.0
 
 
 def stream_id_key(entry_id: str) -> tuple[int, int]:
@@ -153,17 +159,22 @@ class Listener:
 
 
 class Hub:
-    def __init__(self, redis_url: str, queue_size: int, tick_seconds: float) -> None:
-        self._url = redis_url
+    def __init__(self, target: RedisTarget | str, queue_size: int, tick_seconds: float) -> None:
         self._name = f"vocalborn-hub-{os.getpid()}"
+        # Its own client, whose pool holds the one pub/sub connection. No reply timeout (the
+        # reader waits for notices as long as it takes: the PINGs below find a dead peer) and
+        # no idle health check (its PING would read the connection under the reader).
+        self._redis = connect(
+            target, client_name=self._name, socket_timeout=None, health_check_interval=0
+        )
         self._queue_size = queue_size
         self._tick_seconds = tick_seconds
         self._listeners: dict[str, set[Listener]] = {}
-        self._subscriber: RespConnection | None = None  # the ONE pub/sub connection
-        self._reader: RespConnection | None = None  # reads the announced stream entries
+        self._pubsub: PubSub | None = None  # the ONE pub/sub connection, while connected
         self._subscribed: set[str] = set()  # topics whose SUBSCRIBE went out on this connection
         self._confirming: dict[str, deque[asyncio.Future[None]]] = {}  # SUBSCRIBEs unanswered
         self._unanswered_pings = 0
+        self._sending: set[asyncio.Future[Any]] = set()  # commands written in the background
         self._tasks: list[asyncio.Task[None]] = []
         self._stop: asyncio.Future[None] | None = None  # resolved by stop()
         self.connected = False
@@ -177,13 +188,14 @@ class Hub:
         ]
 
     async def stop(self) -> None:
-        """The stop event, which the loops notice between commands, and the connections
-        closed, which ends a handshake in flight; then a bounded wait. Cancelling is the last
-        resort, never awaited: a Redis call may swallow its cancellation (redis-py #2028,
-        #2551), and the API's shutdown must not hang on it."""
+        """The stop event, which the loops notice between commands, and the connection
+        closed, which ends a handshake or a read in flight; then a bounded wait. Cancelling is
+        the last resort, never awaited: a Redis call may swallow its cancellation (redis-py
+        #2028, #2551), and the API's shutdown must not hang on it."""
         if self._stop is not None and not self._stop.done():
             self._stop.set_result(None)
         self._disconnected()
+        await self._close_connections()
         running = [task for task in self._tasks if not task.done()]
         if running:
             _, late = await asyncio.wait(running, timeout=STOP_WAIT_SECONDS)
@@ -191,6 +203,7 @@ class Hub:
                 log.warning("progress hub: %s did not stop; cancelled", task.get_name())
                 task.cancel()
         self._disconnected()
+        await self._close_connections()
 
     @property
     def listener_count(self) -> int:
@@ -220,11 +233,11 @@ class Hub:
         del self._listeners[topic]
         if topic in self._subscribed:
             self._subscribed.discard(topic)
-            self._send_to_subscriber(("UNSUBSCRIBE", channel(topic)))
+            self._send(lambda pubsub: pubsub.unsubscribe(channel(topic)))
 
     async def _subscribed_to(self, topic: str) -> None:
         if topic not in self._subscribed:
-            if not self._send_to_subscriber(("SUBSCRIBE", channel(topic))):
+            if not self._send(lambda pubsub: pubsub.subscribe(channel(topic))):
                 log.warning("progress hub: subscribe to %s deferred, Redis unavailable", topic)
                 return
             self._subscribed.add(topic)
@@ -250,76 +263,112 @@ class Hub:
         if not future.done():
             future.set_result(None)
 
-    def _send_to_subscriber(self, command: tuple[str, ...]) -> bool:
-        subscriber = self._subscriber
-        if subscriber is None or not subscriber.is_open:
+    def _send(self, command: Callable[[PubSub], Awaitable[Any]]) -> bool:
+        """Write a command on the pub/sub connection in the background (its answer comes to
+        the reader); False, and nothing sent, when that connection is not up. Checked here,
+        in the same step as the write: redis-py would otherwise reconnect a lost connection
+        to send it, behind the connection keeper's back."""
+        pubsub = self._pubsub
+        connection = pubsub.connection if pubsub is not None else None
+        if pubsub is None or connection is None or not connection.is_connected:
             return False
-        subscriber.send([(command, None)])  # answered by a push
+        sending = asyncio.ensure_future(command(pubsub))
+        self._sending.add(sending)
+        sending.add_done_callback(self._sent)
         return True
+
+    def _sent(self, sending: asyncio.Future[Any]) -> None:
+        self._sending.discard(sending)
+        if not sending.cancelled() and (error := sending.exception()) is not None:
+            log.info("progress hub: a command was not sent: %r", error)  # the reader reconnects
 
     # -- the connection's life --------------------------------------------------------------
     async def _keep_connected(self, stop: asyncio.Future[None]) -> None:
         """Until `stop`: never by a cancellation (see `stop()`)."""
         try:
             while not stop.done():
+                pubsub = self._redis.pubsub()
                 try:
-                    subscriber, reader = await self._connect(stop)
+                    await self._connect(pubsub)
                 except (OSError, RedisError, TimeoutError) as exc:
                     if not stop.done():
                         log.warning("progress hub: cannot reach Redis (%s); retrying", exc)
-                        await _rest(stop, RECONNECT_DELAY_SECONDS)
-                    continue
                 except Exception:  # never stop trying: the streams depend on it
                     log.exception("progress hub: connecting to Redis failed; retrying")
-                    await _rest(stop, RECONNECT_DELAY_SECONDS)
-                    continue
-                lost = [subscriber.closed, reader.closed]
-                await asyncio.wait([*lost, stop], return_when="FIRST_COMPLETED")
-                if stop.done():
-                    return
-                log.warning("progress hub: connection to Redis lost; reconnecting")
+                else:
+                    try:
+                        await self._read(pubsub, stop)
+                    except Exception as exc:  # any failure: reconnect
+                        if not stop.done():
+                            log.warning(
+                                "progress hub: connection to Redis lost (%r); reconnecting", exc
+                            )
                 self._disconnected()
-                await _rest(stop, RECONNECT_DELAY_SECONDS)  # back-off before reconnecting
+                await self._close_connections()
+                await self._release(pubsub)
+                if not stop.done():
+                    await _rest(stop, RECONNECT_DELAY_SECONDS)  # back-off before reconnecting
         finally:
             self._disconnected()  # a connection made while stopping
 
-    async def _connect(self, stop: asyncio.Future[None]) -> tuple[RespConnection, RespConnection]:
-        """Both connections, and a subscription to every topic that has listeners."""
-        subscriber = await RespConnection.open(self._url, self._name, self._on_push, stop)
+    @staticmethod
+    async def _release(pubsub: PubSub) -> None:
+        """Give a closed pub/sub connection back to the pool (it is never reused as it is:
+        its connection is closed, so the pool reconnects it)."""
         try:
-            reader = await RespConnection.open(self._url, f"{self._name}-reader", None, stop)
-        except BaseException:
-            subscriber.close()
-            raise
-        self._subscriber, self._reader = subscriber, reader
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        except Exception:
+            log.debug("progress hub: releasing the connection failed", exc_info=True)
+
+    async def _connect(self, pubsub: PubSub) -> None:
+        """Connect `pubsub` (named, authenticated: redis-py's handshake, bounded here) and
+        subscribe it to every topic that has listeners. `stop()` closes a handshake in
+        flight."""
+        async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+            await pubsub.connect()  # type: ignore[no-untyped-call]
+        self._pubsub = pubsub
         self._unanswered_pings = 0
         if topics := list(self._listeners):
             for topic in topics:
                 self._expect_confirmation(topic)
             self._subscribed = set(topics)
-            subscriber.send([(("SUBSCRIBE", *(channel(topic) for topic in topics)), None)])
+            self._send(lambda pubsub: pubsub.subscribe(*(channel(topic) for topic in topics)))
         self.connected = True
-        return subscriber, reader
+
+    async def _read(self, pubsub: PubSub, stop: asyncio.Future[None]) -> None:
+        """Every message, until the connection fails, is judged dead, or the hub stops."""
+        while not stop.done() and self._pubsub is pubsub:
+            message = await pubsub.get_message(timeout=None)
+            if message is not None:
+                self._on_message(message)
 
     def _disconnected(self) -> None:
+        """Forget the connection (the keeper closes it): the reader stops at its next
+        message, commands are no longer sent on it, joining streams go on without it."""
         self.connected = False
+        self._pubsub = None
         self._subscribed.clear()
         for pending in self._confirming.values():
             for future in pending:
                 if not future.done():
                     future.set_result(None)  # a joining stream goes on without pub/sub
         self._confirming.clear()
-        for connection in (self._subscriber, self._reader):
-            if connection is not None:
-                connection.close()
-        self._subscriber = self._reader = None
+
+    async def _close_connections(self) -> None:
+        """Close the hub's connections at once, in use or not: a read or a handshake in
+        flight fails with a ConnectionError (never waits on Redis: the sockets are closed
+        locally)."""
+        try:
+            await self._redis.connection_pool.disconnect()
+        except Exception:  # closing what is already broken
+            log.debug("progress hub: closing the connection failed", exc_info=True)
 
     async def _tick_forever(self, stop: asyncio.Future[None]) -> None:
         while not await _rest(stop, self._tick_seconds):  # the heartbeat period
             try:
-                self._check_alive()
+                await self._check_alive()
             except Exception:  # the ticks below must never stop: every stream relies on them
-                log.exception("progress hub: checking the Redis connections failed")
+                log.exception("progress hub: checking the Redis connection failed")
             self.tick_listeners()
 
     def tick_listeners(self) -> None:
@@ -328,65 +377,38 @@ class Hub:
             for listener in listeners:
                 listener.tick()
 
-    def _check_alive(self) -> None:
-        """PING both connections every heartbeat; one that has not answered the previous PING
+    async def _check_alive(self) -> None:
+        """PING the connection every heartbeat; one that has not answered the previous PING
         is closed (a half-open TCP connection otherwise passes for a quiet one), and so is one
         already lost whose loss the connection keeper has not handled yet."""
         if not self.connected:
             return
-        subscriber, reader = self._subscriber, self._reader
-        if subscriber is None or reader is None or not (subscriber.is_open and reader.is_open):
-            self._disconnected()
-            return
         if self._unanswered_pings:
             log.warning("progress hub: Redis did not answer PING; reconnecting")
-            self._disconnected()
+        elif self._send(lambda pubsub: pubsub.ping()):  # answered by a pong message
+            self._unanswered_pings = 1
             return
-        self._unanswered_pings = 2
-        subscriber.send([(("PING",), None)])  # answered by a push
-        reader.send([(("PING",), self._pong)])
-
-    def _pong(self, reply: Reply) -> None:
-        if not isinstance(reply, Exception):  # a lost connection answers with its error
-            self._unanswered_pings = max(0, self._unanswered_pings - 1)
+        self._disconnected()
+        await self._close_connections()  # the reader fails and the keeper reconnects
 
     # -- notices -----------------------------------------------------------------------------
-    def _on_push(self, pushes: list[Reply]) -> None:
-        """Every notice received in one read: one XRANGE each, written in one go."""
-        wanted: list[tuple[str, str]] = []
-        for push in pushes:
-            if not isinstance(push, list) or not push:
-                if push == b"PONG":  # a PING while subscribed to nothing
-                    self._pong(push)
-                elif isinstance(push, Exception):  # e.g. an ACL refusing a SUBSCRIBE
-                    log.error("progress hub: Redis refused a command: %s", push)
-                continue
-            kind = push[0]
-            if kind == b"message":
-                topic = topic_of_channel(push[1].decode())
-                if topic in self._listeners:
-                    wanted.append((topic, push[2].decode()))
-            elif kind == b"subscribe":
-                self._confirmed(topic_of_channel(push[1].decode()))
-            elif kind == b"pong":
-                self._pong(push)
-        reader = self._reader
-        if not wanted or reader is None or not reader.is_open:
-            return  # a lost notice: the streams' heartbeat re-check covers it
-        reader.send(
-            [
-                (("XRANGE", stream_key(topic), entry_id, entry_id), partial(self._deliver, topic))
-                for topic, entry_id in wanted
-            ]
-        )
+    def _on_message(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "message":
+            self._deliver(topic_of_channel(message["channel"].decode()), message["data"])
+        elif kind == "pong":
+            self._unanswered_pings = 0
+        elif kind == "subscribe":
+            self._confirmed(topic_of_channel(message["channel"].decode()))
 
-    def _deliver(self, topic: str, entries: Reply) -> None:
+    def _deliver(self, topic: str, notice: bytes) -> None:
+        """A notice is `<entry id> <document>` (progress.NOTICE); one without its document
+        (an older publisher's) is left to the streams' heartbeat re-check."""
         listeners = self._listeners.get(topic)
-        if not listeners or not isinstance(entries, list) or not entries:
+        if not listeners:
             return
-        entry_id, fields = entries[0]
-        document = dict(zip(fields[::2], fields[1::2], strict=True)).get(DOC_FIELD)
-        if document is None:
+        entry_id, _, document = notice.partition(b" ")
+        if not document:
             return
         event = Event.build(topic, entry_id.decode(), document)
         for listener in listeners:

@@ -1,10 +1,11 @@
 """Publishing status documents for live progress (architecture §5).
 
 After each change of a task's row, the full status document (the status endpoint's JSON) is
-appended to a Redis Stream per topic (`XADD … MAXLEN ~200`) and the new entry's id is
-published on the topic's pub/sub channel. Topics: the task, and its practice session. Streams
-expire after the task ends. Publishing is best effort: pub/sub is lossy anyway, and readers
-re-check PostgreSQL at every heartbeat.
+appended to a Redis Stream per topic (`XADD … MAXLEN ~200`) and a notice is published on the
+topic's pub/sub channel: the new entry's id, a space, and the document (so the hub delivers it
+without reading the stream, which serves replay and catch-up). Topics: the task, and its
+practice session. Streams expire after the task ends. Publishing is best effort: pub/sub is
+lossy anyway, and readers re-check PostgreSQL at every heartbeat.
 """
 
 from __future__ import annotations
@@ -113,12 +114,13 @@ class Publisher:
         )
 
 
-# One round trip per publish: append, set the expiry, announce the new entry's id.
+# One round trip per publish: append, set the expiry, announce the new entry: its id, a space,
+# the document (the hub's notice, app/analysis/hub.py).
 _PUBLISH_LUA = """
 for i, key in ipairs(KEYS) do
   local id = redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], '*', 'doc', ARGV[1])
   redis.call('EXPIRE', key, ARGV[3])
-  redis.call('PUBLISH', ARGV[3 + i], id)
+  redis.call('PUBLISH', ARGV[3 + i], id .. ' ' .. ARGV[1])
 end
 return #KEYS
 """

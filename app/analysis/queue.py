@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms, to_unix_ms
-from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.connection import Connection
+from redis.asyncio import Redis
 
 QUEUE_NAME = "ai_analysis"
 ANALYZE_FUNCTION = "analyze_recording"
@@ -57,29 +56,6 @@ def task_of_job(job_id: str, task_id: object) -> uuid.UUID | None:
         return task if uuid.UUID(named) == task else None
     except ValueError:
         return None
-
-
-def redis_settings(url: str) -> RedisSettings:
-    """arq's connection settings for `url`: a short connect timeout, no connect retries."""
-    settings = RedisSettings.from_dsn(url)
-    settings.conn_timeout = 2
-    settings.conn_retries = 0
-    return settings
-
-
-def connect(url: str, connection_class: type[Connection] | None = None) -> ArqRedis:
-    """A client for the queue (and any other Redis use); connects lazily, so a process can
-    start while Redis is down. `connection_class`: redis-py's, unless given (a test seam)."""
-    options: dict[str, Any] = {"connection_class": connection_class} if connection_class else {}
-    pool = ConnectionPool.from_url(
-        url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=15, **options
-    )
-    return ArqRedis(
-        connection_pool=pool,
-        job_serializer=serialize,
-        job_deserializer=deserialize,
-        default_queue_name=QUEUE_NAME,
-    )
 
 
 # KEYS: job key, in-progress key, result key, queue. ARGV: job id, serialised job, job key

@@ -110,8 +110,11 @@ async def upload_record(
 
 
 async def _duration(storage: Storage, key: str, audio_type: AudioType) -> float | None:
-    """Seconds of audio from the decoded sample count (app.audio_types.decoded_duration)."""
-    path = storage.local_path(key)
-    if path is None:
-        return None
-    return await asyncio.to_thread(decoded_duration, str(path), audio_type)
+    """Seconds of audio from the decoded sample count (app.audio_types.decoded_duration),
+    read back from storage (ranged reads on S3, never a whole copy)."""
+
+    def measure() -> float | None:
+        with storage.open_blocking(key) as reader:
+            return decoded_duration(reader, audio_type)
+
+    return await asyncio.to_thread(measure)

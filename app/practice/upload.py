@@ -8,6 +8,7 @@ is written, and any failure removes the partial file.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -21,6 +22,9 @@ from app.storage import AudioWriter, Storage
 
 FILE_FIELDS = frozenset({"audio", "file"})
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# `filename*=UTF-8''...` (RFC 5987, which RFC 7578 forbids in forms but clients send):
+# python-multipart drops it from the options. The name is never used (keys are ours).
+RFC5987_FILENAME = re.compile(rb";\s*filename\*\s*=", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +69,16 @@ class _PartEvents:
         self.headers[self.header_field] = self.headers.get(self.header_field, b"") + data[start:end]
 
     def _headers_finished(self) -> None:
+        """A part's kind: "file" (the recording), "bare" (a recording field sent as a plain
+        form value, without a filename) or "skip" (any other field)."""
         disposition = self.headers.get(b"content-disposition", b"")
         _, options = parse_options_header(disposition)
-        name = options.get(b"name", b"")
-        is_file = b"filename" in options
-        self.events.append(("file" if is_file and name.decode() in FILE_FIELDS else "skip", b""))
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        kind = "skip"
+        if name in FILE_FIELDS:
+            named = b"filename" in options or RFC5987_FILENAME.search(disposition) is not None
+            kind = "file" if named else "bare"
+        self.events.append((kind, b""))
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         self.events.append(("data", bytes(data[start:end])))
@@ -157,7 +166,18 @@ async def _parse(request: Request, boundary: bytes, sink: _AudioSink) -> StoredA
         async for chunk in request.stream():
             parser.write(chunk)
             for kind, data in collector.events:
-                if kind == "file" and not done:
+                if kind == "bare":
+                    raise AppError(
+                        422,
+                        "audio_not_a_file",
+                        "The 'audio' part has no filename: send the recording as a file "
+                        "(curl -F 'audio=@recording.wav')",
+                    )
+                if kind == "file" and done:
+                    raise AppError(
+                        422, "multiple_audio", "Send one recording per request, in one 'audio' part"
+                    )
+                if kind == "file":
                     target = True
                 elif kind == "data" and target:
                     await sink.feed(data)

@@ -153,7 +153,7 @@ async def seed_submit(
 async def seed_status(
     ctx: Context, clients: int, sizes: Sizes
 ) -> tuple[list[User], list[list[str]]]:
-    from app.analysis import queue
+    from app import redis_client
 
     stack = ctx.stack
     await stack.clean()
@@ -161,7 +161,7 @@ async def seed_status(
     per_user = max(1, sizes.status_tasks // clients)
     records = await create_records(stack.pg_url, users, per_user)
     tasks = await create_tasks(stack.pg_url, [r for per in records for r in per])
-    arq = queue.connect(stack.redis_url())
+    arq = redis_client.connect(stack.redis_url())
     try:
         await enqueue(arq, tasks, deferred=False)
     finally:

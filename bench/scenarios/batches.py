@@ -181,10 +181,11 @@ async def run_ours(
     within: float,
     profile: str | None = None,
 ) -> Batch:
+    from app import redis_client
     from app.analysis import queue
 
     stack = ctx.stack
-    arq = queue.connect(stack.redis_url())
+    arq = redis_client.connect(stack.redis_url())
     try:
         await enqueue(arq, tasks, deferred=True)
     finally:

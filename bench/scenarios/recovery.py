@@ -50,7 +50,7 @@ class Outcome:
 
 
 async def one_round(ctx: Context, sizes: Sizes, round_: int) -> Outcome:
-    from app.analysis import queue
+    from app import redis_client
 
     stack = ctx.stack
     n = sizes.tasks
@@ -62,7 +62,7 @@ async def one_round(ctx: Context, sizes: Sizes, round_: int) -> Outcome:
     rescuer = None
     connection = await asyncpg.connect(stack.pg_url)
     try:
-        arq = queue.connect(stack.redis_url())
+        arq = redis_client.connect(stack.redis_url())
         try:
             await enqueue(arq, tasks, deferred=False)
         finally:

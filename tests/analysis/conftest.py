@@ -87,9 +87,16 @@ async def start_worker(worker_settings: Settings, clean: None) -> AsyncIterator[
 async def stop_worker(worker: Worker, running: asyncio.Task[None]) -> None:
     """Stop an in-process worker and the task that runs it."""
     # arq's close() gathers the job tasks it cancels; one cancelled while arq itself was
-    # finishing it (after our code returned) surfaces here as CancelledError.
-    with contextlib.suppress(asyncio.CancelledError):
+    # finishing it (after our code returned) surfaces here as CancelledError, and close()
+    # stops there: the rest of it (our shutdown, which stops the heartbeat and the leases, and
+    # arq's pool) is done here, or the session's event loop keeps a stopped worker beating
+    # (a live heartbeat, seen by later tests' worker counts).
+    try:
         await worker.close()
+    except asyncio.CancelledError:
+        if worker.on_shutdown is not None:
+            await worker.on_shutdown(worker.ctx)
+        await worker.pool.aclose(close_connection_pool=True)
     running.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await running

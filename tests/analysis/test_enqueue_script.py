@@ -15,13 +15,14 @@ from arq.jobs import Job
 from arq.utils import timestamp_ms, to_unix_ms
 from redis.asyncio import Redis
 
+from app import redis_client
 from app.analysis import queue
 from app.settings import Settings
 
 
 @pytest.fixture
 async def arq(settings: Settings, clean: None) -> AsyncIterator[ArqRedis]:
-    client = queue.connect(settings.redis_url)
+    client = redis_client.connect(settings.redis_url)
     yield client
     await client.aclose(close_connection_pool=True)
 

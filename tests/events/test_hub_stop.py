@@ -11,7 +11,6 @@ from typing import Any
 from redis.asyncio import Redis
 
 from app.analysis.hub import Hub
-from app.analysis.resp import RespConnection
 from app.settings import Settings
 from tests.analysis.conftest import wait_for
 
@@ -47,10 +46,10 @@ class _Pause:
 
 
 def _awaiting_a_reply(task: asyncio.Task[None]) -> bool:
-    """Whether `task` is suspended in `RespConnection.call`: a command is in flight."""
+    """Whether `task` is suspended in redis-py's `read_response`: a command is in flight."""
     awaited: Any = task.get_coro()
     while awaited is not None and hasattr(awaited, "cr_await"):
-        if awaited.cr_code is RespConnection.call.__code__:
+        if awaited.cr_code.co_name == "read_response":
             return True
         awaited = awaited.cr_await
     return False

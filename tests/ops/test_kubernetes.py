@@ -15,15 +15,22 @@ from typing import Any
 import pytest
 import yaml
 
+from app.liveness import TTL_PERIODS
 from app.settings import Settings
 from tests.ops.test_monitoring import ROOT, promtool
-from worker.main import worker_options
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 CRDS = {"worker-scaledobject.yaml"}  # no schema in kubernetes-validate: checked below
 NOT_RESOURCES = {"kustomization.yaml"}
 VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
-SECRET_NAMES = {"DATABASE_URL", "REDIS_URL", "JWT_SECRET", "AI_SERVICE_API_KEY"}
+SECRET_NAMES = {
+    "DATABASE_URL",
+    "REDIS_URL",
+    "REDIS_PASSWORD",
+    "REDIS_SENTINEL_PASSWORD",
+    "JWT_SECRET",
+    "AI_SERVICE_API_KEY",
+}
 
 
 def manifests() -> list[Path]:
@@ -95,22 +102,30 @@ def test_probes() -> None:
     assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
     [worker] = deployment("worker")["spec"]["template"]["spec"]["containers"]
-    assert worker["livenessProbe"]["exec"]["command"] == [
-        "arq", "--check", "worker.main.WorkerSettings"
-    ]  # fmt: skip
+    assert worker["livenessProbe"]["exec"]["command"] == ["vocalborn", "worker-check"]
     [analyzer] = deployment("analyzer")["spec"]["template"]["spec"]["containers"]
     assert analyzer["readinessProbe"]["httpGet"]["path"] == "/healthz"
 
 
 def test_a_dead_worker_fails_its_liveness_check_within_a_probe_period() -> None:
-    """`arq --check` reads arq's health-check key, refreshed every health_check_interval and
-    lasting a second longer: refreshed less often than the probes run (arq's default is an
-    hour), a dead worker passes them for up to that long."""
-    interval = worker_options(Settings())["health_check_interval"]
+    """`vocalborn worker-check` reads the worker's heartbeat key, written every
+    WORKER_HEARTBEAT_SECONDS and kept TTL_PERIODS of them: kept longer than the probes' period,
+    a dead worker would pass a probe after it died; the compose and Dockerfile health checks
+    and the Kubernetes probe all run it."""
+    ttl = TTL_PERIODS * Settings().worker_heartbeat_seconds
     [worker] = deployment("worker")["spec"]["template"]["spec"]["containers"]
-    assert interval < worker["livenessProbe"]["periodSeconds"]
+    assert worker["livenessProbe"]["exec"]["command"] == ["vocalborn", "worker-check"]
+    assert ttl <= worker["livenessProbe"]["periodSeconds"]
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
-    assert interval < int(compose["services"]["worker"]["healthcheck"]["interval"].rstrip("s"))
+    check = compose["services"]["worker"]["healthcheck"]
+    assert check["test"] == ["CMD", "vocalborn", "worker-check"]
+    assert ttl <= int(check["interval"].rstrip("s"))
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    worker_stage = dockerfile.split("AS worker\n", 1)[1].split("\nFROM ", 1)[0]
+    [healthcheck] = [line for line in worker_stage.splitlines() if line.startswith("HEALTHCHECK")]
+    assert healthcheck.endswith('CMD ["vocalborn", "worker-check"]')
+    assert ttl <= int(healthcheck.split("--interval=")[1].split("s", 1)[0])
+    assert compose["services"]["worker"]["build"]["target"] == "worker"
 
 
 def test_metrics_ports_are_internal_and_annotated() -> None:

@@ -14,6 +14,7 @@ from arq.constants import abort_jobs_ss, job_key_prefix, result_key_prefix
 from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 
+from app import redis_client
 from app.analysis import queue
 from app.settings import Settings
 from tests.analysis.conftest import StartWorker, new_task, wait_for
@@ -26,7 +27,7 @@ __all__ = ["worker_ctx"]
 
 @pytest.fixture
 async def arq(settings: Settings, clean: None) -> AsyncIterator[ArqRedis]:
-    client = queue.connect(settings.redis_url)
+    client = redis_client.connect(settings.redis_url)
     yield client
     await client.aclose(close_connection_pool=True)
 

@@ -17,7 +17,8 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.analysis import lifecycle, queue
+from app import redis_client
+from app.analysis import lifecycle
 from app.settings import Settings
 from tests.analysis.conftest import StartWorker, new_task, upload_recording, wait_for
 from tests.conftest import ApiUser
@@ -160,7 +161,7 @@ async def test_stopping_the_leases_while_a_redis_command_is_in_flight_never_hang
     task_id = await new_task(client, alice)
     claimed = await lifecycle.claim(pg, task_id, f"{task_id}:0", "unit", lease=30.0)
     assert claimed is not None
-    arq = queue.connect(worker_settings.redis_url, connection_class=SwallowingConnection)
+    arq = redis_client.connect(worker_settings.redis_url, connection_class=SwallowingConnection)
     try:
         for _ in range(5 if answered else 2):
             await redis.execute_command("CLIENT", "PAUSE", str(pause_ms), "WRITE")

@@ -16,7 +16,8 @@ from redis.asyncio.connection import Connection
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.analysis import lifecycle, queue
+from app import redis_client
+from app.analysis import lifecycle
 from app.analysis.lifecycle import Claim
 from app.analysis.progress import _PUBLISH_LUA
 from app.db import create_pg_pool
@@ -59,7 +60,7 @@ async def test_one_statement_renews_every_lease_and_a_locked_row_waits_its_turn(
             return await super().fetch(query, *args, **kwargs)
 
     watched = await create_pg_pool(worker_settings, connection_class=Watched)
-    arq = queue.connect(worker_settings.redis_url)
+    arq = redis_client.connect(worker_settings.redis_url)
     leases = Leases(LEASE, watched, arq)
     claims = [await _claimed(client, alice, pg) for _ in range(3)]
     held: list[Lease] = []
@@ -93,7 +94,7 @@ async def test_a_lost_task_and_a_cancel_stop_only_their_own_attempt(
     pg: asyncpg.Pool,
     worker_settings: Settings,
 ) -> None:
-    arq = queue.connect(worker_settings.redis_url)
+    arq = redis_client.connect(worker_settings.redis_url)
     leases = Leases(LEASE, pg, arq)
     lost, cancelled, running = [await _claimed(client, alice, pg) for _ in range(3)]
     leases.start()

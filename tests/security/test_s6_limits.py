@@ -20,7 +20,7 @@ from redis.asyncio import ConnectionPool, Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.analysis import queue
+from app import redis_client
 from app.embedded import free_port
 from app.errors import TooManyRequests
 from app.main import create_app
@@ -108,7 +108,7 @@ async def test_s6_open_streams_beyond_the_limit_get_429_with_retry_after(
 
 
 UNCHECKED = "vocalborn_submit_limit_unchecked_total"
-SOCKET_TIMEOUT = 0.5  # the test pool's; the API's is queue.connect's (checked below)
+SOCKET_TIMEOUT = 0.5  # the test pool's; the API's is redis_client.connect's (checked below)
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ async def test_s6_a_redis_that_does_not_answer_lets_a_submit_through_in_bounded_
     assert _let_through_logged(caplog)
 
     # The API's own pool (what the limiter runs on) has both timeouts: no submit waits longer.
-    api_pool = queue.connect(settings.redis_url).connection_pool
+    api_pool = redis_client.connect(settings.redis_url).connection_pool
     try:
         for name in ("socket_timeout", "socket_connect_timeout"):
             assert 0 < api_pool.connection_kwargs[name] <= 5, name
