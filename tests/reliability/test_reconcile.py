@@ -47,7 +47,7 @@ class CountingConnection(Connection):
 
 
 def counting_client(url: str) -> ArqRedis:
-    """Like queue.connect, over counting connections and without health-check PINGs."""
+    """Like redis_client.connect, over counting connections and without health-check PINGs."""
     pool = ConnectionPool.from_url(url, connection_class=CountingConnection)
     return ArqRedis(
         connection_pool=pool,
