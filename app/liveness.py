@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 
 from redis.asyncio import Redis
@@ -23,7 +24,9 @@ log = logging.getLogger(__name__)
 TTL_PERIODS = 3  # a heartbeat key lives this many periods: two beats may be missed
 
 
+@lru_cache(maxsize=1)
 def app_version() -> str:
+    """The installed package's version (read once: every heartbeat carries it)."""
     try:
         return version("vocalborn-analysis")
     except PackageNotFoundError:  # run from a source tree that is not installed

@@ -28,9 +28,10 @@ from worker.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
-# How often arq refreshes its health-check key (it lasts one second longer): what
-# `arq --check worker.main.WorkerSettings` reads, the compose health check and the Kubernetes
-# liveness probe every 60 s. arq's default, an hour, hid a dead worker for up to an hour.
+# How often arq refreshes its health-check key (it lasts one second longer; arq's default is
+# an hour). That key is per queue, kept fresh by any live worker, so it is no health check of
+# one worker: the health checks and probes run `vocalborn worker-check`, which reads each
+# worker's own heartbeat key (worker/cron.py, app/liveness.py).
 HEALTH_CHECK_SECONDS = 30
 
 # arq's own retry counter is only a backstop: the retry budget lives in PostgreSQL.
