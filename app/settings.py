@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     # How many analyses the AI service runs at once: the ETA's parallelism.
     ai_service_concurrency: int = Field(4, ge=1)
     cleanup_retention_days: int = Field(7, ge=1)
+    # A fault hook of the reliability scenarios (tests/reliability, R5): the API process exits
+    # at once after a submit's commit, before its enqueue. Refused outside ENVIRONMENT=test.
+    fault_exit_after_commit: bool = False
 
     # Live progress (SSE / WebSocket).
     event_stream_maxlen: int = Field(200, ge=10)
@@ -136,6 +139,13 @@ class Settings(BaseSettings):
     def _divides_the_clock(cls, value: int) -> int:
         if (value < 60 and 60 % value) or (value >= 60 and (value % 60 or 3600 % value)):
             raise ValueError("must divide a minute (1..30 s) or an hour (whole minutes)")
+        return value
+
+    @field_validator("fault_exit_after_commit")
+    @classmethod
+    def _faults_in_tests_only(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("environment") != "test":
+            raise ValueError("a fault hook; only with ENVIRONMENT=test")
         return value
 
     @field_validator("database_url")

@@ -27,6 +27,9 @@ from app.main import create_app
 from app.settings import Settings, asyncpg_url
 from app.users.models import Role
 
+# The scenarios' figures and outcomes (tests/reliability/REPORT.md).
+pytest_plugins = ["tests.reliability.report"]
+
 TABLES = (
     "ai_analysis_results",
     "ai_analysis_tasks",
