@@ -105,7 +105,7 @@ class System:
         uvicorn = ("uvicorn", "--host", "127.0.0.1", "--log-level", "warning")
         analyzer = self.spawn(*uvicorn, "--port", ai_port, "analyzer.main:app")
         _wait_http(f"{self.env['AI_SERVICE_URL']}/healthz", analyzer)
-        self.spawn("arq", "worker.main.WorkerSettings")
+        self.spawn("worker")
         api = self.spawn(*uvicorn, "--port", str(self.port), "--factory", "app.main:create_app")
         _wait_http(f"http://127.0.0.1:{self.port}/healthz", api)
 

@@ -19,8 +19,15 @@ from app.analysis.lifecycle import RECORD_AFTER_ANALYSIS_ENDED, SET_CANCELLED, m
 from app.analysis.maintenance import delete_expired_tasks
 from app.analysis.models import ACTIVE_STATUS_SQL
 from app.analysis.status import status_columns
-from app.metrics import QUEUE_DEPTH, RECONCILE_REPAIRS, TASKS_FINISHED, WORKER_HEARTBEAT
+from app.metrics import (
+    DEPENDENCY_RETRIES,
+    QUEUE_DEPTH,
+    RECONCILE_REPAIRS,
+    TASKS_FINISHED,
+    WORKER_HEARTBEAT,
+)
 from worker.context import WorkerDeps, deps_of
+from worker.healing import unreachable_dependency
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +81,9 @@ MARK_ENQUEUED = text("UPDATE ai_analysis_tasks SET enqueued_at = now() WHERE tas
 
 async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
     """The outbox's other half: finish orphaned cancels, then enqueue every due row whose job
-    arq does not hold, urgent rows first.
+    arq does not hold, urgent rows first. A tick that meets PostgreSQL or Redis down is
+    logged and counted (vocalborn_worker_dependency_retries) and ends: the next tick is its
+    retry.
 
     Every due row is read from PostgreSQL a page at a time (keyset paging); their job ids
     (about 100 bytes a row) are then checked against arq in one Redis round trip and the
@@ -83,6 +92,18 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
     "enqueued": the jobs enqueued.
     """
     deps = deps_of(ctx)
+    try:
+        return await _reconcile(deps)
+    except Exception as exc:
+        dependency = unreachable_dependency(exc)
+        if dependency is None:
+            raise
+        DEPENDENCY_RETRIES.labels(dependency).inc()
+        log.warning("reconcile: %s does not answer (%r); next tick tries again", dependency, exc)
+        return {"due": 0, "enqueued": 0}
+
+
+async def _reconcile(deps: WorkerDeps) -> dict[str, int]:
     async with deps.engine.begin() as connection:
         cancelled = (await connection.execute(ORPHANED_CANCELS)).mappings().all()
     await deps.publisher.publish_rows(cancelled)

@@ -34,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
 from app.metrics import DEPENDENCY_RETRIES
+from worker.durable import is_transient
 from worker.retry import causes
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,21 @@ BACKOFF_MAX_SECONDS = 5.0
 
 
 def redis_unreachable(exc: BaseException) -> bool:
-    """Whether `exc` says Redis did not answer (refused, reset, timed out, loading), as
-    opposed to a bug or a refused command. Never a BaseException such as CancelledError."""
+    """Whether `exc` says Redis did not answer (refused, reset, timed out, loading: redis-py
+    raises its own ConnectionError or TimeoutError for each), as opposed to a bug or a
+    refused command. Never a BaseException such as CancelledError."""
     if not isinstance(exc, Exception):
         return False
-    return any(
-        isinstance(cause, RedisConnectionError | RedisTimeoutError | OSError)
-        for cause in causes(exc)
-    )
+    return any(isinstance(c, RedisConnectionError | RedisTimeoutError) for c in causes(exc))
+
+
+def unreachable_dependency(exc: BaseException) -> str | None:
+    """ "redis" or "postgresql" when `exc` says that dependency did not answer; else None."""
+    if redis_unreachable(exc):
+        return "redis"
+    if is_transient(exc):
+        return "postgresql"
+    return None
 
 
 def dependency_retrying(dependency: str, doing: str) -> AsyncRetrying:

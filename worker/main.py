@@ -1,4 +1,4 @@
-"""The arq worker: `arq worker.main.WorkerSettings`."""
+"""The arq worker's settings and hooks; `python -m worker` runs them (worker/healing.py)."""
 
 from __future__ import annotations
 
