@@ -45,6 +45,17 @@ if redis.call('SET', KEYS[3], '1', 'PX', ARGV[2], 'NX') then return {1, 0, failu
 return {0, math.max(redis.call('PTTL', KEYS[3]), 100), failures}
 """
 
+# KEYS: failures, open, probe. ARGV: threshold, cooldown (ms). Counts a failure and, at the
+# threshold, opens the breaker before the probe slot is freed, in one atomic step: with the
+# slot freed first (a failed probe), another worker could read "closed, threshold reached, no
+# probe" in between and send a second probe within the same cool-down. The failures counted.
+_FAIL = """
+local failures = redis.call('INCR', KEYS[1])
+if failures >= tonumber(ARGV[1]) then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
+redis.call('DEL', KEYS[3])
+return failures
+"""
+
 
 class CircuitBreaker:
     def __init__(self, redis: Redis, threshold: int, cooldown: float) -> None:
@@ -93,13 +104,12 @@ class CircuitBreaker:
         CIRCUIT_OPEN.set(0)
 
     async def record_failure(self) -> None:
-        """Count a failure of the AI service; open the breaker at the threshold. Raises on a
-        Redis error."""
+        """Count a failure of the AI service; open the breaker at the threshold, in the same
+        step as the probe slot is freed (one round trip). Raises on a Redis error."""
         self._seen_clear = False
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(FAILURES)
-            pipe.delete(PROBE)
-            failures, _ = await pipe.execute()
+        script = self._redis.eval(
+            _FAIL, 3, FAILURES, OPEN, PROBE, str(self._threshold), str(self._cooldown_ms)
+        )
+        failures = await cast(Awaitable[int], script)
         if int(failures) >= self._threshold:
-            await self._redis.set(OPEN, "1", px=self._cooldown_ms)
             CIRCUIT_OPEN.set(1)
