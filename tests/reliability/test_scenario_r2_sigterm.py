@@ -49,8 +49,10 @@ async def test_r2_sigterm_every_worker_with_tasks_running(
     user = await make_user()
     await system.start_api()
     _, records = await system.create_records(user, IN_FLIGHT + QUEUED)
-    task_ids = await system.submit(user, records)
+    # The workers run first: the first 20 jobs start within a moment of each other, so that
+    # the short analyses are all still running when the signal comes.
     old = [await system.start_worker(f"old-{n}", **ENV) for n in range(WORKERS)]
+    task_ids = await system.submit(user, records)
 
     async def all_running() -> bool:
         counts = await system.status_counts(task_ids)
