@@ -36,8 +36,8 @@ COOLDOWN = 1.5  # BREAKER_COOLDOWN_SECONDS (production 30 s)
 OUTAGE_503 = 6.0  # the 60 s at the same scale
 OUTAGE_REFUSED = 3.0  # the 30 s
 WORKERS, SLOTS = 2, 4
-TASKS = 40
-ANALYSIS = 0.5
+TASKS = 60
+ANALYSIS = 1.0  # 60 analyses in 8 slots: 7.5 s of work, more than either outage
 ENV = {
     "WORKER_MAX_JOBS": str(SLOTS),
     "BREAKER_FAILURE_THRESHOLD": str(THRESHOLD),
@@ -94,13 +94,16 @@ async def _under_load(system: System, make_user: MakeUser) -> tuple[FakeAI, list
     user = await make_user()
     await system.start_api()
     _, records = await system.create_records(user, TASKS)
+    workers = list(
+        await asyncio.gather(*(system.start_worker(f"worker-{n}", **ENV) for n in range(WORKERS)))
+    )
     task_ids = await system.submit(user, records)
-    workers = [await system.start_worker(f"worker-{n}", **ENV) for n in range(WORKERS)]
 
-    async def busy() -> bool:  # every slot has had a call: the outage meets a full system
-        return fake_ai.call_count() >= WORKERS * SLOTS
+    async def busy() -> bool:  # every slot in a call: the outage meets a full system
+        running = [c for c in list(fake_ai.calls) if c.answered_at is None]
+        return len(running) >= WORKERS * SLOTS
 
-    await poll(busy, 60, "the workers calling the AI service")
+    await poll(busy, 60, "every worker slot calling the AI service")
     return fake_ai, task_ids, workers
 
 
@@ -150,7 +153,7 @@ async def test_r6_ai_service_answers_503(system: System, make_user: MakeUser) ->
         f"{TASKS}/{TASKS} success, 0 lost; the circuit opened {opened - outage_from:.2f} s "
         f"into the outage, after {len(counted)} consecutive failed calls ({len(before_open)} "
         f"in all, successes of calls admitted before the outage in between; threshold "
-        f"{THRESHOLD}, {WORKERS * SLOTS} calls at once at most); {len(probes)} probes during "
+        f"{THRESHOLD}, {WORKERS * SLOTS} calls at once at most); {_probes(probes)} during "
         f"the rest of "
         f"the {OUTAGE_503:g} s outage{spacing} (cool-down {COOLDOWN:g} s); all done "
         f"{recovered:.1f} s after the service recovered; "
@@ -188,15 +191,19 @@ async def test_r6_ai_service_refuses_connections(system: System, make_user: Make
     failures = sorted(at for worker in workers for at in _failures_logged(worker.output()))
     opened, opened_wall = watch.first_open, watch.opened_wall[0]
     outage_to_wall = time.time() - (time.monotonic() - outage_to)
-    probes = [at for at in failures if opened_wall + 0.2 < at < outage_to_wall + 0.2]
+    # A failure is logged after it opened the breaker (or after a call admitted before the
+    # open failed): those logged within half a second of the open are the ones that opened
+    # it; later ones are probes (the first comes a cool-down after the open).
+    settled = opened_wall + 0.5
+    probes = [at for at in failures if settled < at < outage_to_wall + 0.5]
     gaps = [later - earlier for earlier, later in itertools.pairwise(probes)]
     spacing = f", {min(gaps):.2f} s apart at least" if gaps else ""
-    before_open = sum(at < opened_wall for at in failures)
+    before_open = sum(at <= settled for at in failures)
     record_figure(
         "R6",
         f"{TASKS}/{TASKS} success, 0 lost; {refused} calls failed in all (refused, or cut "
         f"by the stop); the circuit opened {opened - outage_from:.2f} s into the "
-        f"{OUTAGE_REFUSED:g} s outage after {before_open} failures; {len(probes)} probes "
+        f"{OUTAGE_REFUSED:g} s outage after {before_open} failures; {_probes(probes)} "
         f"during the rest of the outage{spacing} (cool-down {COOLDOWN:g} s); all done "
         f"{recovered:.1f} s after the service came back",
         scale=SCALE,
@@ -227,3 +234,7 @@ def _failures_logged(output: str) -> list[float]:
         datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
         for stamp in _FAILURE_LOGGED.findall(output)
     ]
+
+
+def _probes(probes: list[float]) -> str:
+    return f"{len(probes)} probe{'' if len(probes) == 1 else 's'}"
