@@ -225,8 +225,6 @@ def test_up_restarts_each_child_that_dies(tmp_path: Path) -> None:
         " (kill to restart / to that task's success): "
         + ", ".join(f"{name} {back[name]:.1f} s / {restarts[name]:.1f} s" for name in restarts),
         part="restart",
-        description="vocalborn up: kill each child in turn, it is restarted and a task "
-        "submitted afterwards completes; Ctrl-C during a long analysis leaves no process",
         **{f"{name}_restart_seconds": round(seconds, 2) for name, seconds in back.items()},
         **{f"{name}_task_seconds": round(seconds, 2) for name, seconds in restarts.items()},
     )

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -23,19 +21,6 @@ from tests.analysis.conftest import new_task, wait_for, wait_for_status
 from tests.conftest import ApiUser
 from tests.fake_ai import FakeAI
 from tests.reliability.worker_process import WorkerProcess, worker_env
-
-# The worker as `vocalborn up`, compose and Kubernetes run it.
-WORKER_ARGV = [sys.executable, "-m", "worker"]
-
-
-async def start_worker_process(env: dict[str, str], directory: Path) -> WorkerProcess:
-    """`python -m worker` in `directory`, its output in WORKER_NAME.log."""
-    log = directory / f"{env.get('WORKER_NAME', 'worker')}.log"
-    with log.open("wb") as output:
-        process = await asyncio.create_subprocess_exec(
-            *WORKER_ARGV, cwd=directory, env=env, stdout=output, stderr=subprocess.STDOUT
-        )
-    return WorkerProcess(process, log)
 
 
 async def stop_worker_process(worker: WorkerProcess) -> None:
@@ -99,7 +84,7 @@ async def test_worker_survives_redis_killed_and_restarted_empty(
         WORKER_NAME="healing-worker",
         WORKER_METRICS_PORT=str(metrics_port),
     )
-    worker = await start_worker_process(env, tmp_path)
+    worker = await WorkerProcess.start(env, tmp_path)  # python -m worker
     try:
         before = await new_task(api, alice)
         assert (await wait_for_status(api, alice, before))["status"] == "success"

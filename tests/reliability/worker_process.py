@@ -1,5 +1,6 @@
-"""A real worker process, `arq worker.main.WorkerSettings`, as deployments run it: for the
-tests that kill or stop one through the operating system's signals."""
+"""A real worker process, `python -m worker` (arq's Worker, healing from Redis outages:
+worker/healing.py), as deployments run it: for the tests that kill or stop one through the
+operating system's signals."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from app.settings import Settings
 from tests.analysis.conftest import FAST
 
-ARQ = Path(sys.executable).parent / "arq"
+WORKER_ARGV = [sys.executable, "-m", "worker"]
 
 
 def worker_env(settings: Settings, **overrides: str) -> dict[str, str]:
@@ -88,11 +89,11 @@ class ChildProcess:
 
 
 class WorkerProcess(ChildProcess):
-    """One `arq worker.main.WorkerSettings` process."""
+    """One `python -m worker` process."""
 
     @classmethod
     async def start(cls, env: dict[str, str], directory: Path) -> WorkerProcess:
         """Started in `directory` (so no stray .env is read), output in WORKER_NAME.log."""
-        argv = [str(ARQ), "worker.main.WorkerSettings"]
-        child = await cls.spawn(argv, env, directory, env.get("WORKER_NAME", "worker"))
+        name = env.get("WORKER_NAME", "worker")
+        child = await cls.spawn(WORKER_ARGV, env, directory, name)
         return cls(child.process, child.log)
