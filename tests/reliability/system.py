@@ -1,8 +1,8 @@
 """The whole system as processes, for the process-level scenarios (tests/reliability/
 test_scenario_*.py, REPORT.md): the API under uvicorn (`uvicorn app.main:create_app
---factory`), workers with the arq CLI (worker_process.py), against real PostgreSQL and Redis
-(the session's, or a scenario's own when it kills them) and an AI service (the fake one in
-this process, tests/fake_ai.py, or any URL).
+--factory`), worker processes as deployed (worker_process.py: `python -m worker`), against
+real PostgreSQL and Redis (the session's, or a scenario's own when it kills them) and an AI
+service (the fake one in this process, tests/fake_ai.py, or any URL).
 
 Every process is started here with an environment built from the test's settings only
 (`System.env`), its output in a log file under the test's directory, and stopped by its PID
@@ -139,8 +139,8 @@ class System:
         return child
 
     async def start_worker(self, name: str, **env: str) -> WorkerProcess:
-        """`arq worker.main.WorkerSettings` named `name`; returns once its start-up is done
-        (its heartbeat key, written at start-up, is in Redis)."""
+        """A worker process (WorkerProcess: `python -m worker`) named `name`; returns once
+        its start-up is done (its heartbeat key, written at start-up, is in Redis)."""
         key = queue.WORKER_KEY_PREFIX + name
         await self.redis.delete(key)
         worker = await WorkerProcess.start(self.env(**env, WORKER_NAME=name), self.directory)

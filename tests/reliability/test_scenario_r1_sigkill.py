@@ -1,7 +1,7 @@
 """R1: SIGKILL every worker with 100 tasks in flight, start new ones: 100/100 success, no
 duplicate result, at most two AI calls per task that was in flight; the recovery time.
 
-Processes: the API under uvicorn, two `arq worker.main.WorkerSettings` (50 jobs each), the
+Processes: the API under uvicorn, two worker processes (50 jobs each), the
 fake AI service holding the first 100 calls open. Both workers are SIGKILLed by PID at once
 with 100 analyses in flight and 20 tasks still queued; two new workers are started at once.
 """

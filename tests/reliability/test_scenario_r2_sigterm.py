@@ -2,7 +2,7 @@
 finishes within the grace in its process, or is handed back (due now, no retry spent, no
 crash counted) and finished by the new workers; none ends as failure.
 
-Processes: the API under uvicorn, two old `arq worker.main.WorkerSettings` (10 jobs each)
+Processes: the API under uvicorn, two old worker processes (10 jobs each)
 running 20 analyses, half of them shorter than the grace and half far longer, with 20 tasks
 still queued; both get SIGTERM by PID and two new workers are started at once.
 """

@@ -4,7 +4,7 @@ PostgreSQL and not in Redis; the client, which got no answer, retries with its
 Idempotency-Key and gets the same tasks; the reconciler enqueues them and they complete.
 
 Processes: the API under uvicorn (killed twice by the hook: a session's submit, then a
-record's), then the API without the hook and one `arq worker.main.WorkerSettings`.
+record's), then the API without the hook and one worker process.
 """
 
 from __future__ import annotations

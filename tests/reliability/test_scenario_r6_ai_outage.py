@@ -2,7 +2,7 @@
 load: nothing is lost, the circuit breaker opens within its threshold of failures (5), at
 most one probe goes through per cool-down, and every task completes after the recovery.
 
-Processes: the API under uvicorn, two `arq worker.main.WorkerSettings` (4 jobs each), the
+Processes: the API under uvicorn, two worker processes (4 jobs each), the
 fake AI service in this process (its call log gives each call's arrival time and answer).
 The breaker's state is watched in Redis every 10 ms.
 

@@ -2,7 +2,7 @@
 0 lost.
 
 Processes: the API under uvicorn (every task submitted over HTTP, 16 at a time, while the
-workers already run), two `arq worker.main.WorkerSettings` with the default 50 jobs each,
+workers already run), two worker processes with the default 50 jobs each,
 the fake AI service answering each call in 1 s (progress lines along the way).
 """
 
