@@ -153,6 +153,12 @@ class System:
         await poll(started, START_WITHIN, f"worker {name} started")
         return worker
 
+    async def start_workers(self, prefix: str, count: int, **env: str) -> list[WorkerProcess]:
+        """`count` workers named `prefix-0`, `prefix-1`…, started at once (as a deployment
+        starts its replicas); returns once every one has started."""
+        names = [f"{prefix}-{n}" for n in range(count)]
+        return list(await asyncio.gather(*(self.start_worker(name, **env) for name in names)))
+
     async def close(self) -> None:
         """Every process still running is SIGKILLed by its PID; clients closed."""
         for child in reversed(self.children):

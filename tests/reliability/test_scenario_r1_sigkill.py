@@ -45,7 +45,7 @@ async def test_r1_sigkill_every_worker_with_100_tasks_in_flight(
     _, records = await system.create_records(user, IN_FLIGHT + QUEUED)
     task_ids = await system.submit(user, records)
 
-    doomed = [await system.start_worker(f"doomed-{n}", **ENV) for n in range(WORKERS)]
+    doomed = await system.start_workers("doomed", WORKERS, **ENV)
 
     async def all_in_flight() -> bool:
         counts = await system.status_counts(task_ids)
@@ -61,7 +61,7 @@ async def test_r1_sigkill_every_worker_with_100_tasks_in_flight(
         worker.send(signal.SIGKILL)
     for worker in doomed:
         assert await worker.wait(within=10) == -signal.SIGKILL
-    rescuers = [await system.start_worker(f"rescuer-{n}", **ENV) for n in range(WORKERS)]
+    rescuers = await system.start_workers("rescuer", WORKERS, **ENV)
 
     async def all_claimed_again() -> bool:
         rows = await system.rows(list(in_flight))

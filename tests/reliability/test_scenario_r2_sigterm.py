@@ -19,6 +19,7 @@ from tests.conftest import MakeUser
 from tests.fake_ai import ok
 from tests.reliability.report import record_figure
 from tests.reliability.system import System, poll
+from tests.reliability.worker_process import WorkerProcess
 
 WORKERS = 2
 SLOTS = 10  # WORKER_MAX_JOBS of each worker
@@ -51,7 +52,7 @@ async def test_r2_sigterm_every_worker_with_tasks_running(
     _, records = await system.create_records(user, IN_FLIGHT + QUEUED)
     # The workers run first: the first 20 jobs start within a moment of each other, so that
     # the short analyses are all still running when the signal comes.
-    old = [await system.start_worker(f"old-{n}", **ENV) for n in range(WORKERS)]
+    old = await system.start_workers("old", WORKERS, **ENV)
     task_ids = await system.submit(user, records)
 
     async def all_running() -> bool:
@@ -66,9 +67,17 @@ async def test_r2_sigterm_every_worker_with_tasks_running(
     signalled = time.monotonic()
     for worker in old:
         worker.send(signal.SIGTERM)
-    new = [await system.start_worker(f"new-{n}", **ENV) for n in range(WORKERS)]
-    codes = await asyncio.gather(*(w.wait(within=GRACE + EXIT_BOUND + 5) for w in old))
-    exited = time.monotonic() - signalled
+
+    async def exit_of(worker: WorkerProcess) -> tuple[int, float]:
+        code = await worker.wait(within=GRACE + EXIT_BOUND + 10)
+        return code, time.monotonic() - signalled
+
+    # Each old worker's exit is timed as it happens, while the new ones start.
+    exits = asyncio.gather(*(exit_of(worker) for worker in old))
+    new = await system.start_workers("new", WORKERS, **ENV)
+    ended = await exits
+    codes = [code for code, _ in ended]
+    exited = max(seconds for _, seconds in ended)
     took = await system.wait_terminal(task_ids, within=90, watch=new)
     done = time.monotonic() - signalled
 

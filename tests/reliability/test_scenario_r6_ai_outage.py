@@ -94,9 +94,7 @@ async def _under_load(system: System, make_user: MakeUser) -> tuple[FakeAI, list
     user = await make_user()
     await system.start_api()
     _, records = await system.create_records(user, TASKS)
-    workers = list(
-        await asyncio.gather(*(system.start_worker(f"worker-{n}", **ENV) for n in range(WORKERS)))
-    )
+    workers = await system.start_workers("worker", WORKERS, **ENV)
     task_ids = await system.submit(user, records)
 
     async def busy() -> bool:  # every slot in a call: the outage meets a full system

@@ -39,7 +39,7 @@ async def test_r8_5000_tasks_through_2_workers(system: System, make_user: MakeUs
     user = await make_user()
     await system.start_api()
     _, records = await system.create_records(user, TASKS)
-    workers = [await system.start_worker(f"worker-{n}", **ENV) for n in range(WORKERS)]
+    workers = await system.start_workers("worker", WORKERS, **ENV)
 
     started = time.monotonic()
     task_ids = await system.submit(user, records)
