@@ -11,6 +11,12 @@ outcome, and at the end of a session that ran any, the session's scenario wall t
 
 renders every scenario id, the last figure and outcome of each (or "not run"), its date and
 the scale its durations were run at.
+
+The file's lines, for whoever writes them without this module (one JSON object a line):
+    {"kind": "figure", "scenario": "S3", "part": "", "text": "...", "scale": "...",
+     "description": "...", "numbers": {...}, "date": "2026-11-29T21:00:00+00:00"}
+    {"kind": "outcome", "scenario": "S3", "test": "<nodeid>", "outcome": "passed", ...}
+    {"kind": "run", "scenarios": [...], "tests": 9, "scenario_seconds": 300.0, ...}
 """
 
 from __future__ import annotations
