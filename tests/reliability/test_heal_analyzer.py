@@ -10,96 +10,27 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
-from app.embedded import free_port, stop_child
 from tests.analyzer.conftest import fixture_bytes
+from tests.reliability.analyzer_process import Analyzer, answers, running_analyzer
 
 POISON = "POISON-RECORDING"
 NDJSON = {"accept": "application/x-ndjson", "content-type": "audio/wav"}
-WAV = {"content-type": "audio/wav"}
-
-
-class Analyzer:
-    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-        self.process = process
-        self.url = url
-        self.log = log
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def pool_pids(self) -> list[int]:
-        """Its pool processes (not multiprocessing's resource tracker)."""
-        children = psutil.Process(self.process.pid).children()
-        return [child.pid for child in children if "spawn_main" in " ".join(child.cmdline())]
-
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", timeout=10)
-
-    def analyze(self, audio: bytes) -> httpx.Response:
-        return httpx.post(f"{self.url}/v1/analyze", content=audio, headers=WAV, timeout=120)
-
-    def wait(self, ready: Any, within: float = 60.0) -> Any:
-        deadline = time.monotonic() + within
-        while True:
-            assert self.process.poll() is None, self.output()
-            value = ready()
-            if value:
-                return value
-            assert time.monotonic() < deadline, f"not within {within} s:\n{self.output()}"
-            time.sleep(0.1)
-
-
-def answers(analyzer: Analyzer, path: str, status: int) -> Any:
-    def check() -> Any:
-        try:
-            response = analyzer.get(path)
-        except httpx.TransportError:
-            return None
-        return response if response.status_code == status else None
-
-    return check
 
 
 @pytest.fixture
 def analyzer(tmp_path: Path) -> Iterator[Analyzer]:
-    port = free_port()
-    names = {"ANALYZER_API_KEY", "ANALYZER_MIN_SECONDS", "ANALYZER_WORKERS"}
-    env = {key: value for key, value in os.environ.items() if key not in names}
-    env |= {
-        "ANALYZER_WORKERS": "2",
-        "ANALYZER_MIN_SECONDS": "4",  # stages padded: a pool process can be killed between
-        "ANALYZER_TEST_CRASH_MARKER": POISON,
-    }
-    log = tmp_path / "analyzer.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "analyzer.main:app", "--port", str(port)],
-            cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    server = Analyzer(process, f"http://127.0.0.1:{port}", log)
-    try:
-        server.wait(answers(server, "/healthz", 200))
-        server.wait(lambda: len(server.pool_pids()) == 2)
+    # Stages padded to 4 s in all: a pool process can be killed between two of them.
+    with running_analyzer(
+        tmp_path, ANALYZER_MIN_SECONDS="4", ANALYZER_TEST_CRASH_MARKER=POISON
+    ) as server:
         yield server
-    finally:
-        pids = server.pool_pids() if process.poll() is None else []
-        stop_child(process)
-        for pid in pids:  # its pool processes, by PID, should any outlive it
-            try:
-                psutil.Process(pid).kill()
-            except psutil.NoSuchProcess:
-                pass
 
 
 STAGE_STARTS = {"decoding": 0, "feature_extraction": 20, "syllable_detection": 55}
