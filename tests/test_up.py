@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import wave
+from collections import deque
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,12 @@ import psutil
 import pytest
 
 from app.embedded import free_port, group_alive, stop_child
+from app.launcher import (
+    CRASH_LIMIT,
+    CRASH_WINDOW_SECONDS,
+    RESTART_FIRST_SECONDS,
+    Child,
+)
 from tests.reliability.report import record_figure
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.wav"
@@ -285,3 +292,15 @@ def test_ctrl_c_during_a_long_analysis_leaves_no_process(tmp_path: Path) -> None
         stopped_seconds=round(stopped_in, 2),
         processes=len(pids),
     )
+
+
+def test_restart_backoff_doubles_and_too_many_exits_stop_everything() -> None:
+    child = Child.__new__(Child)  # its restart bookkeeping only: no process started
+    child.exits = deque()
+    backoffs = [child.exited(float(t)) for t in range(CRASH_LIMIT - 1)]
+    assert backoffs == [RESTART_FIRST_SECONDS * 2**n for n in range(CRASH_LIMIT - 1)]
+    assert child.exited(float(CRASH_LIMIT)) is None  # the CRASH_LIMIT-th exit in the window
+    # Exits older than the window are forgotten: a child that crashes now and then is
+    # restarted for ever.
+    later = CRASH_LIMIT + CRASH_WINDOW_SECONDS + 1
+    assert child.exited(later) == RESTART_FIRST_SECONDS

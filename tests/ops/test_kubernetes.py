@@ -99,7 +99,8 @@ def test_probes() -> None:
         "arq", "--check", "worker.main.WorkerSettings"
     ]  # fmt: skip
     [analyzer] = deployment("analyzer")["spec"]["template"]["spec"]["containers"]
-    assert analyzer["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert analyzer["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert analyzer["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
 def test_a_dead_worker_fails_its_liveness_check_within_a_probe_period() -> None:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from app.analysis import queue
 from app.embedded import EmbeddedRedis, free_port
 from app.main import create_app
 from app.settings import Settings
@@ -21,6 +23,8 @@ from tests.analysis.conftest import new_task, wait_for, wait_for_status
 from tests.conftest import ApiUser
 from tests.fake_ai import FakeAI
 from tests.reliability.worker_process import WorkerProcess, worker_env
+from worker.healing import HealingWorker
+from worker.main import worker_options
 
 
 async def stop_worker_process(worker: WorkerProcess) -> None:
@@ -118,3 +122,22 @@ async def test_worker_survives_redis_killed_and_restarted_empty(
     finally:
         await stop_worker_process(worker)
     assert worker.returncode == 0, worker.output()
+
+
+async def test_a_claim_whose_pipeline_fails_gives_its_job_slot_back(
+    worker_settings: Settings,
+) -> None:
+    """arq takes a slot (semaphore and job counter) before the claim's WATCH pipeline and kept
+    it when that pipeline raised: after max_jobs such failures a worker never took a job
+    again. Redis here: a port nobody listens on, as while it is down."""
+    down = worker_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    options = worker_options(down) | {"max_jobs": 2, "handle_signals": False}
+    worker = HealingWorker(**options, redis_pool=queue.connect(down.redis_url))
+    try:
+        for _ in range(3):
+            with pytest.raises(RedisConnectionError):  # not a wait for a slot never freed
+                await asyncio.wait_for(worker.start_jobs([b"some-job"]), 10)
+        assert worker.job_counter == 0
+        assert not worker.sem.locked()  # both slots free
+    finally:
+        await worker.pool.aclose()
