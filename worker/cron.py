@@ -27,7 +27,7 @@ from app.metrics import (
     WORKER_HEARTBEAT,
 )
 from worker.context import WorkerDeps, deps_of
-from worker.healing import unreachable_dependency
+from worker.healing import redis_unreachable, unreachable_dependency
 
 log = logging.getLogger(__name__)
 
@@ -181,10 +181,14 @@ async def heartbeat_forever(deps: WorkerDeps, stop: asyncio.Event) -> None:
             value = json.dumps({"worker": deps.worker_name, "at": now})
             await deps.arq.set(key, value, ex=int(HEARTBEAT_SECONDS * 3))
             WORKER_HEARTBEAT.labels(deps.worker_name).set(now)
-        except Exception:
+        except Exception as exc:
             if stop.is_set():  # shutdown closed the connection under the beat
                 return
-            log.warning("heartbeat failed", exc_info=True)
+            if redis_unreachable(exc):  # an outage: one line a beat, counted
+                DEPENDENCY_RETRIES.labels("redis").inc()
+                log.warning("heartbeat: redis does not answer (%r)", exc)
+            else:
+                log.warning("heartbeat failed", exc_info=True)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(HEARTBEAT_SECONDS):
                 await stop.wait()

@@ -11,7 +11,9 @@ changes, each at one of arq's own seams:
   (`vocalborn_worker_dependency_retries{dependency="redis"}`); one recovery line when it
   succeeds again. The jobs it holds run on meanwhile.
 - `start_jobs` gives back the slot of a job whose claim pipeline failed.
-- the connection to Redis at start is waited for the same way (arq tries it once here).
+- the connection to Redis at start is waited for the same way (arq tries it once here), and a
+  stop while Redis is down still runs on_shutdown (arq's close gave up at its first Redis
+  command, before it).
 
 PostgreSQL is not on the poll's path: a task's writes are retried by `durable()`, the
 reconciler's tick counts and logs its own failure (worker/cron.py), the pg pool connects
@@ -23,9 +25,10 @@ still reads its health key.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from arq.connections import create_pool
 from arq.worker import Worker
@@ -119,6 +122,32 @@ class HealingWorker(Worker):
 
     async def _poll_iteration(self) -> None:
         await until_answered("redis", "queue poll", super()._poll_iteration)
+
+    async def close(self) -> None:
+        original = self.on_shutdown
+        shut_down = False
+
+        async def on_shutdown(ctx: dict[str, Any]) -> None:
+            nonlocal shut_down
+            shut_down = True
+            if original is not None:
+                await original(ctx)
+
+        self.on_shutdown = on_shutdown
+        try:
+            await super().close()
+        except Exception as exc:
+            # arq's close waits for the jobs, deletes its health key, runs on_shutdown, closes
+            # its pool: with Redis down the first failure skipped the rest.
+            if shut_down or self._pool is None or not redis_unreachable(exc):
+                raise
+            log.warning("worker stop: redis does not answer (%r); its health key expires", exc)
+            await on_shutdown(self.ctx)
+            with contextlib.suppress(Exception):
+                await self._pool.aclose()
+            self._pool = None
+        finally:
+            self.on_shutdown = original
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         # arq takes a slot (its semaphore and job counter) before the claim's pipeline and

@@ -141,3 +141,45 @@ async def test_a_claim_whose_pipeline_fails_gives_its_job_slot_back(
         assert not worker.sem.locked()  # both slots free
     finally:
         await worker.pool.aclose()
+
+
+async def test_worker_started_before_redis_waits_for_it_and_stops_cleanly_while_it_is_down(
+    api: httpx.AsyncClient,
+    alice: ApiUser,
+    fake_ai: FakeAI,
+    worker_settings: Settings,
+    own_redis: EmbeddedRedis,
+    tmp_path: Path,
+) -> None:
+    kill_redis(own_redis)  # down before the worker starts (arq tried once, then exited)
+    env = worker_env(worker_settings, REDIS_URL=own_redis.url, WORKER_NAME="early-worker")
+    worker = await WorkerProcess.start(env, tmp_path)
+    try:
+
+        async def waiting() -> bool:
+            assert worker.returncode is None, f"the worker exited:\n{worker.output()}"
+            return "worker start: redis does not answer" in worker.output()
+
+        await wait_for(waiting, within=30)
+        own_redis.start()
+        task_id = await new_task(api, alice)
+        final = await wait_for_status(api, alice, task_id, within=30)
+        assert (final["status"], final["worker_name"]) == ("success", "early-worker")
+
+        kill_redis(own_redis)  # and a stop while Redis is down still shuts down in order
+        await wait_for(waiting_poll(worker), within=30)
+        worker.send(signal.SIGTERM)
+        code = await worker.wait(within=20)
+    finally:
+        await stop_worker_process(worker)
+    assert code == 0, worker.output()
+    assert "worker stop: redis does not answer" in worker.output()
+    assert "Traceback" not in worker.output(), worker.output()
+
+
+def waiting_poll(worker: WorkerProcess) -> Callable[[], Awaitable[bool]]:
+    async def condition() -> bool:
+        assert worker.returncode is None, f"the worker exited:\n{worker.output()}"
+        return "queue poll: redis does not answer" in worker.output()
+
+    return condition
