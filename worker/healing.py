@@ -2,8 +2,8 @@
 
 arq's `Worker.main` ends at the first poll whose Redis command fails: the exception leaves its
 poll loop, the worker finishes the jobs it holds and exits (and a job slot taken by a claim
-whose pipeline failed is never given back). `HealingWorker` is arq's Worker with three
-changes, each at one of arq's own seams:
+whose pipeline failed is never given back). `HealingWorker` is arq's Worker with these
+changes, each at one of arq's own methods:
 
 - a poll (`_poll_iteration`: read the queue, start jobs, abort, reap, health key, cron) that
   fails because Redis does not answer is tried again with exponential backoff and full jitter,
@@ -69,17 +69,17 @@ def unreachable_dependency(exc: BaseException) -> str | None:
     return None
 
 
-def dependency_retrying(dependency: str, doing: str) -> AsyncRetrying:
-    """tenacity's retrying for a try of `doing` that needs `dependency` ("redis" or
-    "postgresql"): retried without end while the error says the dependency is unreachable,
-    each failure logged and counted in vocalborn_worker_dependency_retries{dependency}."""
+def redis_retrying(doing: str) -> AsyncRetrying:
+    """tenacity's retrying for a try of `doing` that needs Redis: retried without end while
+    the error says Redis does not answer (anything else is raised), each failure logged and
+    counted in vocalborn_worker_dependency_retries{dependency="redis"}."""
 
     def before_sleep(state: RetryCallState) -> None:
-        DEPENDENCY_RETRIES.labels(dependency).inc()
+        DEPENDENCY_RETRIES.labels("redis").inc()
         error = state.outcome.exception() if state.outcome else None
         log.warning(
-            "%s: %s does not answer (%r, try %d); retrying in %.2f s",
-            doing, dependency, error, state.attempt_number, state.upcoming_sleep,
+            "%s: redis does not answer (%r, try %d); retrying in %.2f s",
+            doing, error, state.attempt_number, state.upcoming_sleep,
         )  # fmt: skip
 
     return AsyncRetrying(
@@ -90,15 +90,15 @@ def dependency_retrying(dependency: str, doing: str) -> AsyncRetrying:
     )
 
 
-async def until_answered(dependency: str, doing: str, call: Callable[[], Awaitable[T]]) -> T:
-    """`call()`, tried again (see `dependency_retrying`) until `dependency` answers; one line
-    logged when it answers after failing."""
-    retrying = dependency_retrying(dependency, doing)
+async def until_redis_answers(doing: str, call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, tried again (see `redis_retrying`) until Redis answers; one line logged when
+    it answers after failing."""
+    retrying = redis_retrying(doing)
     async for attempt in retrying:
         with attempt:
             result = await call()
     if retrying.statistics.get("attempt_number", 1) > 1:
-        log.warning("%s: %s answers again", doing, dependency)
+        log.warning("%s: redis answers again", doing)
     return result
 
 
@@ -107,8 +107,7 @@ class HealingWorker(Worker):
 
     async def main(self) -> None:
         if self._pool is None:
-            self._pool = await until_answered(
-                "redis",
+            self._pool = await until_redis_answers(
                 "worker start",
                 lambda: create_pool(
                     self.redis_settings,
@@ -121,7 +120,7 @@ class HealingWorker(Worker):
         await super().main()
 
     async def _poll_iteration(self) -> None:
-        await until_answered("redis", "queue poll", super()._poll_iteration)
+        await until_redis_answers("queue poll", super()._poll_iteration)
 
     async def close(self) -> None:
         original = self.on_shutdown
