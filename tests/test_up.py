@@ -193,6 +193,7 @@ def test_up_restarts_each_child_that_dies(tmp_path: Path) -> None:
     back: dict[str, float] = {}  # kill to the restart
     try:
         token = output.wait_for_token(process)
+        ai = output.wait_for_line(process, "  AI service: ", 5).split(": ", 1)[1].strip()
         with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {token}"}) as http:
             for name in ("worker", "analyzer", "api"):
                 child = _child(process.pid, name)
@@ -208,16 +209,17 @@ def test_up_restarts_each_child_that_dies(tmp_path: Path) -> None:
                 assert f"vocalborn: the {name} (pid {child.pid}) exited with -9" in "\n".join(
                     output.lines
                 )
-                # A task submitted afterwards completes (the API may still be starting).
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        if http.get("/healthz", timeout=2).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    assert time.monotonic() < deadline, "\n".join(output.lines[-40:])
-                    time.sleep(0.1)
+                # A task submitted once the restarted child answers completes.
+                for url in (f"{api}/healthz", f"{ai}/readyz"):
+                    deadline = time.monotonic() + 60
+                    while True:
+                        try:
+                            if http.get(url, timeout=2).status_code == 200:
+                                break
+                        except httpx.TransportError:
+                            pass
+                        assert time.monotonic() < deadline, "\n".join(output.lines[-40:])
+                        time.sleep(0.1)
                 result = _analyse(api, token)
                 assert isinstance(result["fluency_score"], float)
                 restarts[name] = time.monotonic() - killed_at
