@@ -16,6 +16,7 @@ from app.analysis.eta import Estimator
 from app.analysis.progress import Publisher, publish_settings
 from app.db import close_pg_pool, create_engine, create_pg_pool
 from app.logs import configure_logging
+from app.metrics import DEPENDENCY_RETRIES
 from app.settings import Settings, get_settings
 from app.storage import LocalStorage
 from worker.breaker import CircuitBreaker
@@ -77,6 +78,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["deps"] = deps
     ctx["heartbeat_stop"] = stop = asyncio.Event()
     ctx["heartbeat"] = asyncio.create_task(heartbeat_forever(deps, stop))
+    for dependency in ("redis", "postgresql"):  # exported at 0 from the start, for rate()
+        DEPENDENCY_RETRIES.labels(dependency)
     if settings.worker_metrics_port:
         prometheus_client.start_http_server(settings.worker_metrics_port)
 
