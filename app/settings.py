@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     job_timeout_seconds: float = Field(300.0, gt=0)
     ai_deadline_seconds: float = Field(240.0, gt=0)
     ai_connect_timeout_seconds: float = Field(5.0, gt=0)
+    # An idle connection to the AI service is reused for this long at most: below the
+    # service's own idle timeout (uvicorn's 5 s), so that no call goes out on a connection the
+    # service is closing at that moment (a ReadError, a retry spent: R8 showed it under load).
+    ai_keepalive_seconds: float = Field(2.0, gt=0)
     reconcile_interval_seconds: int = Field(30, ge=1)
     reconcile_pending_grace_seconds: float = Field(5.0, ge=0)
     crash_loop_limit: int = Field(3, ge=1)

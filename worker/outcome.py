@@ -165,7 +165,9 @@ class Recorder:
                 defer_until=row["next_attempt_at"],
             ),
         )
-        return f"retry: {code}" if budget is not None else f"deferred: {code}"
+        # The error's own words in the worker's log line (for a deferral, the code says it).
+        said = f"retry: {code} ({message})" if budget is not None else f"deferred: {code}"
+        return said
 
     async def hand_back(self) -> str:
         """The job was cancelled by arq (an abort, the worker's shutdown, its timeout): the
