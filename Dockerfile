@@ -32,7 +32,7 @@ EXPOSE 8000 9100 9102
 # The worker: healthy while its heartbeat key in Redis is live (written every 5 s, kept 15 s;
 # `vocalborn worker-check` without a name: a worker on this host, i.e. in this container).
 FROM app AS worker
-CMD ["arq", "worker.main.WorkerSettings"]
+CMD ["python", "-m", "worker"]
 HEALTHCHECK --interval=20s --timeout=10s --start-period=30s --retries=3 CMD ["vocalborn", "worker-check"]
 
 FROM app AS api

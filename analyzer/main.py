@@ -127,7 +127,20 @@ async def healthz(request: Request) -> dict[str, Any]:
         },
         "active_analyses": service.active,
         "auth_required": cfg.api_key is not None,
+        "pool": {"state": service.pool_state(), "rebuilds": service.rebuilds},
     }
+
+
+async def readyz(request: Request) -> dict[str, Any]:
+    """Readiness: 200 while the process pool can take analyses; 503 (the one error shape,
+    code `not_ready`) while it starts, is broken or is being rebuilt after one of its
+    processes died. A broken pool found here is replaced at once."""
+    service = _service(request)
+    service.heal()
+    state = service.pool_state()
+    if state != "ok":
+        raise AnalyzerError(503, "not_ready", f"the analysis pool is {state}")
+    return {"status": "ready", "pool": {"state": state, "rebuilds": service.rebuilds}}
 
 
 async def info(request: Request) -> dict[str, Any]:
@@ -173,6 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     keyed = [Depends(require_key)]
     app.add_api_route("/healthz", healthz, methods=["GET"])
+    app.add_api_route("/readyz", readyz, methods=["GET"])
     app.add_api_route("/v1/info", info, methods=["GET"], dependencies=keyed)
     app.add_api_route("/v1/analyze", analyze, methods=["POST"], dependencies=keyed)
     return app

@@ -1,18 +1,31 @@
-"""Runs analyses off the event loop in a bounded process pool and reports progress."""
+"""Runs analyses off the event loop in a bounded process pool and reports progress.
+
+A pool process that dies (an OOM kill, a crash in a native decoder) breaks the whole
+ProcessPoolExecutor: every analysis running in it fails and no later one can start. The
+service then heals: the broken pool is replaced by a new one (its processes warmed up again),
+the analyses it failed answer a retryable 503 `worker_crashed`, and `pool_state()` says
+"broken" or "rebuilding" until the new pool is ready (GET /readyz). Pool processes die with
+the analyzer process (Linux: a parent-death signal), so none goes on computing as an orphan.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import logging
 import multiprocessing
+import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from analyzer import pipeline
+from analyzer import faults, pipeline
 from analyzer.errors import AnalyzerError
 from analyzer.schemas import AnalyzeParams
 from analyzer.settings import Settings
@@ -20,6 +33,30 @@ from analyzer.settings import Settings
 T = TypeVar("T")
 Event = dict[str, Any]
 TICK_SECONDS = 0.5
+
+log = logging.getLogger(__name__)
+
+CRASHED = (
+    "an analysis process died during this analysis (out of memory, or a crash in a native "
+    "decoder); the analyzer has started a new one: send the recording again"
+)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool process initializer (Linux): SIGKILL this process when the analyzer process that
+    started it dies, however it dies, so that no orphan goes on computing."""
+    if sys.platform != "linux":
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the call above: nobody will signal us
+        os._exit(1)
+
+
+def _is_broken(pool: ProcessPoolExecutor) -> bool:
+    # CPython sets `_broken` (a message) once a pool process died: the executor refuses
+    # every submit from then on.
+    return bool(getattr(pool, "_broken", False))
 
 
 @dataclass(frozen=True)
@@ -80,18 +117,55 @@ class AnalyzerService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.active = 0
+        self.rebuilds = 0  # pools replaced after one of their processes died
         self._pool: ProcessPoolExecutor | None = None
+        self._warming: list[Future[str]] = []
 
     def start(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._pool = ProcessPoolExecutor(max_workers=self.settings.workers, mp_context=context)
-        for _ in range(self.settings.workers):  # start workers and import Praat ahead of use
-            self._pool.submit(pipeline.warm_up)
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(
+            max_workers=self.settings.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
+        )
+        # Start the processes and import Praat ahead of use.
+        self._warming = [pool.submit(pipeline.warm_up) for _ in range(self.settings.workers)]
+        return pool
 
     def stop(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+    def pool_state(self) -> str:
+        """ "ok"; "starting" or "rebuilding" while a new pool's processes warm up; "broken"
+        when a process died and the pool is not replaced yet; "stopped"."""
+        if self._pool is None:
+            return "stopped"
+        if _is_broken(self._pool):
+            return "broken"
+        if not all(future.done() for future in self._warming):
+            return "rebuilding" if self.rebuilds else "starting"
+        return "ok"
+
+    def heal(self) -> bool:
+        """Replace the pool if one of its processes died; whether it did."""
+        pool = self._pool
+        if pool is None or not _is_broken(pool):
+            return False
+        self._replace(pool)
+        return True
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        if self._pool is not broken:  # replaced already (by another analysis it failed)
+            return
+        self.rebuilds += 1
+        log.warning("an analysis process died; replacing the pool (rebuild %d)", self.rebuilds)
+        self._pool = self._new_pool()
+        broken.shutdown(wait=False, cancel_futures=True)
 
     def try_acquire(self) -> bool:
         if self.active >= self.settings.capacity:
@@ -103,12 +177,17 @@ class AnalyzerService:
         self.active = max(0, self.active - 1)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._pool is None:
+        """`fn(*args)` in a pool process. AnalyzerError 503 `worker_crashed` (retryable) when
+        the pool process died meanwhile; a pool found broken before is replaced first."""
+        self.heal()
+        pool = self._pool
+        if pool is None:
             raise AnalyzerError(503, "busy", "the analyzer is not running")
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
         except BrokenProcessPool as exc:
-            raise AnalyzerError(500, "internal_error", "an analysis worker crashed") from exc
+            self._replace(pool)
+            raise AnalyzerError(503, "worker_crashed", CRASHED) from exc
 
     async def _noop(self) -> None:
         return None
@@ -117,6 +196,12 @@ class AnalyzerService:
         self, path: Path, container: str, params: AnalyzeParams
     ) -> list[tuple[str, Callable[[dict[str, Any]], Awaitable[Any]]]]:
         cfg = self.settings
+        marker = cfg.test_crash_marker
+
+        async def decode(s: dict[str, Any]) -> Any:
+            if marker:  # a test hook (ANALYZER_TEST_CRASH_MARKER), never set in production
+                await self._call(faults.crash_if_marked, str(path), marker)
+            return await self._call(pipeline.decode_stage, str(path), container, cfg.max_seconds)
 
         async def score(s: dict[str, Any]) -> dict[str, Any]:
             audio = s["decoding"]
@@ -129,8 +214,7 @@ class AnalyzerService:
             return pipeline.build_result(info, voice, timing, params, cfg.model_version, 0, pron)
 
         return [
-            ("decoding", lambda s: self._call(
-                pipeline.decode_stage, str(path), container, cfg.max_seconds)),
+            ("decoding", decode),
             ("feature_extraction", lambda s: self._call(
                 pipeline.features_stage, s["decoding"].samples, s["decoding"].sample_rate)),
             ("syllable_detection", lambda s: self._call(

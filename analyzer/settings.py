@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=2, ge=0)
     retry_after_seconds: int = Field(default=5, ge=1)
     model_version: str = DEFAULT_MODEL_VERSION
+    # A test hook (the reliability scenarios' poison recording): a recording whose bytes
+    # contain this text kills its pool process, as an OOM kill would. Unset in production.
+    test_crash_marker: str | None = None
 
     @property
     def capacity(self) -> int:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import asyncpg
 from sqlalchemy import MetaData, TextClause, make_url
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -69,6 +70,44 @@ _DEAD = (
 def is_dead_connection(exc: BaseException) -> bool:
     """Whether asyncpg's `exc` says the connection is gone or broken, not the statement."""
     return isinstance(exc, _DEAD) or type(exc) is asyncpg.InterfaceError
+
+
+# SQLSTATE classes of a server that cannot serve now: connection exceptions, insufficient
+# resources (too many connections), operator intervention (shutting down, starting up, in
+# crash recovery).
+UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` (or what it was raised from or during) says PostgreSQL cannot be reached
+    or cannot serve now, as opposed to a statement's own error: a dead or refused connection
+    (an OSError is counted only when raised inside asyncpg, so that a storage error is not
+    taken for the database's), an invalidated one, or a server shutting down, starting up or
+    out of connections."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if is_dead_connection(current) and not isinstance(current, OSError):
+            return True
+        if isinstance(current, OSError) and _raised_in_asyncpg(current):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(UNAVAILABLE_SQLSTATES):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _raised_in_asyncpg(exc: BaseException) -> bool:
+    traceback = exc.__traceback__
+    while traceback is not None:
+        if str(traceback.tb_frame.f_globals.get("__name__", "")).startswith("asyncpg"):
+            return True
+        traceback = traceback.tb_next
+    return False
 
 
 def asyncpg_dsn(database_url: str) -> str:

@@ -49,6 +49,41 @@ def stop_pid(pid: int, sig: int = signal.SIGTERM) -> None:
             wait_for_exit(pid)
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether any process is left in process group `pgid`."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member we may not signal: alive all the same
+        return True
+    return True
+
+
+def stop_group(
+    process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = STOP_TIMEOUT_SECONDS
+) -> None:
+    """Stop our child `process`, leader of its own process group (started with
+    start_new_session=True), and everything in that group (its own children, such as the
+    analyzer's pool processes): `sig` to the whole group, up to `grace` seconds for the leader
+    to exit, then SIGKILL to whatever is left in the group. Returns once the leader is reaped
+    and the group is empty, or STOP_TIMEOUT_SECONDS after the SIGKILL at most."""
+    pgid = process.pid
+    if process.poll() is None or group_alive(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    while group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def stop_child(
     process: subprocess.Popen[bytes],
     sig: int = signal.SIGTERM,
@@ -83,10 +118,12 @@ class EmbeddedPostgres:
         self.pid = int(self.handle.get_pid() or 0)
         return self
 
-    def stop(self) -> None:
-        # SIGINT is PostgreSQL's "fast shutdown": roll back sessions, then exit cleanly.
+    def stop(self, sig: int = signal.SIGINT) -> None:
+        """SIGINT (the default) is PostgreSQL's "fast shutdown": roll back sessions, then exit
+        cleanly. SIGQUIT is its "immediate shutdown" (`pg_ctl stop -m immediate`, a crash:
+        crash recovery at the next start)."""
         if self.pid:
-            stop_pid(self.pid, signal.SIGINT)
+            stop_pid(self.pid, sig)
             self.pid = 0
         if self.handle is not None:  # pgserver keeps one handle per folder: let it go
             self.handle.cleanup()  # with cleanup_mode=None this stops and deletes nothing

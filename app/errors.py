@@ -8,12 +8,15 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.db import database_unreachable
 from app.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -171,8 +174,36 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "Internal server error")
 
 
+# How long a client is told to wait before trying again while PostgreSQL does not answer.
+DATABASE_RETRY_AFTER_SECONDS = 5
+# What a database that cannot be reached raises (asyncpg's own errors, SQLAlchemy's wrapping,
+# a refused or missing socket); each is answered 503 only if `database_unreachable` says so.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    DBAPIError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """503 `database_unavailable` (with Retry-After) while PostgreSQL cannot be reached: a
+    client can try again; anything else is unexpected (500)."""
+    if not database_unreachable(exc):
+        return await _unexpected(request, exc)
+    log.warning("%s %s: the database does not answer (%r)", request.method, request.url.path, exc)
+    return error_response(
+        503,
+        "database_unavailable",
+        "The database does not answer; try again shortly",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
+    for error in DATABASE_ERRORS:
+        app.add_exception_handler(error, _database_error)
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(StorageUnavailable, _storage_unavailable)
     app.add_exception_handler(StarletteHTTPException, _http_error)

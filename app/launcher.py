@@ -2,7 +2,15 @@
 
 Starts PostgreSQL and Redis from their wheels (unless DATABASE_URL / REDIS_URL are set),
 migrates, creates a demo user, then runs the analyzer, one worker and the API as child
-processes until Ctrl-C, when it stops them all, children first, by PID.
+processes, and supervises them: a child that exits is started again after a backoff (1 s,
+doubling up to 30 s), with a line saying so; one that exits CRASH_LIMIT times within
+CRASH_WINDOW_SECONDS stops everything. Ctrl-C (or SIGTERM) stops the whole tree: each child
+is the leader of its own process group, and the group (the analyzer's pool processes too)
+gets SIGTERM, then SIGKILL after a bounded grace; then Redis and PostgreSQL, by PID.
+
+The supervision is these few lines rather than supervisord or circus: they are daemons with
+their own configuration and control socket, and `up` is one foreground command that must
+also own the embedded servers and stop everything on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -24,13 +34,22 @@ from app import migrate
 from app.auth import issue_access_token
 from app.cli import create_user
 from app.client.links import LINK_TOKEN_TTL_SECONDS, client_lines
-from app.embedded import EmbeddedPostgres, EmbeddedRedis, ensure_database, free_port, stop_child
+from app.embedded import EmbeddedPostgres, EmbeddedRedis, ensure_database, free_port, stop_group
 from app.settings import Settings
 from app.users.models import Role
 
 DEMO_EMAIL = "demo@vocalborn.local"
 DEMO_TOKEN_TTL = 24 * 3600
 READY_TIMEOUT_SECONDS = 60.0
+# Restarts of a child that exited: after RESTART_FIRST_SECONDS, doubling with each exit
+# within CRASH_WINDOW_SECONDS, at most RESTART_MAX_SECONDS; the CRASH_LIMIT-th exit within
+# that window stops everything.
+RESTART_FIRST_SECONDS = 1.0
+RESTART_MAX_SECONDS = 30.0
+CRASH_WINDOW_SECONDS = 120.0
+CRASH_LIMIT = 5
+SUPERVISE_TICK_SECONDS = 0.2
+HTTP_SHUTDOWN_SECONDS = 5
 
 
 def _jwt_secret(data: Path) -> str:
@@ -55,12 +74,44 @@ def _wait_http(url: str, process: subprocess.Popen[bytes]) -> None:
     raise TimeoutError(f"{url} did not answer within {READY_TIMEOUT_SECONDS} s")
 
 
+@dataclass
+class Child:
+    """A supervised child: `python -m <command>`, leader of its own process group."""
+
+    name: str
+    command: tuple[str, ...]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] = field(init=False)
+    exits: deque[float] = field(default_factory=deque)  # time.monotonic() of recent exits
+    restart_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self.start()
+
+    def start(self) -> None:
+        # Its own session and process group: a Ctrl-C in the terminal reaches the launcher
+        # only, and the group is how its own children are found and stopped.
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", *self.command], env=self.env, start_new_session=True
+        )
+
+    def exited(self, now: float) -> float | None:
+        """Record an exit at `now`; the backoff before the restart, or None when it has
+        exited CRASH_LIMIT times within CRASH_WINDOW_SECONDS."""
+        self.exits.append(now)
+        while self.exits and self.exits[0] < now - CRASH_WINDOW_SECONDS:
+            self.exits.popleft()
+        if len(self.exits) >= CRASH_LIMIT:
+            return None
+        return min(RESTART_MAX_SECONDS, RESTART_FIRST_SECONDS * 2.0 ** (len(self.exits) - 1))
+
+
 class System:
     def __init__(self, port: int, data: Path) -> None:
         self.port = port
         self.data = data
         self.servers: list[EmbeddedPostgres | EmbeddedRedis] = []
-        self.children: list[subprocess.Popen[bytes]] = []
+        self.children: list[Child] = []
         # An empty value means unset (as in Settings): DATABASE_URL= starts the embedded one.
         self.env = {name: value for name, value in os.environ.items() if value}
 
@@ -93,30 +144,68 @@ class System:
         link = issue_access_token(settings, user.user_id, Role.USER, LINK_TOKEN_TTL_SECONDS)
         return token, link
 
-    def spawn(self, *command: str) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", *command], env=self.env, start_new_session=True
-        )
-        self.children.append(process)
-        return process
+    def spawn(self, name: str, *command: str) -> subprocess.Popen[bytes]:
+        child = Child(name, command, self.env)
+        self.children.append(child)
+        return child.process
 
     def start_children(self) -> None:
         ai_port = self.env["AI_SERVICE_URL"].rsplit(":", 1)[-1].strip("/")
-        uvicorn = ("uvicorn", "--host", "127.0.0.1", "--log-level", "warning")
-        analyzer = self.spawn(*uvicorn, "--port", ai_port, "analyzer.main:app")
+        uvicorn = (
+            "uvicorn", "--host", "127.0.0.1", "--log-level", "warning",
+            # A request still running this long after SIGTERM is cancelled: a long analysis
+            # must not hold the stop until the grace runs out and the group is SIGKILLed.
+            "--timeout-graceful-shutdown", str(HTTP_SHUTDOWN_SECONDS),
+        )  # fmt: skip
+        analyzer = self.spawn("analyzer", *uvicorn, "--port", ai_port, "analyzer.main:app")
         _wait_http(f"{self.env['AI_SERVICE_URL']}/healthz", analyzer)
-        self.spawn("arq", "worker.main.WorkerSettings")
-        api = self.spawn(*uvicorn, "--port", str(self.port), "--factory", "app.main:create_app")
+        self.spawn("worker", "worker")
+        api = self.spawn(
+            "api", *uvicorn, "--port", str(self.port), "--factory", "app.main:create_app"
+        )
         _wait_http(f"http://127.0.0.1:{self.port}/healthz", api)
 
     def stop(self) -> None:
         for child in reversed(self.children):  # API, worker, analyzer
-            stop_child(child, signal.SIGTERM)
+            stop_group(child.process, signal.SIGTERM)
         for server in reversed(self.servers):
             server.stop()
 
+    def supervise(self, now: float) -> bool:
+        """One round: restart each child that exited, once its backoff has passed; False
+        when one has exited too often (everything must stop)."""
+        for child in self.children:
+            if child.process.poll() is None:
+                continue
+            if child.restart_at is None:
+                code = child.process.returncode
+                backoff = child.exited(now)
+                if backoff is None:
+                    print(
+                        f"vocalborn: the {child.name} exited with {code}, {CRASH_LIMIT} times"
+                        f" within {CRASH_WINDOW_SECONDS:.0f} s; stopping everything",
+                        flush=True,
+                    )
+                    return False
+                # Whatever it left in its group (the analyzer's pool processes) goes too.
+                stop_group(child.process, signal.SIGKILL)
+                print(
+                    f"vocalborn: the {child.name} (pid {child.process.pid}) exited with"
+                    f" {code}; restarting it in {backoff:.0f} s",
+                    flush=True,
+                )
+                child.restart_at = now + backoff
+            elif now >= child.restart_at:
+                child.restart_at = None
+                child.start()
+                print(
+                    f"vocalborn: the {child.name} restarted (pid {child.process.pid})", flush=True
+                )
+        return True
+
     def wait(self) -> None:
-        """Until Ctrl-C / SIGTERM, or until a child dies."""
+        """Until Ctrl-C / SIGTERM, or until a child exits too often; children that exit
+        are restarted meanwhile."""
         stop = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -124,11 +213,9 @@ class System:
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
-        while not stop.wait(0.5):
-            for child in self.children:
-                if child.poll() is not None:
-                    print(f"vocalborn: {child.args!r} exited with {child.returncode}; stopping")
-                    return
+        while not stop.wait(SUPERVISE_TICK_SECONDS):
+            if not self.supervise(time.monotonic()):
+                return
 
 
 def _banner(port: int, token: str, link_token: str, system: System) -> str:

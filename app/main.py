@@ -23,6 +23,7 @@ from app.analysis.stream_auth import StreamLimiter
 from app.analysis.submit import Submitter
 from app.db import close_pg_pool, create_engine, create_pg_pool, create_sessionmaker
 from app.errors import install_error_handlers
+from app.fault_hooks import exit_after_commit
 from app.health import readiness
 from app.logs import configure_logging
 from app.metrics import OLDEST_WAITING_TASK
@@ -59,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             arq=arq,
             estimator=estimator,
             publisher=publisher,
-            submitter=Submitter(arq, estimator, publisher),
+            submitter=Submitter(arq, estimator, publisher, exit_after_commit(settings)),
             hub=hub,
             live=LiveSource(hub, arq, sessions, estimator, timing),
             limiter=StreamLimiter(settings.max_streams_per_user, settings.sse_heartbeat_seconds),

@@ -70,6 +70,13 @@ RECONCILE_REPAIRS = Counter(
     " (enqueued), cancels nobody had finished (cancel_finished)",
     ["kind"],
 )
+DEPENDENCY_RETRIES = Counter(
+    "vocalborn_worker_dependency_retries",
+    "Tries of a worker's own loop (its queue poll, its start, a reconciler tick) that failed"
+    " because Redis or PostgreSQL did not answer; the worker retries with backoff, it never"
+    " exits for it",
+    ["dependency"],
+)
 BREAKER_UNREADABLE = Counter(
     "vocalborn_breaker_unreadable",
     "AI calls let through because the circuit breaker's state could not be read",

@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     job_timeout_seconds: float = Field(300.0, gt=0)
     ai_deadline_seconds: float = Field(240.0, gt=0)
     ai_connect_timeout_seconds: float = Field(5.0, gt=0)
+    # An idle connection to the AI service is reused for this long at most: below the
+    # service's own idle timeout (uvicorn's 5 s), so that no call goes out on a connection the
+    # service is closing at that moment (a ReadError, a retry spent: R8 showed it under load).
+    ai_keepalive_seconds: float = Field(2.0, gt=0)
     reconcile_interval_seconds: int = Field(30, ge=1)
     reconcile_pending_grace_seconds: float = Field(5.0, ge=0)
     crash_loop_limit: int = Field(3, ge=1)
@@ -141,6 +145,9 @@ class Settings(BaseSettings):
     # How many analyses the AI service runs at once: the ETA's parallelism.
     ai_service_concurrency: int = Field(4, ge=1)
     cleanup_retention_days: int = Field(7, ge=1)
+    # A fault hook of the reliability scenarios (tests/reliability, R5): the API process exits
+    # at once after a submit's commit, before its enqueue. Refused outside ENVIRONMENT=test.
+    fault_exit_after_commit: bool = False
 
     # Live progress (SSE / WebSocket).
     event_stream_maxlen: int = Field(200, ge=10)
@@ -219,6 +226,13 @@ class Settings(BaseSettings):
         if any(part in ("", ".", "..") for part in folder.split("/")) and folder:
             raise ValueError("S3_KEY_PREFIX: folder names separated by single slashes")
         return folder or None
+
+    @field_validator("fault_exit_after_commit")
+    @classmethod
+    def _faults_in_tests_only(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("environment") != "test":
+            raise ValueError("a fault hook; only with ENVIRONMENT=test")
+        return value
 
     @field_validator("database_url")
     @classmethod

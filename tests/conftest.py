@@ -28,6 +28,9 @@ from app.settings import Settings, asyncpg_url
 from app.users.models import Role
 from tests.seaweed import EmbeddedSeaweed
 
+# The scenarios' figures and outcomes (tests/reliability/REPORT.md).
+pytest_plugins = ["tests.reliability.report"]
+
 TABLES = (
     "ai_analysis_results",
     "ai_analysis_tasks",

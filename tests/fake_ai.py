@@ -72,6 +72,7 @@ class Call:
     headers: dict[str, str] = field(default_factory=dict)
     query: dict[str, str] = field(default_factory=dict)
     finished: bool = False
+    answered_at: float | None = None  # when its answer (a status, or the result line) went
     closed_by_client: bool = False
     peer: tuple[str, int] | None = None  # the client's address: one per TCP connection
 
@@ -103,6 +104,12 @@ class FakeAI:
             self._script.clear()
             self.calls = []
 
+    def switch(self, default: Mode) -> None:
+        """From the next call on, answer `default` (the call log is kept: an outage that
+        starts or ends in the middle of a scenario)."""
+        with self._lock:
+            self.default = default
+
     def then(self, *modes: Mode, times: int = 1) -> FakeAI:
         with self._lock:
             for _ in range(times):
@@ -133,6 +140,7 @@ class FakeAI:
             await asyncio.sleep(mode.latency)
             headers = {"Retry-After": mode.retry_after} if mode.retry_after else None
             body = {"error": {"code": f"http_{mode.status}", "message": "fake failure"}}
+            call.answered_at = time.monotonic()
             return JSONResponse(body, mode.status, headers=headers)
         if mode.kind == "malformed":
             return Response(b'{"overall_score": 250', media_type="application/json")
@@ -152,6 +160,7 @@ class FakeAI:
                 await asyncio.sleep(mode.latency / len(AI_STEPS))
             yield _line({"event": "result", "result": AI_RESULT})
             call.finished = True
+            call.answered_at = time.monotonic()
         finally:
             call.closed_by_client = not call.finished
 

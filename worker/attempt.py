@@ -117,6 +117,7 @@ class Attempt:
         decision = await self.deps.breaker.before_call()  # never raises
         if not decision.allowed:
             return CircuitOpen(decision.retry_in)
+        self.recorder.admitted = decision
         return await self._analyse()
 
     async def _analyse(self) -> AIResult | AnalysisError | StopReason:

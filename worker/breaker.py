@@ -5,7 +5,13 @@ Closed: calls go through and consecutive service failures are counted. After
 TTL): no worker calls, jobs are deferred. When the key expires, one worker wins the probe slot
 (SET NX) and calls; success closes the breaker, failure opens it again.
 
-Hand-written (about 50 lines) because the maintained breakers (pybreaker, aiobreaker) keep
+"Consecutive" is judged per call: a success resets the count only if no failure was counted
+since that call was let through (a total of failures, never reset, tells). A call admitted
+before an outage that ends well during it (an analysis can last minutes) says nothing about
+the service now: it no longer resets the failures of the calls that met the outage, which
+kept the breaker closed while they piled up.
+
+Hand-written (about 70 lines) because the maintained breakers (pybreaker, aiobreaker) keep
 their state in process memory or in a synchronous Redis client.
 """
 
@@ -23,26 +29,58 @@ from app.metrics import BREAKER_UNREADABLE, CIRCUIT_OPEN
 log = logging.getLogger(__name__)
 
 PREFIX = "vocalborn:breaker:ai"
-FAILURES = f"{PREFIX}:failures"
+FAILURES = f"{PREFIX}:failures"  # consecutive failures
+FAILED_EVER = f"{PREFIX}:failed_ever"  # every failure counted, never reset
 OPEN = f"{PREFIX}:open"
 PROBE = f"{PREFIX}:probe"
+
+UNKNOWN = -1  # what a call was admitted with when the breaker could not be read
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """Whether a call may go through, and what the breaker had counted when it was let
+    through (`failures`, `failed_ever`; UNKNOWN when unreadable): its later success resets the
+    count only if nothing was counted since."""
+
     allowed: bool
     retry_in: float = 0.0  # seconds until the breaker may let a call through
+    failures: int = UNKNOWN
+    failed_ever: int = UNKNOWN
 
 
-# KEYS: open, failures, probe. ARGV: threshold, cooldown (ms). One round trip: {allowed (0/1),
-# retry in (ms), failures counted}.
+# KEYS: open, failures, probe, failed_ever. ARGV: threshold, cooldown (ms). One round trip:
+# {allowed (0/1), retry in (ms), failures counted, failures ever}.
 _DECIDE = """
+local ever = tonumber(redis.call('GET', KEYS[4]) or '0')
 local open_ttl = redis.call('PTTL', KEYS[1])
-if open_ttl > 0 then return {0, open_ttl, -1} end
+if open_ttl > 0 then return {0, open_ttl, -1, ever} end
 local failures = tonumber(redis.call('GET', KEYS[2]) or '0')
-if failures < tonumber(ARGV[1]) then return {1, 0, failures} end
-if redis.call('SET', KEYS[3], '1', 'PX', ARGV[2], 'NX') then return {1, 0, failures} end
-return {0, math.max(redis.call('PTTL', KEYS[3]), 100), failures}
+if failures < tonumber(ARGV[1]) then return {1, 0, failures, ever} end
+if redis.call('SET', KEYS[3], '1', 'PX', ARGV[2], 'NX') then return {1, 0, failures, ever} end
+return {0, math.max(redis.call('PTTL', KEYS[3]), 100), failures, ever}
+"""
+
+# KEYS: failures, open, probe, failed_ever. ARGV: threshold, cooldown (ms). Counts a failure
+# and, at the threshold, opens the breaker before the probe slot is freed, in one atomic step:
+# with the slot freed first (a failed probe), another worker could read "closed, threshold
+# reached, no probe" in between and send a second probe within the same cool-down. The
+# failures counted.
+_FAIL = """
+redis.call('INCR', KEYS[4])
+local failures = redis.call('INCR', KEYS[1])
+if failures >= tonumber(ARGV[1]) then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
+redis.call('DEL', KEYS[3])
+return failures
+"""
+
+# KEYS: failures, probe, open, failed_ever. ARGV: failures ever when the call was let through
+# (-1: unknown). Closes the breaker unless a failure was counted since; 1 if it did.
+_SUCCEED = """
+local ever = tonumber(redis.call('GET', KEYS[4]) or '0')
+if tonumber(ARGV[1]) >= 0 and ever ~= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return 1
 """
 
 
@@ -51,10 +89,6 @@ class CircuitBreaker:
         self._redis = redis
         self._threshold = threshold
         self._cooldown_ms = int(cooldown * 1000)
-        # The last read found no failure counted, no probe and the breaker closed: a success
-        # then has nothing to reset (one round trip less per task). A failure counted by
-        # another worker since is reset by the next success whose read sees it.
-        self._seen_clear = False
 
     async def before_call(self) -> Decision:
         """Whether to call the AI service now (one round trip). Never raises: a breaker whose
@@ -64,42 +98,57 @@ class CircuitBreaker:
         try:
             return await self._decide()
         except Exception as exc:
-            self._seen_clear = False
             BREAKER_UNREADABLE.inc()
             log.warning("circuit breaker unreadable (%r); calling the AI service", exc)
             return Decision(True)
 
     async def _decide(self) -> Decision:
         script = self._redis.eval(
-            _DECIDE, 3, OPEN, FAILURES, PROBE, str(self._threshold), str(self._cooldown_ms)
+            _DECIDE,
+            4,
+            OPEN,
+            FAILURES,
+            PROBE,
+            FAILED_EVER,
+            str(self._threshold),
+            str(self._cooldown_ms),
         )
-        allowed, retry_in_ms, failures = await cast(Awaitable[list[int]], script)
-        self._seen_clear = failures == 0
+        allowed, retry_in_ms, failures, ever = await cast(Awaitable[list[int]], script)
         # Every worker's gauge follows what it last read, whoever opened or closed it.
         if not allowed:
             CIRCUIT_OPEN.set(1)
         elif failures < self._threshold:
             CIRCUIT_OPEN.set(0)
-        return Decision(bool(allowed), 0.0 if allowed else int(retry_in_ms) / 1000)
+        if not allowed:
+            return Decision(False, int(retry_in_ms) / 1000)
+        return Decision(True, 0.0, int(failures), int(ever))
 
-    async def record_success(self) -> None:
-        """Close the breaker: failures, probe and open state cleared, unless the last read
-        found them clear already. Raises on a Redis error (the caller decides how hard to
-        try)."""
-        if self._seen_clear:
+    async def record_success(self, admitted: Decision) -> None:
+        """A call let through by `admitted` succeeded: close the breaker (failures, probe and
+        open state cleared) unless a failure was counted since the call was let through. No
+        round trip when nothing was counted then (anything counted since is not this call's
+        to reset). Raises on a Redis error (the caller decides how hard to try)."""
+        if admitted.failures == 0:
             return
-        await self._redis.delete(FAILURES, PROBE, OPEN)
-        self._seen_clear = True
-        CIRCUIT_OPEN.set(0)
+        script = self._redis.eval(
+            _SUCCEED, 4, FAILURES, PROBE, OPEN, FAILED_EVER, str(admitted.failed_ever)
+        )
+        if await cast(Awaitable[int], script):
+            CIRCUIT_OPEN.set(0)
 
     async def record_failure(self) -> None:
-        """Count a failure of the AI service; open the breaker at the threshold. Raises on a
-        Redis error."""
-        self._seen_clear = False
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(FAILURES)
-            pipe.delete(PROBE)
-            failures, _ = await pipe.execute()
+        """Count a failure of the AI service; open the breaker at the threshold, in the same
+        step as the probe slot is freed (one round trip). Raises on a Redis error."""
+        script = self._redis.eval(
+            _FAIL,
+            4,
+            FAILURES,
+            OPEN,
+            PROBE,
+            FAILED_EVER,
+            str(self._threshold),
+            str(self._cooldown_ms),
+        )
+        failures = await cast(Awaitable[int], script)
         if int(failures) >= self._threshold:
-            await self._redis.set(OPEN, "1", px=self._cooldown_ms)
             CIRCUIT_OPEN.set(1)

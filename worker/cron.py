@@ -21,6 +21,7 @@ from app.analysis.models import ACTIVE_STATUS_SQL
 from app.analysis.status import status_columns
 from app.liveness import Heartbeat
 from app.metrics import (
+    DEPENDENCY_RETRIES,
     LIVE_WORKERS,
     QUEUE_DEPTH,
     RECONCILE_REPAIRS,
@@ -28,6 +29,7 @@ from app.metrics import (
     WORKER_HEARTBEAT,
 )
 from worker.context import WorkerDeps, deps_of
+from worker.healing import redis_unreachable, unreachable_dependency
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,9 @@ MARK_ENQUEUED = text("UPDATE ai_analysis_tasks SET enqueued_at = now() WHERE tas
 
 async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
     """The outbox's other half: finish orphaned cancels, then enqueue every due row whose job
-    arq does not hold, urgent rows first.
+    arq does not hold, urgent rows first. A tick that meets PostgreSQL or Redis down is
+    logged and counted (vocalborn_worker_dependency_retries) and ends: the next tick is its
+    retry.
 
     Every due row is read from PostgreSQL a page at a time (keyset paging); their job ids
     (about 100 bytes a row) are then checked against arq in one Redis round trip and the
@@ -90,6 +94,18 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
     "enqueued": the jobs enqueued.
     """
     deps = deps_of(ctx)
+    try:
+        return await _reconcile(deps)
+    except Exception as exc:
+        dependency = unreachable_dependency(exc)
+        if dependency is None:
+            raise
+        DEPENDENCY_RETRIES.labels(dependency).inc()
+        log.warning("reconcile: %s does not answer (%r); next tick tries again", dependency, exc)
+        return {"due": 0, "enqueued": 0}
+
+
+async def _reconcile(deps: WorkerDeps) -> dict[str, int]:
     async with deps.engine.begin() as connection:
         cancelled = (await connection.execute(ORPHANED_CANCELS)).mappings().all()
     await deps.publisher.publish_rows(cancelled)
@@ -166,10 +182,14 @@ async def heartbeat_forever(deps: WorkerDeps, stop: asyncio.Event) -> None:
             beat = Heartbeat.now(deps.worker_name, started_at, deps.leases.in_flight, every)
             LIVE_WORKERS.set(await liveness.write(deps.arq, beat))
             WORKER_HEARTBEAT.labels(deps.worker_name).set(beat.at)
-        except Exception:
+        except Exception as exc:
             if stop.is_set():  # shutdown closed the connection under the beat
                 return
-            log.warning("heartbeat failed", exc_info=True)
+            if redis_unreachable(exc):  # an outage: one line a beat, counted
+                DEPENDENCY_RETRIES.labels("redis").inc()
+                log.warning("heartbeat: redis does not answer (%r)", exc)
+            else:
+                log.warning("heartbeat failed", exc_info=True)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(every):
                 await stop.wait()

@@ -1,4 +1,4 @@
-"""The arq worker: `arq worker.main.WorkerSettings`."""
+"""The arq worker's settings and hooks; `python -m worker` runs them (worker/healing.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from app.analysis.eta import Estimator
 from app.analysis.progress import Publisher, publish_settings
 from app.db import close_pg_pool, create_engine, create_pg_pool
 from app.logs import configure_logging
+from app.metrics import DEPENDENCY_RETRIES
 from app.redis_client import RedisTarget, failover_retry
 from app.settings import Settings, get_settings
 from worker.breaker import CircuitBreaker
@@ -81,6 +82,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["deps"] = deps
     ctx["heartbeat_stop"] = stop = asyncio.Event()
     ctx["heartbeat"] = asyncio.create_task(heartbeat_forever(deps, stop))
+    for dependency in ("redis", "postgresql"):  # exported at 0 from the start, for rate()
+        DEPENDENCY_RETRIES.labels(dependency)
     if settings.worker_metrics_port:
         prometheus_client.start_http_server(settings.worker_metrics_port)
 

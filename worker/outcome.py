@@ -23,6 +23,7 @@ from app.analysis import lifecycle, queue
 from app.analysis.lifecycle import Claim
 from app.analysis.status import Row
 from app.metrics import TASK_ERRORS, TASK_PROCESSING, TASK_RETRIES, TASKS_FINISHED
+from worker.breaker import Decision
 from worker.context import WorkerDeps
 from worker.durable import after_commit, durable
 from worker.retry import RETRY_BUDGETS, SERVICE_FAILURES
@@ -57,6 +58,9 @@ class Recorder:
         self.claimed = claimed
         self.lease_deadline = lease_deadline
         self._effects_deadline: float | None = None
+        # How the breaker let the AI call through (set by the attempt before the call): its
+        # success resets the breaker's count only if nothing was counted since.
+        self.admitted = Decision(True)
 
     @property
     def write_deadline(self) -> float:
@@ -73,7 +77,7 @@ class Recorder:
             return "stale: result discarded"
         TASKS_FINISHED.labels("success").inc()
         TASK_PROCESSING.observe((row["completed_at"] - row["started_at"]).total_seconds())
-        await self._after_commit("breaker", self.deps.breaker.record_success)
+        await self._after_commit("breaker", lambda: self.deps.breaker.record_success(self.admitted))
         await self._publish(row)
         return "success"
 
@@ -161,7 +165,9 @@ class Recorder:
                 defer_until=row["next_attempt_at"],
             ),
         )
-        return f"retry: {code}" if budget is not None else f"deferred: {code}"
+        # The error's own words in the worker's log line (for a deferral, the code says it).
+        said = f"retry: {code} ({message})" if budget is not None else f"deferred: {code}"
+        return said
 
     async def hand_back(self) -> str:
         """The job was cancelled by arq (an abort, the worker's shutdown, its timeout): the

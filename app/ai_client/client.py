@@ -54,7 +54,11 @@ class AIClient:
                 base_url=settings.ai_service_url,
                 headers=headers,
                 transport=transport,
-                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                limits=httpx.Limits(
+                    max_connections=size,
+                    max_keepalive_connections=size,
+                    keepalive_expiry=settings.ai_keepalive_seconds,
+                ),
                 timeout=httpx.Timeout(
                     settings.ai_deadline_seconds, connect=settings.ai_connect_timeout_seconds
                 ),

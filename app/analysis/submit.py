@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -115,11 +115,13 @@ EXISTING_FOR_SESSION_KEY = text(
 
 @dataclass(frozen=True, slots=True)
 class Submitter:
-    """What a submit needs beyond the database session."""
+    """What a submit needs beyond the database session. `after_commit`: a fault hook
+    (app/fault_hooks.py) called between the commit and the enqueue; None outside tests."""
 
     arq: ArqRedis
     estimator: Estimator
     publisher: Publisher
+    after_commit: Callable[[], None] | None = None
 
 
 async def submit_record(
@@ -231,6 +233,8 @@ def _values(user: Principal, parameters: AnalysisParameters, key: str | None) ->
 
 
 async def _enqueue(submitter: Submitter, rows: Sequence[Row]) -> list[SubmittedTask]:
+    if submitter.after_commit is not None:
+        submitter.after_commit()
     TASKS_SUBMITTED.inc(len(rows))
     positions = []
     try:  # one round trip per job: the enqueue script answers its rank too

@@ -37,6 +37,10 @@ class ApiError(Exception):
         return cls(response.status_code, code, message)
 
 
+# How long an idle connection to the API is reused at most.
+KEEPALIVE_SECONDS = 2.0
+
+
 class Api:
     """One client per command: `async with Api(url, token) as api: ...`."""
 
@@ -46,6 +50,9 @@ class Api:
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(timeout, connect=10.0),
+            # Below the API's idle timeout (uvicorn's 5 s, as httpx's own default): a command
+            # that polls never sends on a connection the API is closing at that moment.
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS),
         )
 
     async def __aenter__(self) -> Self:

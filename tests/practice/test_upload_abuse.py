@@ -2,7 +2,7 @@
 4xx in the one error shape (or, for a hostile file name, a server-generated key), and leaves
 no file, no object, no unfinished multipart upload and no database row.
 
-Prints one `FIGURE S5: ...` line per scenario and backend (run with -s to see them)."""
+Records one figure per scenario and backend for tests/reliability/REPORT.md (`-s` shows them)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ from app.main import create_app
 from tests.audio import make_wav
 from tests.conftest import ApiUser
 from tests.practice.conftest import Backend
+from tests.reliability.report import current_test, record_figure
 from tests.servers import UvicornThread
+
+pytestmark = pytest.mark.scenario("S5")
 
 BOUNDARY = "s5boundary"
 MiB = 1024 * 1024
@@ -68,9 +71,11 @@ async def _refused(
         f"/api/v1/practice/sessions/{session_id}/records", content=content, headers=_headers(alice)
     )
     leftovers, rows = await backend.settles_to([]), await _rows(engine)
-    print(
-        f"FIGURE S5: upload, {scenario} [{backend.name}] -> {response.status_code} "
-        f"{response.json()['error']['code']}; left in storage {len(leftovers)}, rows {rows}"
+    record_figure(
+        "S5",
+        f"upload, {scenario} [{backend.name}] -> {response.status_code} "
+        f"{response.json()['error']['code']}; left in storage {len(leftovers)}, rows {rows}",
+        part=current_test(),
     )
     assert (response.status_code, response.json()["error"]["code"]) == (status, code)
     assert set(response.json()["error"]) >= {"code", "message"}
@@ -197,9 +202,11 @@ async def test_hostile_file_names_get_a_server_key(
     async with engine.connect() as connection:
         key = await connection.scalar(text("SELECT audio_storage_key FROM practice_records"))
     leftovers = await backend.settles_to([key])
-    print(
-        f"FIGURE S5: upload, file name {disposition.split('; ', 1)[1]!r} [{backend.name}] -> "
-        f"{response.status_code}, server key {key}"
+    record_figure(
+        "S5",
+        f"upload, file name {disposition.split('; ', 1)[1]!r} [{backend.name}] -> "
+        f"{response.status_code}, server key {key}",
+        part=current_test(),
     )
     assert leftovers == [key]
     assert key.startswith(f"recordings/{alice.user_id}/") and key.endswith(".wav")
@@ -233,9 +240,11 @@ async def test_a_dropped_upload_leaves_nothing(
     finally:
         server.stop()
     rows = await _rows(engine)
-    print(
-        f"FIGURE S5: upload, client gone after 20 MiB of 40 [{backend.name}] -> "
-        f"left in storage {len(leftovers)}, rows {rows}"
+    record_figure(
+        "S5",
+        f"upload, client gone after 20 MiB of 40 [{backend.name}] -> "
+        f"left in storage {len(leftovers)}, rows {rows}",
+        part=current_test(),
     )
     assert leftovers == [] and rows == 0
 

@@ -1,13 +1,17 @@
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.settings import Settings
 from tests.analysis.conftest import fake_ai, fake_ai_server, start_worker, worker_settings
+from tests.fake_ai import FakeAI
+from tests.reliability.system import System
 from tests.sentinel_cluster import SentinelCluster
 
-__all__ = ["fake_ai", "fake_ai_server", "start_worker", "worker_settings"]
+__all__ = ["fake_ai", "fake_ai_server", "start_worker", "system", "worker_settings"]
 
 ACL_USER = "vocalborn-app"
 
@@ -26,3 +30,16 @@ def sentinel_cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+async def system(
+    settings: Settings, engine: AsyncEngine, fake_ai: FakeAI, clean: None, tmp_path: Path
+) -> AsyncIterator[System]:
+    """The service as processes (tests/reliability/system.py) on the session's PostgreSQL
+    and Redis, with the fake AI service; every process stopped by PID afterwards."""
+    running = System(settings, engine, tmp_path, fake_ai)
+    try:
+        yield running
+    finally:
+        await running.close()

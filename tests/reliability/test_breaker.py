@@ -1,5 +1,6 @@
-"""The circuit breaker on a real Redis: one round trip to decide, a success resets only what a
-read found counted, and failures counted by any worker open it."""
+"""The circuit breaker on a real Redis: one round trip to decide, failures counted by any worker
+open it, and a success resets the count only if no failure was counted since its call was let
+through."""
 
 from __future__ import annotations
 
@@ -10,24 +11,38 @@ from tests.analysis.test_enqueue_script import _calls
 from worker.breaker import FAILURES, OPEN, CircuitBreaker
 
 
-async def test_a_success_resets_what_any_worker_counted_and_nothing_more(
+async def test_a_success_resets_what_was_counted_before_its_call_and_nothing_more(
     redis: Redis, clean: None
 ) -> None:
     ours, theirs = CircuitBreaker(redis, 3, 60.0), CircuitBreaker(redis, 3, 60.0)
     calls = await _calls(redis, "eval")
-    assert (await ours.before_call()).allowed
+    clear = await ours.before_call()
+    assert clear.allowed
     assert await _calls(redis, "eval") - calls == 1  # one round trip
-    deletes = await _calls(redis, "del")
-    await ours.record_success()
-    assert await _calls(redis, "del") == deletes  # nothing was counted: nothing to reset
+    evals = await _calls(redis, "eval")
+    await ours.record_success(clear)
+    assert await _calls(redis, "eval") == evals  # nothing was counted: nothing to reset
 
+    # A call let through before a failure ends well after it: the failure stays counted (the
+    # call says nothing about the service since).
     await theirs.record_failure()
-    assert (await ours.before_call()).allowed  # 1 of 3
-    await ours.record_success()
-    assert await redis.get(FAILURES) is None  # the count this read saw is reset
+    await ours.record_success(clear)
+    assert await redis.get(FAILURES) == b"1"
 
-    for _ in range(3):
-        await theirs.record_failure()
+    # A call let through after the failure, with none counted since, resets it.
+    after = await ours.before_call()
+    assert after.allowed and after.failures == 1
+    await ours.record_success(after)
+    assert await redis.get(FAILURES) is None
+
+    # One let through at 1 failure, a second counted meanwhile: it resets nothing.
+    await theirs.record_failure()
+    meanwhile = await ours.before_call()
+    await theirs.record_failure()
+    await ours.record_success(meanwhile)
+    assert await redis.get(FAILURES) == b"2"
+
+    await theirs.record_failure()  # the third: open, for every worker
     decision = await ours.before_call()
     assert not decision.allowed and 0 < decision.retry_in <= 60
     assert await redis.exists(OPEN)
@@ -36,6 +51,20 @@ async def test_a_success_resets_what_any_worker_counted_and_nothing_more(
     await redis.delete(OPEN, FAILURES)  # closed elsewhere (a probe's success on their side)
     assert (await ours.before_call()).allowed
     assert _circuit_open() == 0  # the alert clears on every worker
+
+
+async def test_the_probe_success_closes_the_breaker(redis: Redis, clean: None) -> None:
+    breaker = CircuitBreaker(redis, 2, 0.2)
+    for _ in range(2):
+        await breaker.record_failure()
+    assert not (await breaker.before_call()).allowed
+    await redis.delete(OPEN)  # the cool-down is over
+    probe = await breaker.before_call()
+    assert probe.allowed
+    assert not (await breaker.before_call()).allowed  # one probe at a time
+    await breaker.record_success(probe)
+    assert not await redis.exists(OPEN) and await redis.get(FAILURES) is None
+    assert (await breaker.before_call()).allowed
 
 
 def _circuit_open() -> float | None:

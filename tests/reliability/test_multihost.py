@@ -1,5 +1,5 @@
 """Issue 12's multi-host acceptance: the API (`uvicorn app.main:create_app --factory`) and two
-workers (`arq worker.main.WorkerSettings`) run as separate processes, each in a working
+workers (`python -m worker`) run as separate processes, each in a working
 directory of its own with a STORAGE_DIR of its own that stays empty: recordings live in S3 (a
 real SeaweedFS), and every Redis connection goes through Sentinel (tests/sentinel_cluster.py:
 one master, one replica, three Sentinels, real redis-server processes). The AI service is the

@@ -1,5 +1,6 @@
-"""A real worker process, `arq worker.main.WorkerSettings`, as deployments run it: for the
-tests that kill or stop one through the operating system's signals."""
+"""A real worker process, `python -m worker` (arq's Worker, healing from Redis outages:
+worker/healing.py), as deployments run it: for the tests that kill or stop one through the
+operating system's signals."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from app.settings import Settings
 from tests.analysis.conftest import FAST
 
-ARQ = Path(sys.executable).parent / "arq"
+WORKER_ARGV = [sys.executable, "-m", "worker"]
 
 
 def worker_env(settings: Settings, **overrides: str) -> dict[str, str]:
@@ -37,22 +38,24 @@ def worker_env(settings: Settings, **overrides: str) -> dict[str, str]:
     )
 
 
-class WorkerProcess:
-    """One `arq worker.main.WorkerSettings` process; its output goes to a file."""
+class ChildProcess:
+    """One process of the service started by a test; its output goes to a file. Stopped by
+    its PID (`kill`), never by name."""
 
     def __init__(self, process: asyncio.subprocess.Process, log: Path) -> None:
         self.process = process
         self.log = log
 
     @classmethod
-    async def start(cls, env: dict[str, str], directory: Path) -> WorkerProcess:
-        """Started in `directory` (so no stray .env is read), output in WORKER_NAME.log."""
-        log = directory / f"{env.get('WORKER_NAME', 'worker')}.log"
+    async def spawn(
+        cls, argv: list[str], env: dict[str, str], directory: Path, name: str
+    ) -> ChildProcess:
+        """`argv` started in `directory` (so no stray .env is read), output in `name`.log."""
+        log = directory / f"{name}.log"
         with log.open("wb") as output:
             process = await asyncio.create_subprocess_exec(
-                str(ARQ), "worker.main.WorkerSettings",
-                cwd=directory, env=env, stdout=output, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                *argv, cwd=directory, env=env, stdout=output, stderr=subprocess.STDOUT
+            )
         return cls(process, log)
 
     @property
@@ -75,7 +78,7 @@ class WorkerProcess:
             return await asyncio.wait_for(self.process.wait(), within)
         except TimeoutError:
             raise AssertionError(
-                f"worker {self.pid} still running after {within} s:\n{self.output()}"
+                f"process {self.pid} still running after {within} s:\n{self.output()}"
             ) from None
 
     async def kill(self) -> None:
@@ -83,3 +86,14 @@ class WorkerProcess:
         if self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
+
+
+class WorkerProcess(ChildProcess):
+    """One `python -m worker` process."""
+
+    @classmethod
+    async def start(cls, env: dict[str, str], directory: Path) -> WorkerProcess:
+        """Started in `directory` (so no stray .env is read), output in WORKER_NAME.log."""
+        name = env.get("WORKER_NAME", "worker")
+        child = await cls.spawn(WORKER_ARGV, env, directory, name)
+        return cls(child.process, child.log)

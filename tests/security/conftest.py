@@ -9,6 +9,7 @@ from app.users.models import Role
 from tests.analysis.conftest import fake_ai, fake_ai_server, start_worker, worker_settings
 from tests.conftest import ApiUser, MakeUser
 from tests.events.conftest import live_settings, start_live_api
+from tests.reliability.report import current_test, record_figure
 
 __all__ = [
     "fake_ai",
@@ -21,9 +22,9 @@ __all__ = [
 
 
 def figure(sid: str, text: str) -> None:
-    """One scenario's figure, printed as `FIGURE S<n>: <text>` (read with `pytest -s`, or from
-    the captured output of a failed run); the lead wires it to tests/reliability/report.py."""
-    print(f"\nFIGURE {sid}: {text}", flush=True)  # own line, after pytest's progress dots
+    """One scenario's figure for tests/reliability/REPORT.md (`record_figure`: printed, and
+    appended to the figures file), one row per test: the part is the running test's id."""
+    record_figure(sid, text, part=current_test())
 
 
 @pytest.fixture

@@ -31,6 +31,8 @@ from tests.conftest import ApiUser
 from tests.events.conftest import StartApi
 from tests.security.conftest import figure
 
+pytestmark = pytest.mark.scenario("S1")
+
 MAX_EXAMPLES = 50
 CHECKS = [
     not_a_server_error,

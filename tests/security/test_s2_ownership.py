@@ -7,12 +7,15 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.analysis.conftest import submit, upload_recording
 from tests.conftest import ApiUser
 from tests.security.conftest import figure
+
+pytestmark = pytest.mark.scenario("S2")
 
 # Set per response (a request id, the time): the only headers allowed to differ.
 PER_RESPONSE_HEADERS = {"date", "x-request-id"}

@@ -10,10 +10,13 @@ import re
 import uuid
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from tests.conftest import ApiUser
 from tests.security.conftest import figure
+
+pytestmark = pytest.mark.scenario("S3")
 
 ADMIN_PREFIX = "/api/v1/admin"
 METHODS = {"get", "post", "put", "patch", "delete"}

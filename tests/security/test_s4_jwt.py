@@ -27,6 +27,8 @@ from app.settings import Settings
 from tests.conftest import ApiUser
 from tests.security.conftest import figure
 
+pytestmark = pytest.mark.scenario("S4")
+
 AUDIENCE = "vocalborn-api"
 ISSUER = "https://auth.example.test"
 PATH = "/api/v1/practice/sessions"

@@ -32,6 +32,8 @@ from tests.events.conftest import StartApi, read_events
 from tests.faults import IN_ATTEMPT, Fault, FaultPlan
 from tests.security.conftest import figure
 
+pytestmark = pytest.mark.scenario("S6")
+
 RATE = 3
 
 

@@ -23,6 +23,8 @@ from tests.analysis.conftest import StartWorker, new_task, wait_for
 from tests.conftest import ApiUser
 from tests.security.conftest import figure
 
+pytestmark = pytest.mark.scenario("S7")
+
 
 class Exploit:
     """Unpickling this creates `marker`: what an unpickling worker would run."""

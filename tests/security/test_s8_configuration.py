@@ -22,6 +22,8 @@ from app.settings import ENV_EXAMPLE_JWT_SECRET, Settings
 from tests.analysis.conftest import wait_for
 from tests.security.conftest import figure
 
+pytestmark = pytest.mark.scenario("S8")
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}

@@ -1,0 +1,185 @@
+"""A worker process (`python -m worker`, as deployed) survives a Redis outage: Redis killed and
+started again, empty, on the same port. arq's own Worker ended its loop at the first failed
+poll and exited (issue 11); the healing worker retries with backoff, logs and counts it, and
+takes the tasks submitted during and after the outage."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from app.analysis import queue
+from app.embedded import EmbeddedRedis, free_port
+from app.main import create_app
+from app.settings import Settings
+from tests.analysis.conftest import new_task, wait_for, wait_for_status
+from tests.conftest import ApiUser
+from tests.fake_ai import FakeAI
+from tests.reliability.worker_process import WorkerProcess, worker_env
+from worker.healing import HealingWorker
+from worker.main import worker_options
+
+
+async def stop_worker_process(worker: WorkerProcess) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 15 s."""
+    if worker.returncode is None:
+        worker.send(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(worker.process.wait(), 15)
+        except TimeoutError:
+            await worker.kill()
+
+
+def metric(port: int, name: str, labels: str) -> float:
+    """One sample of the worker's metrics (0 when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{labels}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def api(
+    worker_settings: Settings, own_redis: EmbeddedRedis, clean: None
+) -> AsyncIterator[httpx.AsyncClient]:
+    application = create_app(worker_settings.model_copy(update={"redis_url": own_redis.url}))
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield http
+
+
+def kill_redis(server: EmbeddedRedis) -> None:
+    """SIGKILL by PID, as an OOM kill or a crash would end it."""
+    assert server.process is not None
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait()
+    server.process = None
+
+
+async def test_worker_survives_redis_killed_and_restarted_empty(
+    api: httpx.AsyncClient,
+    alice: ApiUser,
+    fake_ai: FakeAI,
+    worker_settings: Settings,
+    own_redis: EmbeddedRedis,
+    tmp_path: Path,
+) -> None:
+    metrics_port = free_port()
+    env = worker_env(
+        worker_settings,
+        REDIS_URL=own_redis.url,
+        WORKER_NAME="healing-worker",
+        WORKER_METRICS_PORT=str(metrics_port),
+    )
+    worker = await WorkerProcess.start(env, tmp_path)  # python -m worker
+    try:
+        before = await new_task(api, alice)
+        assert (await wait_for_status(api, alice, before))["status"] == "success"
+
+        kill_redis(own_redis)
+
+        def polls_failed(count: int) -> Callable[[], Awaitable[bool]]:
+            async def condition() -> bool:
+                assert worker.returncode is None, f"the worker exited:\n{worker.output()}"
+                return worker.output().count("queue poll: redis does not answer") >= count
+
+            return condition
+
+        await wait_for(polls_failed(1), within=20)
+        during = await new_task(api, alice)  # 202: the row is the outbox
+        await wait_for(polls_failed(5), within=20)  # an outage of several backoff rounds
+
+        own_redis.start()  # the same port, empty: every queued job is gone
+        after = await new_task(api, alice)
+        for task_id in (during, after):
+            final = await wait_for_status(api, alice, task_id, within=30)
+            assert final["status"] == "success", (final, worker.output())
+            assert final["worker_name"] == "healing-worker"
+        assert worker.returncode is None, worker.output()
+        assert "queue poll: redis answers again" in worker.output()
+        retries = metric(
+            metrics_port, "vocalborn_worker_dependency_retries_total", 'dependency="redis"'
+        )
+        assert retries >= 1
+        print(f"\nRedis killed and restarted: {retries:g} polls retried, the worker never exited")
+    finally:
+        await stop_worker_process(worker)
+    assert worker.returncode == 0, worker.output()
+
+
+async def test_a_claim_whose_pipeline_fails_gives_its_job_slot_back(
+    worker_settings: Settings,
+) -> None:
+    """arq takes a slot (semaphore and job counter) before the claim's WATCH pipeline and kept
+    it when that pipeline raised: after max_jobs such failures a worker never took a job
+    again. Redis here: a port nobody listens on, as while it is down."""
+    down = worker_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    options = worker_options(down) | {"max_jobs": 2, "handle_signals": False}
+    worker = HealingWorker(**options, redis_pool=queue.connect(down.redis_url))
+    try:
+        for _ in range(3):
+            with pytest.raises(RedisConnectionError):  # not a wait for a slot never freed
+                await asyncio.wait_for(worker.start_jobs([b"some-job"]), 10)
+        assert worker.job_counter == 0
+        assert not worker.sem.locked()  # both slots free
+    finally:
+        await worker.pool.aclose()
+
+
+async def test_worker_started_before_redis_waits_for_it_and_stops_cleanly_while_it_is_down(
+    api: httpx.AsyncClient,
+    alice: ApiUser,
+    fake_ai: FakeAI,
+    worker_settings: Settings,
+    own_redis: EmbeddedRedis,
+    tmp_path: Path,
+) -> None:
+    kill_redis(own_redis)  # down before the worker starts (arq tried once, then exited)
+    env = worker_env(worker_settings, REDIS_URL=own_redis.url, WORKER_NAME="early-worker")
+    worker = await WorkerProcess.start(env, tmp_path)
+    try:
+
+        async def waiting() -> bool:
+            assert worker.returncode is None, f"the worker exited:\n{worker.output()}"
+            return "worker start: redis does not answer" in worker.output()
+
+        await wait_for(waiting, within=30)
+        own_redis.start()
+        task_id = await new_task(api, alice)
+        final = await wait_for_status(api, alice, task_id, within=30)
+        assert (final["status"], final["worker_name"]) == ("success", "early-worker")
+
+        kill_redis(own_redis)  # and a stop while Redis is down still shuts down in order
+        await wait_for(waiting_poll(worker), within=30)
+        worker.send(signal.SIGTERM)
+        code = await worker.wait(within=20)
+    finally:
+        await stop_worker_process(worker)
+    assert code == 0, worker.output()
+    assert "worker stop: redis does not answer" in worker.output()
+    assert "Traceback" not in worker.output(), worker.output()
+
+
+def waiting_poll(worker: WorkerProcess) -> Callable[[], Awaitable[bool]]:
+    async def condition() -> bool:
+        assert worker.returncode is None, f"the worker exited:\n{worker.output()}"
+        return "queue poll: redis does not answer" in worker.output()
+
+    return condition

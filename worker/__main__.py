@@ -1,0 +1,22 @@
+"""`python -m worker`: one worker process (`worker.healing.HealingWorker` on
+`worker.main.WorkerSettings`), until SIGTERM or SIGINT (it then stops taking jobs and lets
+running ones finish within WORKER_SHUTDOWN_GRACE_SECONDS)."""
+
+from __future__ import annotations
+
+import logging.config
+
+from arq.logs import default_log_config
+
+from app.settings import get_settings
+from worker.healing import HealingWorker
+from worker.main import worker_options
+
+
+def main() -> None:
+    logging.config.dictConfig(default_log_config(verbose=False))
+    HealingWorker(**worker_options(get_settings())).run()
+
+
+if __name__ == "__main__":
+    main()
