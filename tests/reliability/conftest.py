@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.embedded import EmbeddedRedis
 from app.settings import Settings
 from tests.analysis.conftest import fake_ai, fake_ai_server, start_worker, worker_settings
 from tests.fake_ai import FakeAI
@@ -14,6 +15,14 @@ from tests.sentinel_cluster import SentinelCluster
 __all__ = ["fake_ai", "fake_ai_server", "start_worker", "system", "worker_settings"]
 
 ACL_USER = "vocalborn-app"
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A Redis server of the test's own, to kill and restart (the session's is shared)."""
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

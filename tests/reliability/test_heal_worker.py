@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -45,13 +45,6 @@ def metric(port: int, name: str, labels: str) -> float:
         if line.startswith(f"{name}{{{labels}}} "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
