@@ -203,9 +203,9 @@ class System:
                 )
         return True
 
-    def wait(self) -> None:
-        """Until Ctrl-C / SIGTERM, or until a child exits too often; children that exit
-        are restarted meanwhile."""
+    def wait(self) -> bool:
+        """Until Ctrl-C / SIGTERM (True), or until a child exits too often (False); children
+        that exit are restarted meanwhile."""
         stop = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -215,7 +215,8 @@ class System:
         signal.signal(signal.SIGTERM, on_signal)
         while not stop.wait(SUPERVISE_TICK_SECONDS):
             if not self.supervise(time.monotonic()):
-                return
+                return False
+        return True
 
 
 def _banner(port: int, token: str, link_token: str, system: System) -> str:
@@ -232,18 +233,35 @@ export TOKEN={token}
 """.lstrip()
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def run(port: int, data_dir: str) -> int:
+    """The whole system until Ctrl-C or SIGTERM (0), or until a child exits too often (1);
+    everything started is stopped on every path, a signal during start-up included."""
     data = Path(data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     system = System(port, data)
+    # Until wait() takes them over: a SIGTERM while the servers and children start (up to a
+    # minute each) would otherwise end the launcher without its `finally`, leaving them all.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    code = 0
     try:
         system.start_servers()
         token, link_token = system.prepare()
         system.start_children()
         print(_banner(port, token, link_token, system), flush=True)
-        system.wait()
+        if not system.wait():
+            code = 1
+    except KeyboardInterrupt:
+        pass
     finally:
+        # A second Ctrl-C must not cut the stop short (it is bounded by the children's grace).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("vocalborn: stopping", flush=True)
         system.stop()
     print("vocalborn: stopped", flush=True)
-    return 0
+    return code

@@ -134,6 +134,8 @@ class Settings(BaseSettings):
     max_deferrals: int = Field(20, ge=0)
     breaker_failure_threshold: int = Field(5, ge=1)
     breaker_cooldown_seconds: float = Field(30.0, gt=0)
+    # Failures count towards the threshold while each comes within this long of the last.
+    breaker_failure_window_seconds: float = Field(60.0, gt=0)
     worker_max_jobs: int = Field(50, ge=1)
     worker_poll_delay_seconds: float = Field(0.2, gt=0)
     worker_name: str | None = None

@@ -9,7 +9,9 @@ TTL): no worker calls, jobs are deferred. When the key expires, one worker wins 
 since that call was let through (a total of failures, never reset, tells). A call admitted
 before an outage that ends well during it (an analysis can last minutes) says nothing about
 the service now: it no longer resets the failures of the calls that met the outage, which
-kept the breaker closed while they piled up.
+kept the breaker closed while they piled up. And the count lasts `breaker_failure_window_seconds`
+after the last failure: calls that end well are not always there to reset it (a success admitted
+at no failures does not look), and sporadic failures minutes apart are no outage.
 
 Hand-written (about 70 lines) because the maintained breakers (pybreaker, aiobreaker) keep
 their state in process memory or in a synchronous Redis client.
@@ -61,14 +63,15 @@ if redis.call('SET', KEYS[3], '1', 'PX', ARGV[2], 'NX') then return {1, 0, failu
 return {0, math.max(redis.call('PTTL', KEYS[3]), 100), failures, ever}
 """
 
-# KEYS: failures, open, probe, failed_ever. ARGV: threshold, cooldown (ms). Counts a failure
-# and, at the threshold, opens the breaker before the probe slot is freed, in one atomic step:
-# with the slot freed first (a failed probe), another worker could read "closed, threshold
-# reached, no probe" in between and send a second probe within the same cool-down. The
-# failures counted.
+# KEYS: failures, open, probe, failed_ever. ARGV: threshold, cooldown (ms), window (ms).
+# Counts a failure (the count expires a window after it) and, at the threshold, opens the
+# breaker before the probe slot is freed, in one atomic step: with the slot freed first (a
+# failed probe), another worker could read "closed, threshold reached, no probe" in between
+# and send a second probe within the same cool-down. The failures counted.
 _FAIL = """
 redis.call('INCR', KEYS[4])
 local failures = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 if failures >= tonumber(ARGV[1]) then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
 redis.call('DEL', KEYS[3])
 return failures
@@ -85,10 +88,13 @@ return 1
 
 
 class CircuitBreaker:
-    def __init__(self, redis: Redis, threshold: int, cooldown: float) -> None:
+    def __init__(self, redis: Redis, threshold: int, cooldown: float, window: float = 60.0) -> None:
+        """`threshold` failures, each within `window` seconds of the next, open the breaker for
+        `cooldown` seconds."""
         self._redis = redis
         self._threshold = threshold
         self._cooldown_ms = int(cooldown * 1000)
+        self._window_ms = int(window * 1000)
 
     async def before_call(self) -> Decision:
         """Whether to call the AI service now (one round trip). Never raises: a breaker whose
@@ -148,6 +154,7 @@ class CircuitBreaker:
             FAILED_EVER,
             str(self._threshold),
             str(self._cooldown_ms),
+            str(self._window_ms),
         )
         failures = await cast(Awaitable[int], script)
         if int(failures) >= self._threshold:

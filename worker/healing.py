@@ -9,30 +9,37 @@ changes, each at one of arq's own methods:
   fails because Redis does not answer is tried again with exponential backoff and full jitter,
   for as long as it takes, each failure logged and counted
   (`vocalborn_worker_dependency_retries{dependency="redis"}`); one recovery line when it
-  succeeds again. The jobs it holds run on meanwhile.
-- `start_jobs` gives back the slot of a job whose claim pipeline failed.
-- the connection to Redis at start is waited for the same way (arq tries it once here), and a
-  stop while Redis is down still runs on_shutdown (arq's close gave up at its first Redis
-  command, before it).
+  succeeds again. The jobs it holds run on meanwhile, and each try forgets those that have
+  finished, so that a stop during an outage waits only for the running ones.
+- `start_jobs` gives a job's slot back exactly once on every path (arq kept the slot of a
+  claim whose pipeline failed, and after max_jobs such failures never took a job again).
+- at start, Redis is waited for the same way (arq tries once), and a stop runs on_shutdown
+  before its best-effort, bounded delete of the health key (arq deleted the key first: with
+  Redis down that failure skipped on_shutdown, or its retries outlasted the stop's grace).
 
 PostgreSQL is not on the poll's path: a task's writes are retried by `durable()`, the
 reconciler's tick counts and logs its own failure (worker/cron.py), the pg pool connects
 lazily. Retrying is tenacity's, as in worker/durable.py.
 
-Run it with `python -m worker` (worker/__main__.py); `arq --check worker.main.WorkerSettings`
-still reads its health key.
+Run it with `python -m worker` (worker/__main__.py); its liveness is `vocalborn worker-check`
+(the heartbeat key, app/liveness.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from arq.connections import create_pool
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
@@ -49,6 +56,8 @@ T = TypeVar("T")
 # an outage of any length.
 BACKOFF_FIRST_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 5.0
+# How long a stop tries to delete arq's health key (it expires by itself).
+HEALTH_KEY_DELETE_SECONDS = 1.0
 
 
 def redis_unreachable(exc: BaseException) -> bool:
@@ -106,6 +115,9 @@ class HealingWorker(Worker):
     """arq's Worker that survives a Redis outage of any length (see the module's doc)."""
 
     async def main(self) -> None:
+        """arq's main once Redis answers: its pool is created here unless given (arq tries
+        once), and a given pool is PINGed until it answers (arq's first command at start,
+        its server INFO, is not retried)."""
         if self._pool is None:
             self._pool = await until_redis_answers(
                 "worker start",
@@ -117,44 +129,88 @@ class HealingWorker(Worker):
                     expires_extra_ms=self.expires_extra_ms,
                 ),
             )
+        pool = self._pool
+        await until_redis_answers("worker start", pool.ping)
         await super().main()
 
     async def _poll_iteration(self) -> None:
-        await until_redis_answers("queue poll", super()._poll_iteration)
+        """arq's poll, tried again while Redis does not answer. Each try first forgets the
+        jobs that have finished (arq does it only after its first Redis command), so that a
+        stop during an outage waits only for the jobs still running."""
+        await until_redis_answers("queue poll", self._reap_then_poll)
+
+    async def _reap_then_poll(self) -> None:
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # as arq: an error of run_job itself is raised
+        await super()._poll_iteration()
 
     async def close(self) -> None:
-        original = self.on_shutdown
-        shut_down = False
-
-        async def on_shutdown(ctx: dict[str, Any]) -> None:
-            nonlocal shut_down
-            shut_down = True
-            if original is not None:
-                await original(ctx)
-
-        self.on_shutdown = on_shutdown
+        """arq's close with on_shutdown before the health key's delete, and that delete
+        best-effort (HEALTH_KEY_DELETE_SECONDS at most; the key expires by itself): arq deleted
+        it first, and with Redis down its failure skipped on_shutdown (the leases, the pools),
+        or its retries outlasted the stop's grace."""
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values())
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
         try:
-            await super().close()
+            async with asyncio.timeout(HEALTH_KEY_DELETE_SECONDS):
+                await self.pool.delete(self.health_check_key)
         except Exception as exc:
-            # arq's close waits for the jobs, deletes its health key, runs on_shutdown, closes
-            # its pool: with Redis down the first failure skipped the rest.
-            if shut_down or self._pool is None or not redis_unreachable(exc):
-                raise
-            log.warning("worker stop: redis does not answer (%r); its health key expires", exc)
-            await on_shutdown(self.ctx)
-            with contextlib.suppress(Exception):
-                await self._pool.aclose()
-            self._pool = None
-        finally:
-            self.on_shutdown = original
+            log.warning("worker stop: health key not deleted (%r); it expires", exc)
+        with contextlib.suppress(Exception):
+            await self.pool.aclose(close_connection_pool=True)
+        self._pool = None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        # arq takes a slot (its semaphore and job counter) before the claim's pipeline and
-        # gives it back on every path but an exception from that pipeline: one at a time, so
-        # that an exception means exactly one slot to give back.
-        for job_id in job_ids:
+        """arq's start_jobs (arq 0.26), whose slot (its semaphore and job counter) is given
+        back exactly once on every path: arq gives it back on each of its own paths but an
+        exception from the claim's pipeline, and an exception after its own give-back (the
+        pipeline's UNWATCH timing out) must not give it back twice."""
+        for job_id_b in job_ids:
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return None
+            self.job_counter = self.job_counter + 1
+            held = True
+
+            def give_back() -> None:
+                nonlocal held
+                if held:
+                    held = False
+                    self.job_counter = self.job_counter - 1
+                    self.sem.release()
+
+            job_id = job_id_b.decode()
+            in_progress_key = in_progress_key_prefix + job_id
             try:
-                await super().start_jobs([job_id])
-            except Exception:
-                self._release_sem_dec_counter_on_complete()
+                async with self.pool.pipeline(transaction=True) as pipe:
+                    await pipe.watch(in_progress_key)
+                    ongoing_exists = await pipe.exists(in_progress_key)
+                    score = await pipe.zscore(self.queue_name, job_id)
+                    if ongoing_exists or not score or score > timestamp_ms():
+                        # started elsewhere, finished, or re-enqueued with a delay
+                        give_back()
+                        continue
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.psetex(in_progress_key, int(self.in_progress_timeout_s * 1000), b"1")
+                    try:
+                        await pipe.execute()
+                    except (ResponseError, WatchError):
+                        give_back()  # started elsewhere since the check
+                    else:
+                        task = self.loop.create_task(self.run_job(job_id, int(score)))
+                        held = False  # the task's completion gives it back, as in arq
+                        task.add_done_callback(
+                            lambda _: self._release_sem_dec_counter_on_complete()
+                        )
+                        self.tasks[job_id] = task
+            except BaseException:
+                give_back()
                 raise

@@ -71,7 +71,10 @@ async def startup(ctx: dict[str, Any]) -> None:
         storage=storage.from_settings(settings),
         ai=AIClient(settings, transport=ctx.get("ai_transport")),
         breaker=CircuitBreaker(
-            arq, settings.breaker_failure_threshold, settings.breaker_cooldown_seconds
+            arq,
+            settings.breaker_failure_threshold,
+            settings.breaker_cooldown_seconds,
+            settings.breaker_failure_window_seconds,
         ),
         policy=RetryPolicy(settings),
         publisher=Publisher(arq, estimator, publish_settings(settings)),

@@ -4,6 +4,8 @@ through."""
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
@@ -69,3 +71,28 @@ async def test_the_probe_success_closes_the_breaker(redis: Redis, clean: None) -
 
 def _circuit_open() -> float | None:
     return REGISTRY.get_sample_value("vocalborn_ai_circuit_open")
+
+
+async def test_failures_further_apart_than_the_window_never_open_it(
+    redis: Redis, clean: None
+) -> None:
+    """Sporadic failures (each outliving the window) do not add up to an outage, though no
+    success was there to reset them; failures within the window still open it."""
+    sporadic = CircuitBreaker(redis, 2, 60.0, window=0.05)
+    await sporadic.record_failure()
+    assert 0 < await redis.pttl(FAILURES) <= 50
+    await _until_gone(redis, FAILURES)
+    await sporadic.record_failure()
+    assert await redis.get(FAILURES) == b"1" and not await redis.exists(OPEN)
+
+    close_together = CircuitBreaker(redis, 2, 60.0, window=60.0)
+    await close_together.record_failure()
+    assert await redis.exists(OPEN)
+
+
+async def _until_gone(redis: Redis, key: str) -> None:
+    """Poll until `key` has expired (Redis expires it; no fixed sleep)."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while await redis.exists(key):
+        assert asyncio.get_running_loop().time() < deadline, f"{key} never expired"
+        await asyncio.sleep(0.01)
