@@ -10,11 +10,17 @@ import signal
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from arq.constants import in_progress_key_prefix
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app import redis_client
 from app.analysis import queue
 from app.embedded import EmbeddedRedis, free_port
 from app.main import create_app
@@ -125,13 +131,51 @@ async def test_a_claim_whose_pipeline_fails_gives_its_job_slot_back(
     again. Redis here: a port nobody listens on, as while it is down."""
     down = worker_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     options = worker_options(down) | {"max_jobs": 2, "handle_signals": False}
-    worker = HealingWorker(**options, redis_pool=queue.connect(down.redis_url))
+    options["redis_pool"] = redis_client.connect(down.redis_url)  # no retries: fail at once
+    worker = HealingWorker(**options)
     try:
         for _ in range(3):
             with pytest.raises(RedisConnectionError):  # not a wait for a slot never freed
                 await asyncio.wait_for(worker.start_jobs([b"some-job"]), 10)
         assert worker.job_counter == 0
         assert not worker.sem.locked()  # both slots free
+    finally:
+        await worker.pool.aclose()
+
+
+class UnwatchTimesOut(Connection):
+    """A connection whose UNWATCH is not answered in time (redis' TimeoutError, which the
+    pipeline's reset does not catch, unlike ConnectionError)."""
+
+    async def send_command(self, *args: Any, **kwargs: Any) -> None:
+        if args and str(args[0]).upper() == "UNWATCH":
+            raise RedisTimeoutError("Timeout reading from socket (injected)")
+        await super().send_command(*args, **kwargs)
+
+
+async def test_a_claim_refused_then_failing_gives_its_slot_back_once(
+    worker_settings: Settings, redis: Redis
+) -> None:
+    """A job already running elsewhere: arq gives its slot back, then leaves the pipeline,
+    whose UNWATCH can raise (a timeout). That exception must not give the slot back again
+    (job counter below zero, or "semaphore released too many times")."""
+    job_id = "some-task:1"
+    await redis.zadd(queue.QUEUE_NAME, {job_id: 1})
+    await redis.set(in_progress_key_prefix + job_id, b"1")  # claimed by another worker
+    options = worker_options(worker_settings) | {"max_jobs": 2, "handle_signals": False}
+    options["redis_pool"] = redis_client.connect(
+        worker_settings.redis_url, connection_class=UnwatchTimesOut
+    )
+    worker = HealingWorker(**options)
+    try:
+        for _ in range(3):
+            with pytest.raises(RedisTimeoutError):
+                await worker.start_jobs([job_id.encode()])
+            assert worker.job_counter == 0
+        # All of arq's semaphore (max_jobs + 1), and no more: one acquire further would wait.
+        for _ in range(options["max_jobs"] + 1):
+            await worker.sem.acquire()
+        assert worker.sem.locked()
     finally:
         await worker.pool.aclose()
 
@@ -166,7 +210,7 @@ async def test_worker_started_before_redis_waits_for_it_and_stops_cleanly_while_
     finally:
         await stop_worker_process(worker)
     assert code == 0, worker.output()
-    assert "worker stop: redis does not answer" in worker.output()
+    assert "worker stop: health key not deleted" in worker.output()
     assert "Traceback" not in worker.output(), worker.output()
 
 
