@@ -270,9 +270,11 @@ def render(entries: list[dict[str, Any]], note: str = "") -> str:
             what = _cell(SCENARIOS.get(scenario, ""))
             lines.append(f"| {scenario} | {what} | not run | {outcome} | — | — |")
             continue
-        for part in parts:
+        for index, part in enumerate(parts):
             entry = figures[(scenario, part)]
-            what = _cell(entry.get("description") or SCENARIOS.get(scenario, ""))
+            # The description once per scenario (its other parts' rows leave it blank).
+            described = entry.get("description") or SCENARIOS.get(scenario, "")
+            what = _cell(described) if index == 0 else ""
             label = f"{scenario} ({part})" if part else scenario
             lines.append(
                 f"| {label} | {what} | {_cell(entry['text'])} | {outcome} | "
