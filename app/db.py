@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 
+from app.causes import causes
 from app.settings import Settings
 
 NAMING_CONVENTION = {
@@ -84,10 +85,7 @@ def database_unreachable(exc: BaseException) -> bool:
     (an OSError is counted only when raised inside asyncpg, so that a storage error is not
     taken for the database's), an invalidated one, or a server shutting down, starting up or
     out of connections."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in causes(exc):
         if is_dead_connection(current) and not isinstance(current, OSError):
             return True
         if isinstance(current, OSError) and _raised_in_asyncpg(current):
@@ -97,7 +95,6 @@ def database_unreachable(exc: BaseException) -> bool:
         sqlstate = getattr(current, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate.startswith(UNAVAILABLE_SQLSTATES):
             return True
-        current = current.__cause__ or current.__context__
     return False
 
 

@@ -28,9 +28,9 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from app.causes import causes
 from app.db import is_dead_connection
 from app.metrics import AFTER_COMMIT_FAILURES, DB_WRITE_RETRIES
-from worker.retry import causes
 
 log = logging.getLogger(__name__)
 

@@ -43,9 +43,9 @@ from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
+from app.causes import causes
+from app.db import database_unreachable
 from app.metrics import DEPENDENCY_RETRIES
-from worker.durable import is_transient
-from worker.retry import causes
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def unreachable_dependency(exc: BaseException) -> str | None:
     """ "redis" or "postgresql" when `exc` says that dependency did not answer; else None."""
     if redis_unreachable(exc):
         return "redis"
-    if is_transient(exc):
+    if database_unreachable(exc):  # not is_transient: a deadlock is no outage
         return "postgresql"
     return None
 

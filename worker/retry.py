@@ -18,6 +18,7 @@ from app.ai_client.errors import (
     NetworkError,
     ResourceError,
 )
+from app.causes import causes
 from app.settings import Settings
 from app.storage import StorageUnavailable
 
@@ -77,13 +78,3 @@ def classify(exc: BaseException) -> AnalysisError:
         if isinstance(cause, httpx.TransportError):
             return NetworkError(f"Network error: {cause!r}")
     return AnalysisError(f"Unexpected error: {exc!r}")
-
-
-def causes(exc: BaseException) -> list[BaseException]:
-    """`exc` and the exceptions it was raised from or during, outermost first."""
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return seen
