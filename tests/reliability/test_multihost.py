@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import sys
 import time
 import uuid
@@ -32,18 +31,17 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.embedded import free_port, stop_child
+from app.embedded import free_port
 from app.settings import Settings
 from app.users.models import Role
 from tests.analysis.conftest import new_task, wait_for, wait_for_status
 from tests.conftest import MakeUser, s3_settings
 from tests.events.conftest import LIVE
 from tests.fake_ai import FakeAI, ok
-from tests.reliability.worker_process import WorkerProcess, worker_env
+from tests.reliability.worker_process import ChildProcess, WorkerProcess, worker_env
 from tests.seaweed import EmbeddedSeaweed
 from tests.sentinel_cluster import DOWN_AFTER_MS, FAILOVER_TIMEOUT_MS, SentinelCluster
 
-UVICORN = Path(sys.executable).parent / "uvicorn"
 IN_FLIGHT_SECONDS = 3.0  # the analysis the master dies under (below FAST's AI deadline, 4 s)
 S3_FIELDS = {
     "storage_backend",
@@ -95,29 +93,22 @@ class Host:
         return [p for p in self.directory.rglob("*") if p.is_file() and p.suffix != ".log"]
 
 
-class ApiProcess:
+class ApiProcess(ChildProcess):
     """`uvicorn app.main:create_app --factory` on a free loopback port; output in api.log."""
 
-    def __init__(self, env: dict[str, str], host: Host) -> None:
-        self.port = free_port()
-        self.log = host.directory / "api.log"
-        with self.log.open("wb") as output:
-            self.process = subprocess.Popen(  # stopped by PID in stop()
-                [str(UVICORN), "app.main:create_app", "--factory",
-                 "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=host.directory, env=env, stdin=subprocess.DEVNULL,
-                stdout=output, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+    url = ""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        stop_child(self.process)
+    @classmethod
+    async def start(cls, env: dict[str, str], host: Host) -> ApiProcess:
+        port = free_port()
+        argv = [
+            sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+            "--host", "127.0.0.1", "--port", str(port),
+        ]  # fmt: skip
+        child = await cls.spawn(argv, env, host.directory, "api")
+        api = cls(child.process, child.log)
+        api.url = f"http://127.0.0.1:{port}"
+        return api
 
 
 @pytest.fixture
@@ -147,14 +138,14 @@ async def system(
         own = {"STORAGE_DIR": str(hosts[name].storage_dir), "WORKER_NAME": name}
         return worker_env(worker_settings, **_as_env(fields), **own)
 
-    api = ApiProcess(env_of("api"), hosts["api"])
+    api = await ApiProcess.start(env_of("api"), hosts["api"])
     workers: list[WorkerProcess] = []
     try:
         for name in WORKERS:
             workers.append(await WorkerProcess.start(env_of(name), hosts[name].directory))
 
         async def ready() -> bool:
-            assert api.process.poll() is None, f"the API exited:\n{api.output()}"
+            assert api.returncode is None, f"the API exited:\n{api.output()}"
             with contextlib.suppress(httpx.TransportError):
                 async with httpx.AsyncClient(base_url=api.url, timeout=2) as http:
                     return (await http.get("/readyz")).status_code == 200
@@ -165,7 +156,7 @@ async def system(
     finally:
         for worker in workers:
             await worker.kill()
-        api.stop()
+        await api.kill()
 
 
 async def test_tasks_streams_and_results_survive_a_failover_across_hosts(
@@ -249,7 +240,7 @@ async def test_tasks_streams_and_results_survive_a_failover_across_hosts(
     assert len(stored) == len(ids), stored
     assert {name: host.files() for name, host in hosts.items()} == {n: [] for n in hosts}
     assert [worker.returncode for worker in workers] == [None, None]
-    assert api.process.poll() is None, api.output()
+    assert api.returncode is None, api.output()
     first_done = min(at for at in done_at.values() if at >= killed_at)
     print(
         f"FIGURE multihost-failover: failover-to-first-completion {first_done - killed_at:.2f} s"
