@@ -89,6 +89,7 @@ class Child:
         self.start()
 
     def start(self) -> None:
+        """Start the child (again): `python -m <command>` in a session of its own."""
         # Its own session and process group: a Ctrl-C in the terminal reaches the launcher
         # only, and the group is how its own children are found and stopped.
         self.process = subprocess.Popen(

@@ -71,6 +71,7 @@ INDEX_KEY = "vocalborn:workers"
 
 
 def heartbeat_key(worker: str) -> str:
+    """The Redis key of `worker`'s heartbeat (WORKER_KEY_PREFIX + its name)."""
     return WORKER_KEY_PREFIX + worker
 
 

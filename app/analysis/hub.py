@@ -41,6 +41,7 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 
 
 def stream_id_key(entry_id: str) -> tuple[int, int]:
+    """A Redis stream entry id (`"<ms>-<seq>"`) as a sortable pair (ms, seq)."""
     milliseconds, _, sequence = entry_id.partition("-")
     return int(milliseconds), int(sequence or 0)
 
