@@ -58,6 +58,11 @@ BACKOFF_FIRST_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 5.0
 # How long a stop tries to delete arq's health key (it expires by itself).
 HEALTH_KEY_DELETE_SECONDS = 1.0
+# How long a stop waits for main to end after cancelling it, before cancelling it again.
+MAIN_CANCEL_SECONDS = 0.1
+# A stop still running this long past its grace is overdue: what every task is waiting on is
+# logged (a stop takes well under a second past the grace when nothing hangs).
+STOP_OVERDUE_SECONDS = 5.0
 
 
 def redis_unreachable(exc: BaseException) -> bool:
@@ -153,6 +158,7 @@ class HealingWorker(Worker):
         or its retries outlasted the stop's grace."""
         if not self._handle_signals:
             self.handle_sig(signal.SIGUSR1)
+        await self._main_ended()
         if not self._pool:
             return
         await asyncio.gather(*self.tasks.values())
@@ -166,6 +172,27 @@ class HealingWorker(Worker):
         with contextlib.suppress(Exception):
             await self.pool.aclose(close_connection_pool=True)
         self._pool = None
+
+    def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
+        """arq's graceful stop (no new jobs, the running ones get the grace, then a cancel),
+        with a report of what every task waits on if the stop is overdue."""
+        super().handle_sig_wait_for_completion(signum)
+        overdue = self._job_completion_wait + STOP_OVERDUE_SECONDS
+        self.loop.call_later(overdue, _report_overdue_stop, overdue)
+
+    async def _main_ended(self) -> None:
+        """Wait until main has ended, cancelling it again while it runs. A stop cancels main
+        once, and a cancel can be lost on its way (asyncio.wait_for before Python 3.12, which
+        asyncpg's connect uses; redis-py's issues 2028 and 2551): a start-up that loses it
+        runs to its end and main goes on polling. on_shutdown must run after that, or it
+        misses what the start-up made (its heartbeat then beats on in a stopped worker). Only
+        `async_run` users (the tests) get here with main running: `run` closes after main."""
+        main = self.main_task
+        if main is None or main is asyncio.current_task():
+            return
+        while not main.done():
+            main.cancel()
+            await asyncio.wait({main}, timeout=MAIN_CANCEL_SECONDS)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """arq's start_jobs (arq 0.26), whose slot (its semaphore and job counter) is given
@@ -214,3 +241,27 @@ class HealingWorker(Worker):
             except BaseException:
                 give_back()
                 raise
+
+
+def _report_overdue_stop(after: float) -> None:
+    """Log, as one warning, where each task of the stopping worker waits (its await chain,
+    innermost last): the evidence for a stop that hangs."""
+    chains = [
+        f"{task.get_name()}: " + " -> ".join(_await_chain(task.get_coro()))
+        for task in asyncio.all_tasks()
+    ]
+    log.warning("stop still running %.0f s after the signal; tasks:\n%s", after, "\n".join(chains))
+
+
+def _await_chain(awaitable: object) -> list[str]:
+    """file:line function of each coroutine in the chain `awaitable` is suspended in, then
+    what the innermost one awaits."""
+    chain: list[str] = []
+    while awaitable is not None:
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "ag_frame", None)
+        if frame is None:
+            chain.append(repr(awaitable)[:120])
+            break
+        chain.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "ag_await", None)
+    return chain

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from arq.worker import Worker
 
 from app.embedded import free_port
 from app.main import create_app
@@ -25,6 +24,7 @@ from app.settings import Settings
 from tests.analysis.conftest import stop_worker
 from tests.conftest import ApiUser
 from tests.servers import UvicornThread
+from worker.healing import HealingWorker
 from worker.main import worker_options
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,7 +115,7 @@ async def live(
     worker_settings = settings.model_copy(
         update={"ai_service_url": analyzer_url, "worker_poll_delay_seconds": 0.05}
     )
-    worker = Worker(
+    worker = HealingWorker(
         **worker_options(worker_settings),
         handle_signals=False,
         ctx={"settings": worker_settings},

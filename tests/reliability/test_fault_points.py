@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from arq.worker import Worker
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -27,6 +26,7 @@ from tests.analysis.conftest import new_task, stop_worker, task_status, wait_for
 from tests.conftest import ApiUser
 from tests.fake_ai import FakeAI, Mode, ok, status
 from tests.faults import IN_ATTEMPT, Fault, FaultPlan
+from worker.healing import HealingWorker
 from worker.main import worker_options
 
 LEASE = 2.0  # renewed every 0.5 s
@@ -124,7 +124,7 @@ async def _analyse(
         "ai_transport": plan.ai_transport(),
     }
     options = worker_options(settings) | {"on_job_start": _mark_attempt}
-    worker = Worker(**options, handle_signals=False, ctx=ctx)
+    worker = HealingWorker(**options, handle_signals=False, ctx=ctx)
     running = asyncio.create_task(worker.async_run())
     try:
         final = await wait_for_status(client, user, task_id, within=40)

@@ -29,7 +29,7 @@ from tests.analysis.conftest import new_task, wait_for, wait_for_status
 from tests.conftest import ApiUser
 from tests.fake_ai import FakeAI
 from tests.reliability.worker_process import WorkerProcess, worker_env
-from worker.healing import HealingWorker
+from worker.healing import HealingWorker, _await_chain
 from worker.main import worker_options
 
 
@@ -220,3 +220,65 @@ def waiting_poll(worker: WorkerProcess) -> Callable[[], Awaitable[bool]]:
         return "queue poll: redis does not answer" in worker.output()
 
     return condition
+
+
+async def test_a_stop_during_start_up_shuts_down_what_the_start_up_made(
+    worker_settings: Settings, redis: Redis
+) -> None:
+    """close() while on_startup runs, whose await loses the stop's cancel (asyncio.wait_for
+    before Python 3.12 can, and asyncpg's connect uses it): the start-up runs to its end, and
+    on_shutdown must run after it, or what it made (the heartbeat) lives on in a stopped
+    worker — seen once as a third live worker in another test's count."""
+    entered = asyncio.Event()
+    made: list[str] = []
+    shut_down: list[list[str]] = []
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()  # a connect in progress
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()  # the cancel is lost on its way
+        made.append("heartbeat")
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        shut_down.append(list(made))
+
+    options = worker_options(worker_settings) | {
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "handle_signals": False,
+    }
+    worker = HealingWorker(**options)
+    running = asyncio.create_task(worker.async_run())
+    await asyncio.wait_for(entered.wait(), 10)
+
+    await asyncio.wait_for(worker.close(), 10)
+
+    assert shut_down == [["heartbeat"]]  # once, after the start-up's end
+    assert worker.main_task is not None and worker.main_task.done()
+    await asyncio.wait({running}, timeout=10)
+
+
+async def test_an_overdue_stop_reports_where_each_task_waits() -> None:
+    """The evidence an overdue stop logs: each task's await chain down to what it awaits."""
+
+    started = asyncio.Event()
+
+    async def innermost_wait(event: asyncio.Event) -> None:
+        started.set()
+        await event.wait()
+
+    async def outer(event: asyncio.Event) -> None:
+        await innermost_wait(event)
+
+    event = asyncio.Event()
+    task = asyncio.create_task(outer(event))
+    await started.wait()  # the task set it in the step that ends in the event's wait
+    chain = _await_chain(task.get_coro())
+    event.set()
+    await task
+    assert [line.rsplit(" ", 1)[1] for line in chain[:3]] == ["outer", "innermost_wait", "wait"]
+    assert "Future" in chain[-1]
