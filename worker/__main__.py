@@ -4,6 +4,7 @@ running ones finish within WORKER_SHUTDOWN_GRACE_SECONDS)."""
 
 from __future__ import annotations
 
+import logging
 import logging.config
 
 from arq.logs import default_log_config
@@ -16,6 +17,8 @@ from worker.main import worker_options
 def main() -> None:
     logging.config.dictConfig(default_log_config(verbose=False))
     HealingWorker(**worker_options(get_settings())).run()
+    # The last line of a stop: what follows is the interpreter's exit (its threads joined).
+    logging.getLogger("worker").info("stopped")
 
 
 if __name__ == "__main__":
