@@ -1,5 +1,8 @@
 """Submitting analyses: one statement inserts the task and marks the record; enqueue after commit.
 
+The same statement consults the result cache (app.analysis.cache): a hit is inserted as a
+finished task with a copy of the earlier result, and is never enqueued.
+
 The row is the outbox: if the enqueue fails (Redis down) the client still gets its task, and
 the reconciler enqueues it later.
 """
