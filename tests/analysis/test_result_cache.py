@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -19,8 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.analysis.progress import stream_key, task_topic
 from app.main import create_app
 from app.settings import Settings
+from app.users.models import Role
 from tests.analysis.conftest import StartWorker, upload_recording, wait_for_status
-from tests.conftest import ApiUser
+from tests.conftest import ApiUser, MakeUser
 from tests.events.conftest import read_events
 from tests.fake_ai import FakeAI, status
 
@@ -286,8 +288,14 @@ async def test_a_session_submit_reuses_per_recording(
 
 
 async def test_a_copy_of_a_copy_names_the_analysis_that_ran(
-    api: httpx.AsyncClient, alice: ApiUser, fake_ai: FakeAI, start_worker: StartWorker
+    api: httpx.AsyncClient,
+    alice: ApiUser,
+    make_user: MakeUser,
+    fake_ai: FakeAI,
+    start_worker: StartWorker,
 ) -> None:
+    """The newest success is a copy: the next copy names the original. The admin stats count
+    both hits; their mean processing time is the one analysis's (copies never start)."""
     await start_worker()
     record_id, first_id, _ = await _analysed(api, alice)
     second = await _submit(api, alice, record_id)
@@ -295,3 +303,15 @@ async def test_a_copy_of_a_copy_names_the_analysis_that_ran(
     assert second["reused_from_task_id"] == first_id == third["reused_from_task_id"]
     assert len({second["task_id"], third["task_id"], first_id}) == 3
     assert fake_ai.call_count() == 1
+
+    admin = await make_user(role=Role.ADMIN)
+    response = await api.get("/api/v1/admin/tasks/stats", headers=admin.headers)
+    assert response.status_code == 200, response.text
+    stats = response.json()
+    assert stats["cache_hits_last_hour"] == 2 and stats["by_status"] == {"success": 3}
+    first = await api.get(f"/api/v1/tasks/analysis/{first_id}/status", headers=alice.headers)
+    took = (
+        datetime.fromisoformat(first.json()["completed_at"])
+        - datetime.fromisoformat(first.json()["started_at"])
+    ).total_seconds()
+    assert stats["mean_processing_seconds_last_hour"] == pytest.approx(took, abs=0.01)
