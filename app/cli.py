@@ -264,6 +264,13 @@ def analyze_command(
     cancel_on_interrupt: Annotated[
         bool, typer.Option("--cancel-on-interrupt", help="Ctrl-C cancels without asking")
     ] = False,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="analyse again, even a recording already analysed with these parameters",
+        ),
+    ] = False,
     api_url: ApiUrl = DEFAULT_API_URL,
     token: Token = "",
 ) -> None:
@@ -274,7 +281,7 @@ def analyze_command(
     if target_text is not None:
         parameters["target_text"] = target_text
     session_id = str(session) if session else None
-    options = Options(files, session_id, parameters, json_output, cancel_on_interrupt)
+    options = Options(files, session_id, parameters, json_output, cancel_on_interrupt, fresh)
     out, err = Console(), Console(stderr=True)
     _client(api_url, token, lambda api: analyze(api, options, out, err))
 

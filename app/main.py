@@ -12,6 +12,7 @@ from prometheus_client import make_asgi_app, start_http_server
 
 from app import access_log, storage
 from app.admin.router import router as admin_router
+from app.analysis.cache import cache_key_model
 from app.analysis.eta import Estimator
 from app.analysis.events import SSE_PATHS, ServeStreamsFirst, sse_events
 from app.analysis.events import router as events_router
@@ -60,7 +61,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             arq=arq,
             estimator=estimator,
             publisher=publisher,
-            submitter=Submitter(arq, estimator, publisher, exit_after_commit(settings)),
+            submitter=Submitter(
+                arq,
+                estimator,
+                publisher,
+                cache_key_model(settings),
+                exit_after_commit(settings),
+            ),
             hub=hub,
             live=LiveSource(hub, arq, sessions, estimator, timing),
             limiter=StreamLimiter(settings.max_streams_per_user, settings.sse_heartbeat_seconds),

@@ -27,6 +27,13 @@ TASKS_SUBMITTED = Counter("vocalborn_tasks_submitted", "Analysis tasks created")
 TASKS_FINISHED = Counter(
     "vocalborn_tasks_finished", "Analysis tasks that reached a final status", ["status"]
 )
+RESULT_CACHE = Counter(
+    "vocalborn_result_cache_lookups",
+    "Tasks created by submits, by result cache outcome: hit (finished at once with a copy of an"
+    " earlier result, no AI call), miss (queued for analysis), fresh (the request asked for a"
+    " new analysis). Hits are not counted in vocalborn_tasks_finished",
+    ["outcome"],
+)
 TASK_ERRORS = Counter("vocalborn_task_errors", "Failed attempts by error class", ["error_class"])
 TASK_RETRIES = Counter(
     "vocalborn_task_retries", "Retries and deferrals scheduled, by reason", ["reason"]

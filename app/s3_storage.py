@@ -15,6 +15,7 @@ leaves no object.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import sys
@@ -54,13 +55,18 @@ class _S3Writer:
         self.key = key
         self.size = 0
         self._file = file
+        self._hash = hashlib.sha256()
 
     async def write(self, chunk: bytes) -> None:
         try:
             await self._file.write(chunk)
         except S3_ERRORS as exc:
             raise StorageUnavailable(f"S3 write of {self.key}: {exc}") from exc
+        self._hash.update(chunk)
         self.size += len(chunk)
+
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
 
 
 class _BlockingObject(io.RawIOBase):

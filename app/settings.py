@@ -99,6 +99,10 @@ class Settings(BaseSettings):
 
     ai_service_url: str = "http://127.0.0.1:8001"
     ai_service_api_key: str | None = None
+    # The model version the AI service serves: part of the result cache's key
+    # (app.analysis.cache.cache_key_model). Change it with the model, so that no result of
+    # the old one is reused; unset, the URL alone keys it.
+    ai_model_version: str | None = Field(None, max_length=100)
 
     max_audio_file_size: int = 52_428_800
     supported_audio_formats: Annotated[tuple[str, ...], NoDecode] = ("mp3", "wav", "m4a", "aac")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -30,6 +31,11 @@ class AudioWriter(Protocol):
     size: int
 
     async def write(self, chunk: bytes) -> None: ...
+
+    def sha256(self) -> str:
+        """The SHA-256 of everything written so far, 64 lowercase hex digits: computed as the
+        chunks went by (the result cache's key, app.analysis.cache), never by reading back."""
+        ...
 
 
 class Storage(Protocol):
@@ -95,13 +101,22 @@ class _LocalWriter:
         self.key = key
         self.size = 0
         self._handle = handle
+        self._hash = hashlib.sha256()
+
+    def _write(self, chunk: bytes) -> None:
+        """Write and hash in the same thread hop (hashlib releases the GIL on large chunks)."""
+        self._handle.write(chunk)
+        self._hash.update(chunk)
 
     async def write(self, chunk: bytes) -> None:
         try:
-            await asyncio.to_thread(self._handle.write, chunk)
+            await asyncio.to_thread(self._write, chunk)
         except OSError as exc:  # a full disk: the API's 503, not a 500
             raise StorageUnavailable(str(exc)) from exc
         self.size += len(chunk)
+
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
 
 
 class LocalStorage:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import struct
 import wave
 
@@ -11,15 +12,23 @@ import av
 import numpy as np
 
 
-def make_wav(seconds: float = 1.0, rate: int = 16_000, frequency: float = 220.0) -> bytes:
+def make_wav(
+    seconds: float = 1.0, rate: int = 16_000, frequency: float = 220.0, unique: bool = False
+) -> bytes:
+    """A sine tone; the same arguments give the same bytes, unless `unique`: then its first 8
+    samples (half a millisecond) are random, so that no two calls give the same bytes (another
+    recording for the result cache, which matches recordings by content)."""
     frames = int(seconds * rate)
     samples = (int(12_000 * math.sin(2 * math.pi * frequency * n / rate)) for n in range(frames))
+    pcm = b"".join(struct.pack("<h", s) for s in samples)
+    if unique:
+        pcm = os.urandom(min(16, len(pcm))) + pcm[16:]
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(rate)
-        out.writeframes(b"".join(struct.pack("<h", s) for s in samples))
+        out.writeframes(pcm)
     return buffer.getvalue()
 
 

@@ -96,9 +96,11 @@ def _submit(http: httpx.Client, recording: Path = SAMPLE) -> str:
             f"/api/v1/practice/sessions/{session['practice_session_id']}/records",
             files={"audio": ("sample.wav", audio, "audio/wav")},
         ).json()
+    # fresh: each call uploads the same recording again, and must reach the analyzer (a copy of
+    # the first result from the result cache would say nothing of a restarted one).
     task = http.post(
         "/api/v1/tasks/analysis/submit",
-        json={"practice_record_id": record["practice_record_id"]},
+        json={"practice_record_id": record["practice_record_id"], "fresh": True},
     ).json()
     return str(task["task_id"])
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from app.ai_client.errors import AnalysisError, ErrorClass, NetworkError, ServiceBusy
 from app.ai_client.wire import AIResult
 from app.analysis import lifecycle, queue
+from app.analysis.cache import cache_key_model
 from app.analysis.lifecycle import Claim
 from app.analysis.status import Row
 from app.metrics import TASK_ERRORS, TASK_PROCESSING, TASK_RETRIES, TASKS_FINISHED
@@ -69,8 +70,10 @@ class Recorder:
 
     # -- outcomes -------------------------------------------------------------------------
     async def succeed(self, result: AIResult) -> str:
+        cache_model = cache_key_model(self.deps.settings)
         row = await self._commit(
-            "success", lambda: lifecycle.succeed(self.deps.pg, self.claimed, result)
+            "success",
+            lambda: lifecycle.succeed(self.deps.pg, self.claimed, result, cache_model=cache_model),
         )
         if row is None or row["status"] != "success":
             await self._publish(row)

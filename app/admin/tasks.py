@@ -29,7 +29,10 @@ STATS = text(
         ) AS mean_processing_seconds_last_hour,
         (SELECT count(*) FROM ai_analysis_tasks
          WHERE status = 'failure' AND completed_at > now() - interval '1 hour'
-        ) AS failures_last_hour
+        ) AS failures_last_hour,
+        (SELECT count(*) FROM ai_analysis_results
+         WHERE reused_from_task_id IS NOT NULL AND created_at > now() - interval '1 hour'
+        ) AS cache_hits_last_hour
     """
 )
 FINISHED_TASK = text(
@@ -55,8 +58,9 @@ class TaskStats(BaseModel):
     queue_depth: int | None
     live_workers: int | None  # workers with a live heartbeat (None: Redis unavailable)
     workers: list[WorkerOut] | None
-    mean_processing_seconds_last_hour: float | None
+    mean_processing_seconds_last_hour: float | None  # analyses only (cache hits never start)
     failures_last_hour: int
+    cache_hits_last_hour: int  # tasks finished at once with a copy of an earlier result
 
 
 async def stats(session: AsyncSession, state: AppState) -> TaskStats:
@@ -78,6 +82,7 @@ async def stats(session: AsyncSession, state: AppState) -> TaskStats:
         workers=workers,
         mean_processing_seconds_last_hour=float(mean) if mean is not None else None,
         failures_last_hour=row["failures_last_hour"],
+        cache_hits_last_hour=row["cache_hits_last_hour"],
     )
 
 

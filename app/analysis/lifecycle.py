@@ -152,10 +152,11 @@ SUCCEED = text(
         INSERT INTO ai_analysis_results (
             task_id, overall_score, pronunciation_accuracy, fluency_score, rhythm_score,
             detailed_analysis, sentence_analyses, suggestions, improvement_areas,
-            analysis_model_version, processing_time_seconds)
+            analysis_model_version, processing_time_seconds, cache_model)
         SELECT task_id, :overall_score, :pronunciation_accuracy, :fluency_score, :rhythm_score,
             CAST(:detailed_analysis AS jsonb), CAST(:sentence_analyses AS jsonb), :suggestions,
-            CAST(:improvement_areas AS jsonb), :analysis_model_version, :processing_time_seconds
+            CAST(:improvement_areas AS jsonb), :analysis_model_version, :processing_time_seconds,
+            CAST(:cache_model AS text)
         FROM moved
         ON CONFLICT (task_id) DO NOTHING
         RETURNING result_id
@@ -337,9 +338,13 @@ async def renew_leases(
     }
 
 
-async def succeed(pg: asyncpg.Pool, claimed: Claim, result: AIResult) -> Row | None:
-    """Store the result and `success` in one transaction; None for a stale attempt."""
-    values = result.model_dump()
+async def succeed(
+    pg: asyncpg.Pool, claimed: Claim, result: AIResult, *, cache_model: str | None = None
+) -> Row | None:
+    """Store the result and `success` in one transaction; None for a stale attempt.
+    `cache_model`: what produced it (app.analysis.cache.cache_key_model), under which later
+    submits may reuse it; None: never reused."""
+    values = result.model_dump() | {"cache_model": cache_model}
     for key in ("detailed_analysis", "sentence_analyses", "improvement_areas"):
         values[key] = None if values[key] is None else json.dumps(values[key])
     return await _one(pg, _SUCCEED, claimed.fence | values)

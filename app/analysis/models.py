@@ -146,4 +146,10 @@ class AnalysisResult(Base):
     improvement_areas: Mapped[list[Any] | None] = mapped_column(JSONB)
     analysis_model_version: Mapped[str | None] = mapped_column(String(50))
     processing_time_seconds: Mapped[Decimal | None] = mapped_column(Numeric(10, 3))
+    # What produced the result, as the result cache keys it (app.analysis.cache.
+    # cache_key_model); None: never reused (results stored before the cache).
+    cache_model: Mapped[str | None] = mapped_column(Text)
+    # A copy of an earlier task's result (the result cache): that task, the one whose analysis
+    # ran. No foreign key: a copy stays marked as reused when its source is deleted.
+    reused_from_task_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -54,6 +54,7 @@ async def submit_analysis(
             body.practice_record_id,
             body.parameters,
             idempotency_key,
+            fresh=body.fresh,
         )
     assert body.practice_session_id is not None
     async with state.sessions() as session:
@@ -64,6 +65,7 @@ async def submit_analysis(
             body.practice_session_id,
             body.parameters,
             idempotency_key,
+            fresh=body.fresh,
         )
     return SessionSubmitted(practice_session_id=body.practice_session_id, tasks=tasks)
 

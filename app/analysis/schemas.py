@@ -23,6 +23,14 @@ class SubmitRequest(BaseModel):
     practice_record_id: uuid.UUID | None = None
     practice_session_id: uuid.UUID | None = None
     parameters: AnalysisParameters = Field(default_factory=AnalysisParameters)
+    fresh: bool = Field(
+        default=False,
+        description=(
+            "Analyse again even when an earlier successful analysis of yours has the same"
+            " recording (by content), parameters and model: by default such a submit finishes"
+            " at once with a copy of that result (`reused_from_task_id`)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _exactly_one_target(self) -> Self:
@@ -38,6 +46,8 @@ class SubmittedTask(BaseModel):
     status: str
     queue_position: int | None
     estimated_completion_time: datetime | None
+    # Set when the task finished at once with a copy of that task's result (the result cache).
+    reused_from_task_id: uuid.UUID | None = None
 
 
 class SessionSubmitted(BaseModel):
@@ -89,4 +99,7 @@ class AnalysisResultOut(BaseModel):
     improvement_areas: list[Any] | None
     analysis_model_version: str | None
     processing_time_seconds: float | None
+    # A copy of the result of this earlier task of the user's, whose analysis ran (the result
+    # cache: same recording, parameters and model); None for an analysis of its own.
+    reused_from_task_id: uuid.UUID | None = None
     completed_at: datetime | None

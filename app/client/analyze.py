@@ -30,6 +30,7 @@ class Options:
     parameters: dict[str, Any]
     json_output: bool
     cancel_on_interrupt: bool
+    fresh: bool = False  # analyse again even when the result cache has the result
 
 
 @dataclass
@@ -111,12 +112,19 @@ async def analyze(api: Api, options: Options, out: Console, err: Console) -> int
     run = _Run(api, progress)
     order: list[str] = []
     for path, record in submitted:
-        task = await api.submit(str(record["practice_record_id"]), options.parameters)
+        record_id = str(record["practice_record_id"])
+        task = await api.submit(record_id, options.parameters, fresh=options.fresh)
         task_id = str(task["task_id"])
         order.append(task_id)
         bar = progress.add_task(path.name, total=100, step="", eta="")
         run.tracked[task_id] = _Tracked(path.name, task_id, bar)
         status_console.print(f"{path.name}: task {task_id}", highlight=False)
+        if task.get("reused_from_task_id"):
+            status_console.print(
+                f"{path.name}: the result of task {task['reused_from_task_id']} (the same"
+                " recording and parameters), reused; --fresh analyses again",
+                highlight=False,
+            )
 
     def notice(message: str) -> None:
         status_console.print(message, style="dim", highlight=False)

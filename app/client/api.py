@@ -93,8 +93,9 @@ class Api:
             )
         return doc
 
-    async def submit(self, record_id: str, parameters: Doc) -> Doc:
-        body = {"practice_record_id": record_id, "parameters": parameters}
+    async def submit(self, record_id: str, parameters: Doc, *, fresh: bool = False) -> Doc:
+        """The submitted task; `fresh`: analyse again even when the result cache has it."""
+        body = {"practice_record_id": record_id, "parameters": parameters, "fresh": fresh}
         doc: Doc = await self.call("POST", "/api/v1/tasks/analysis/submit", json=body)
         return doc
 

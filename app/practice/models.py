@@ -13,6 +13,7 @@ from sqlalchemy import (
     Index,
     String,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
@@ -49,6 +50,12 @@ class PracticeRecord(Base):
         ),
         CheckConstraint("audio_size_bytes >= 0", name="audio_size"),
         Index("ix_practice_records_session_created", "practice_session_id", "created_at"),
+        # The result cache's lookup (app.analysis.cache): recordings by content.
+        Index(
+            "ix_practice_records_audio_sha256",
+            "audio_sha256",
+            postgresql_where=text("audio_sha256 IS NOT NULL"),
+        ),
     )
 
     practice_record_id: Mapped[uuid.UUID] = mapped_column(
@@ -61,6 +68,9 @@ class PracticeRecord(Base):
     audio_content_type: Mapped[str] = mapped_column(String(100))
     audio_size_bytes: Mapped[int] = mapped_column(BigInteger)
     audio_duration_seconds: Mapped[float | None] = mapped_column(Float)
+    # SHA-256 of the recording (hex), computed while it was uploaded; None for records stored
+    # before it was (they are never a result cache hit).
+    audio_sha256: Mapped[str | None] = mapped_column(String(64))
     record_status: Mapped[str] = mapped_column(String(20), server_default=RecordStatus.RECORDED)
     ai_task_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("ai_analysis_tasks.task_id", ondelete="SET NULL", use_alter=True), index=True

@@ -20,6 +20,7 @@ class RecordOut(BaseModel):
     audio_content_type: str
     audio_size_bytes: int
     audio_duration_seconds: float | None
+    audio_sha256: str | None  # hex; what the result cache matches (None: uploaded before)
     record_status: str
     ai_task_id: uuid.UUID | None
     created_at: datetime

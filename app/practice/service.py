@@ -102,6 +102,7 @@ async def upload_record(
             audio_storage_key=stored.key,
             audio_content_type=stored.audio_type.content_type,
             audio_size_bytes=stored.size,
+            audio_sha256=stored.sha256,
             audio_duration_seconds=await _duration(storage, stored.key, stored.audio_type),
         )
         session.add(record)

@@ -32,6 +32,7 @@ class StoredAudio:
     key: str
     audio_type: AudioType
     size: int
+    sha256: str  # of the content, hex (computed by the writer as it was stored)
 
 
 def too_large(limit: int) -> AppError:
@@ -133,7 +134,7 @@ class _AudioSink:
                 raise AppError(422, "empty_audio", "The audio file is empty")
             await self._open()
         assert self._writer is not None and self.audio_type is not None
-        return StoredAudio(self._writer.key, self.audio_type, self.size)
+        return StoredAudio(self._writer.key, self.audio_type, self.size, self._writer.sha256())
 
 
 @contextlib.asynccontextmanager

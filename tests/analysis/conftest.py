@@ -118,12 +118,21 @@ async def wait_for(
 
 
 async def upload_recording(
-    client: httpx.AsyncClient, user: ApiUser, seconds: float = 1.0, session_id: str | None = None
+    client: httpx.AsyncClient,
+    user: ApiUser,
+    seconds: float = 1.0,
+    session_id: str | None = None,
+    audio: bytes | None = None,
 ) -> tuple[str, str, bytes]:
+    """A new recording of `user`'s (in a new session unless `session_id`): `audio`, or else a
+    tone of `seconds` whose bytes no other upload has (`make_wav(unique=True)`), so that the result
+    cache, which matches recordings by content, never takes two uploads for one recording.
+    (session id, record id, the bytes uploaded)."""
     if session_id is None:
         response = await client.post("/api/v1/practice/sessions", json={}, headers=user.headers)
         session_id = str(response.json()["practice_session_id"])
-    audio = make_wav(seconds)
+    if audio is None:
+        audio = make_wav(seconds, unique=True)
     response = await client.post(
         f"/api/v1/practice/sessions/{session_id}/records",
         files={"audio": ("r.wav", audio, "audio/wav")},

@@ -106,10 +106,13 @@ async def live(
     analyzer_url: str,
     api_overrides: dict[str, object],
 ) -> AsyncIterator[LiveSystem]:
-    """The API on a loopback port (its own thread and loop) and one in-process worker."""
+    """The API on a loopback port (its own thread and loop) and one in-process worker, both
+    configured with the analyzer's URL (as one deployment's processes are: the result cache
+    keys results by it)."""
+    api_settings = settings.model_copy(update={"ai_service_url": analyzer_url} | api_overrides)
     system = LiveSystem(
-        UvicornThread(create_app(settings.model_copy(update=api_overrides))).start(),
-        settings.model_copy(update=api_overrides),
+        UvicornThread(create_app(api_settings)).start(),
+        api_settings,
         alice,
     )
     worker_settings = settings.model_copy(

@@ -94,6 +94,30 @@ async def test_analyze_success_prints_progress_and_the_scores(live: LiveSystem) 
         assert f"- {area}" in out
 
 
+async def test_analyze_again_reuses_the_result_unless_fresh(live: LiveSystem) -> None:
+    """The same recording and parameters a second time: the first result, reused at once
+    (no progress); with --fresh, analysed again."""
+    code, out, err = await run(live, "analyze", str(SAMPLE))
+    assert code == 0, out + err
+    [first] = task_ids(out)
+    code, out, err = await run(live, "analyze", str(SAMPLE))
+    assert code == 0, out + err
+    [second] = task_ids(out)
+    assert f"sample.wav: the result of task {first} (the same recording" in out, out
+    assert not re.search(r"^sample\.wav: processing", out, re.MULTILINE), out
+    result = await api_get(live, f"/api/v1/tasks/analysis/{second}/result")
+    assert result["reused_from_task_id"] == first
+    assert f"{result['fluency_score']:.1f}" in out
+
+    code, out, err = await run(live, "analyze", str(SAMPLE), "--fresh")
+    assert code == 0, out + err
+    [third] = task_ids(out)
+    assert "reused" not in out and re.search(r"^sample\.wav: processing", out, re.MULTILINE)
+    assert (await api_get(live, f"/api/v1/tasks/analysis/{third}/result"))[
+        "reused_from_task_id"
+    ] is None
+
+
 async def test_analyze_failure_exits_1_with_the_error(live: LiveSystem, tmp_path: Path) -> None:
     silent = tmp_path / "silence.wav"
     silent.write_bytes(silent_wav())

@@ -5,6 +5,7 @@ upload, 50 MiB + 1 byte without Content-Length) is in test_upload_abuse.py, on b
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import uuid
 
@@ -34,6 +35,8 @@ async def _write(backend: Backend, key: str, content: bytes, piece: int = MiB) -
     async with backend.storage.writer(key) as writer:
         for start in range(0, len(content), piece):
             await writer.write(content[start : start + piece])
+    # The writer hashed what went by (the result cache's key): the content's own SHA-256.
+    assert writer.sha256() == hashlib.sha256(content).hexdigest()
     return writer.size
 
 
@@ -58,6 +61,42 @@ async def test_write_stream_read_delete(backend: Backend, size: int) -> None:
     assert await backend.settles_to([]) == []
     with pytest.raises(FileNotFoundError):
         await anext(backend.storage.read(key))
+
+
+async def test_the_hash_follows_the_chunks_as_written(backend: Backend) -> None:
+    """Uneven pieces, an empty one among them: each byte is hashed once, in order (a writer
+    that hashed a piece twice, or skipped the first, would differ)."""
+    key = backend.storage.new_stem(uuid.uuid4()) + ".wav"
+    content = os.urandom(3 * MiB + 17)
+    async with backend.storage.writer(key) as writer:
+        assert writer.sha256() == hashlib.sha256(b"").hexdigest()
+        for piece in (content[:5], b"", content[5 : MiB + 3], content[MiB + 3 :]):
+            await writer.write(piece)
+    assert writer.sha256() == hashlib.sha256(content).hexdigest()
+    assert b"".join([chunk async for chunk in backend.storage.read(key)]) == content
+
+
+async def test_an_upload_stores_the_recordings_hash(
+    backend: Backend, backend_client: httpx.AsyncClient, alice: ApiUser, engine: AsyncEngine
+) -> None:
+    """Through the streaming upload on each backend: the record carries the SHA-256 of the
+    bytes uploaded (the recording is not read back for it), in its row and its API answer."""
+    audio = make_wav(2.0)
+    created = await backend_client.post("/api/v1/practice/sessions", json={}, headers=alice.headers)
+    response = await backend_client.post(
+        f"/api/v1/practice/sessions/{created.json()['practice_session_id']}/records",
+        files={"audio": ("a.wav", audio, "audio/wav")},
+        headers=alice.headers,
+    )
+    assert response.status_code == 201, response.text
+    expected = hashlib.sha256(audio).hexdigest()
+    assert response.json()["audio_sha256"] == expected
+    async with engine.connect() as connection:
+        stored = await connection.scalar(
+            text("SELECT audio_sha256 FROM practice_records WHERE practice_record_id = :r"),
+            {"r": response.json()["practice_record_id"]},
+        )
+    assert stored == expected
 
 
 @pytest.mark.parametrize("size", [10, LARGE], ids=["before-a-part", "after-two-parts"])
