@@ -21,11 +21,14 @@ import pytest
 from app.embedded import free_port
 from app.main import create_app
 from app.settings import Settings
-from tests.analysis.conftest import stop_worker
+from tests.analysis.conftest import fake_ai, fake_ai_server, stop_worker
 from tests.conftest import ApiUser
+from tests.fake_ai import FakeAI, ok
 from tests.servers import UvicornThread
 from worker.healing import HealingWorker
 from worker.main import worker_options
+
+__all__ = ["fake_ai", "fake_ai_server"]  # fixtures of the "held" AI service
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "examples" / "sample.wav"
@@ -99,16 +102,33 @@ def api_overrides() -> dict[str, object]:
 
 
 @pytest.fixture
+def ai_url(request: pytest.FixtureRequest) -> str:
+    """The AI service of `live`: the reference analyzer. A test parametrizes this name with
+    "held" for an analysis that runs until it is cancelled (the fake AI service answering
+    after an hour), when what it checks must happen while the task is processing: a real
+    analysis of a few seconds can end first on a loaded machine."""
+    if getattr(request, "param", "analyzer") == "held":
+        fake_ai: FakeAI = request.getfixturevalue("fake_ai")
+        fake_ai.reset(default=ok(latency=HELD_SECONDS))
+        return fake_ai.url
+    return str(request.getfixturevalue("analyzer_url"))
+
+
+HELD_SECONDS = 3600.0
+
+
+@pytest.fixture
 async def live(
     settings: Settings,
     clean: None,
     alice: ApiUser,
-    analyzer_url: str,
+    ai_url: str,
     api_overrides: dict[str, object],
 ) -> AsyncIterator[LiveSystem]:
     """The API on a loopback port (its own thread and loop) and one in-process worker, both
-    configured with the analyzer's URL (as one deployment's processes are: the result cache
-    keys results by it)."""
+    configured with the AI service's URL (as one deployment's processes are: the result
+    cache keys results by it)."""
+    analyzer_url = ai_url
     api_settings = settings.model_copy(update={"ai_service_url": analyzer_url} | api_overrides)
     system = LiveSystem(
         UvicornThread(create_app(api_settings)).start(),

@@ -148,6 +148,7 @@ async def test_json_output_equals_the_result_documents(live: LiveSystem, tmp_pat
         assert code == 0 and json.loads(out) == document
 
 
+@pytest.mark.parametrize("ai_url", ["held"], indirect=True)
 async def test_interrupt_with_cancel_on_interrupt_cancels(live: LiveSystem) -> None:
     seen: list[str] = []
     async with cli(live, "analyze", str(SAMPLE), "--cancel-on-interrupt") as process:
@@ -162,6 +163,7 @@ async def test_interrupt_with_cancel_on_interrupt_cancels(live: LiveSystem) -> N
     await wait_for_status(live, task_id, "cancelled")
 
 
+@pytest.mark.parametrize("ai_url", ["held"], indirect=True)
 async def test_interrupt_without_terminal_leaves_tasks_then_cancel_command(
     live: LiveSystem,
 ) -> None:
