@@ -180,11 +180,11 @@ async def test_interrupt_without_terminal_leaves_tasks_then_cancel_command(
     status = await api_get(live, f"/api/v1/tasks/analysis/{task_id}/status")
     assert status["status"] == "processing" and not status["cancel_requested"], status
 
-    code, out, err = await run(live, "cancel", task_id)
-    assert code == 0, out + err
+    code, said, told = await run(live, "cancel", task_id)
+    assert code == 0, said + told
     await wait_for_status(live, task_id, "cancelled")
-    code, out, err = await run(live, "status", task_id)
-    assert code == 1 and re.search(r"status\s+cancelled", out), out + err
+    code, said, told = await run(live, "status", task_id)
+    assert code == 1 and re.search(r"status\s+cancelled", said), said + told
 
 
 async def wait_for_status(live: LiveSystem, task_id: str, wanted: str) -> None:
