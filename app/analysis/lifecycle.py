@@ -152,10 +152,13 @@ SUCCEED = text(
         INSERT INTO ai_analysis_results (
             task_id, overall_score, pronunciation_accuracy, fluency_score, rhythm_score,
             detailed_analysis, sentence_analyses, suggestions, improvement_areas,
-            analysis_model_version, processing_time_seconds)
+            analysis_model_version, processing_time_seconds, provider, provider_model,
+            degraded, degraded_reason)
         SELECT task_id, :overall_score, :pronunciation_accuracy, :fluency_score, :rhythm_score,
             CAST(:detailed_analysis AS jsonb), CAST(:sentence_analyses AS jsonb), :suggestions,
-            CAST(:improvement_areas AS jsonb), :analysis_model_version, :processing_time_seconds
+            CAST(:improvement_areas AS jsonb), :analysis_model_version, :processing_time_seconds,
+            :provider, :provider_model, CAST(:degraded_reason AS text) IS NOT NULL,
+            :degraded_reason
         FROM moved
         ON CONFLICT (task_id) DO NOTHING
         RETURNING result_id
@@ -337,9 +340,26 @@ async def renew_leases(
     }
 
 
-async def succeed(pg: asyncpg.Pool, claimed: Claim, result: AIResult) -> Row | None:
-    """Store the result and `success` in one transaction; None for a stale attempt."""
-    values = result.model_dump()
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """Who produced a result: the AI provider's name and configured model (None: not known,
+    or the provider names none), and why it is degraded (None: it is not)."""
+
+    provider: str | None = None
+    provider_model: str | None = None
+    degraded_reason: str | None = None
+
+
+async def succeed(
+    pg: asyncpg.Pool, claimed: Claim, result: AIResult, provenance: Provenance = Provenance()
+) -> Row | None:
+    """Store the result (with its `provenance`) and `success` in one transaction; None for a
+    stale attempt."""
+    values = result.model_dump() | {
+        "provider": provenance.provider,
+        "provider_model": provenance.provider_model,
+        "degraded_reason": provenance.degraded_reason,
+    }
     for key in ("detailed_analysis", "sentence_analyses", "improvement_areas"):
         values[key] = None if values[key] is None else json.dumps(values[key])
     return await _one(pg, _SUCCEED, claimed.fence | values)

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -146,4 +148,10 @@ class AnalysisResult(Base):
     improvement_areas: Mapped[list[Any] | None] = mapped_column(JSONB)
     analysis_model_version: Mapped[str | None] = mapped_column(String(50))
     processing_time_seconds: Mapped[Decimal | None] = mapped_column(Numeric(10, 3))
+    # The AI provider (AI_PROVIDERS' name) and its configured model that produced it; a
+    # degraded provider's result says so and why (issue 14).
+    provider: Mapped[str | None] = mapped_column(String(32))
+    provider_model: Mapped[str | None] = mapped_column(String(50))
+    degraded: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    degraded_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
