@@ -209,7 +209,7 @@ class Attempt:
         """A provider and its slot for the next call (Providers.acquire), unless the lease
         stops the wait or no slot comes free within `wait_limit` seconds."""
         acquiring = asyncio.create_task(
-            self.deps.providers.acquire(self.job_id, left, self._waiting)
+            self.deps.providers.acquire(holder_of(self.deps, self.job_id), left, self._waiting)
         )
         started = time.monotonic()
         if await self._settled(acquiring, wait_limit):
@@ -335,6 +335,12 @@ async def _abandon(call: asyncio.Task[AIResult]) -> None:
     if not done:
         log.warning("AI call %s still running after its cancel; left to end", call.get_name())
     call.add_done_callback(lambda task: task.cancelled() or task.exception())
+
+
+def holder_of(deps: WorkerDeps, job_id: str) -> str:
+    """Who holds an attempt's AI slot: `<worker name>/<job id>` (a random suffix is added per
+    slot), so that a slot names the worker that holds it."""
+    return f"{deps.worker_name}/{job_id}"
 
 
 def fails_over(error: AnalysisError) -> bool:
