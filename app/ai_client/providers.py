@@ -57,7 +57,6 @@ class ProviderState(BaseModel):
     half_open: past its cool-down, a probe may go), `open_for_seconds` while open."""
 
     name: str
-    url: str
     model: str | None
     degraded: bool
     cap: int | None
@@ -90,7 +89,6 @@ async def provider_states(
         states.append(
             ProviderState(
                 name=provider.name,
-                url=provider.url,
                 model=provider.model,
                 degraded=provider.degraded,
                 cap=cap,
