@@ -79,6 +79,7 @@ class Attempt:
         self._last_progress: tuple[int, str] = (0, steps.UPLOADING.code)
         self._relay: ProgressRelay | None = None
         self._lease: Lease | None = None
+        self._shown_waiting = False  # the task says it waits for an AI slot
 
     async def run(self) -> str:
         """Run the attempt to a committed outcome; returns it in words (for arq's log).
@@ -207,20 +208,26 @@ class Attempt:
         self, left: list[str], wait_limit: float
     ) -> Grant | AllOpen | SlotWaitOver | StopReason:
         """A provider and its slot for the next call (Providers.acquire), unless the lease
-        stops the wait or no slot comes free within `wait_limit` seconds."""
+        stops the wait or no slot comes free within `wait_limit` seconds. A slot taken just as
+        the wait ended (or as the job was cancelled) is given back, never left renewed."""
         acquiring = asyncio.create_task(
             self.deps.providers.acquire(holder_of(self.deps, self.job_id), left, self._waiting)
         )
         started = time.monotonic()
-        if await self._settled(acquiring, wait_limit):
-            grant = acquiring.result()
-            if isinstance(grant, Grant) and grant.waited > 0.05:
-                self._report(0, steps.UPLOADING)  # the wait is over
-            return grant
-        if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
-            grant = acquiring.result()  # taken as the wait ended: given back
-            if isinstance(grant, Grant):
-                await self.deps.providers.release(grant)
+        handed = False
+        try:
+            if await self._settled(acquiring, wait_limit):
+                handed = True
+                grant = acquiring.result()
+                if self._shown_waiting:
+                    self._shown_waiting = False
+                    self._report(0, steps.UPLOADING)  # the wait is over
+                return grant
+        finally:
+            if not handed and acquiring.done() and not acquiring.cancelled():
+                taken = acquiring.result() if acquiring.exception() is None else None
+                if isinstance(taken, Grant):
+                    await self.deps.providers.release(taken)
         lease = self._lease
         assert lease is not None
         if lease.stopped.done():
@@ -263,6 +270,7 @@ class Attempt:
 
     def _waiting(self) -> None:
         """Every provider is full: the task says it waits for the AI service."""
+        self._shown_waiting = True
         self._report(0, steps.WAITING_AI)
 
     def _report(self, progress: int, step: steps.Step) -> None:

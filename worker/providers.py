@@ -158,7 +158,12 @@ class Providers:
                     retry_in = _sooner(retry_in, tried.open_for)
                     passed.append(f"{provider.name}: circuit open")
                     continue
-            decision = await provider.breaker.before_call()  # never raises
+            try:
+                decision = await provider.breaker.before_call()  # never raises but a cancel
+            except BaseException:
+                if holder is not None:  # never left held (and renewed) by nobody
+                    await self.slots.release(holder)
+                raise
             if decision.allowed:
                 return Grant(provider, decision, holder, 0.0, passed)
             if holder is not None:
