@@ -31,7 +31,8 @@ DESCRIPTION = (
     "a 422 from the first is not retried on the second"
 )
 RESULTS = text(
-    "SELECT task_id, provider, degraded, degraded_reason FROM ai_analysis_results"
+    "SELECT task_id, provider, provider_model, degraded, degraded_reason"
+    " FROM ai_analysis_results"
     " WHERE task_id = ANY(CAST(:ids AS uuid[]))"
 )
 
@@ -54,7 +55,7 @@ async def test_c2_failover_to_the_second_provider_and_back(
     first.reset(default=status(503))
     second_ai.reset(default=ok(latency=0.1))
     providers = [
-        {"name": "first", "url": first.url},
+        {"name": "first", "url": first.url, "model": "m2"},
         {"name": "second", "url": second_ai.url, "degraded": True},
     ]
     env = {
@@ -82,6 +83,14 @@ async def test_c2_failover_to_the_second_provider_and_back(
         for r in results.values()
     )
 
+    shown = await system.http.get(
+        f"/api/v1/tasks/analysis/{outage[0]}/result", headers=user.headers
+    )
+    assert shown.status_code == 200, shown.text
+    said = shown.json()
+    assert (said["provider"], said["provider_model"], said["degraded"]) == ("second", None, True)
+    assert said["degraded_reason"] == results[outage[0]]["degraded_reason"]
+
     async def first_open() -> bool:
         return bool(await redis.exists(breaker.open))
 
@@ -104,7 +113,8 @@ async def test_c2_failover_to_the_second_provider_and_back(
     await poll(first_closed, 10, "the first provider's circuit closed", 0.05)
     recovered = await _run(system, user, 8, worker)
     results = await _results(system, recovered)
-    assert {r["provider"] for r in results.values()} == {"first"}
+    assert {(r["provider"], r["provider_model"]) for r in results.values()} == {("first", "m2")}
+    assert {call.query.get("model_version") for call in first.calls} == {"m2"}  # asked for
     assert not any(r["degraded"] or r["degraded_reason"] for r in results.values())
     probed = await _results(system, probing)
 
