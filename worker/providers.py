@@ -109,7 +109,7 @@ class Providers:
     async def acquire(
         self, owner: str, skip: Collection[str], on_wait: Callable[[], None]
     ) -> Grant | AllOpen:
-        """A provider for one call of `owner` (a job id), skipping the providers named in
+        """A provider for one call of `owner` (`<worker>/<job id>`), skipping those named in
         `skip` (those this attempt already left); waits while every provider with a closed
         circuit is full (calling `on_wait` once, when the wait begins). Cancel it to stop
         waiting. Raises nothing of its own: a slot that cannot be tried for a Redis error
