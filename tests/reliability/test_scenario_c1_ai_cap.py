@@ -6,7 +6,8 @@ slots is SIGKILLed: its slots come back within one lease (their leases, as Redis
 end at most one lease after the kill; the first try of a waiting job then reaps them).
 
 Processes: the API under uvicorn, three `python -m worker`, the fake AI over HTTP answering
-each call in 0.3 s.
+each call in 0.3 s but the first four (one per slot) in 5 s: whichever worker holds one of
+those when they all run is still holding it when it is killed.
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ WORKERS = 3
 JOBS = 50
 CAP = 4
 LATENCY = 0.3
+HELD = 5.0  # the first CAP calls' latency
 LEASE = FAST["lease_seconds"]  # 3 s (30 s in production)
 ENV = {
     "WORKER_MAX_JOBS": str(JOBS),
     "AI_MAX_CONCURRENCY": str(CAP),
     "AI_SLOT_POLL_SECONDS": "0.2",
+    "AI_DEADLINE_SECONDS": "10",  # above HELD
+    "JOB_TIMEOUT_SECONDS": "30",
 }
 KEY = slots_key(DEFAULT_PROVIDER)
 DESCRIPTION = (
@@ -55,6 +59,7 @@ async def test_c1_three_workers_share_a_cap_of_four_and_a_killed_worker_gives_it
     fake_ai = system.fake_ai
     assert fake_ai is not None
     fake_ai.reset(default=ok(latency=LATENCY))
+    fake_ai.then(ok(latency=HELD), times=CAP)
     user = await make_user()
     await system.start_api()
     _, records = await system.create_records(user, TASKS)
@@ -78,14 +83,14 @@ async def test_c1_three_workers_share_a_cap_of_four_and_a_killed_worker_gives_it
 
     victim_name = ""
 
-    async def a_worker_holds_a_slot() -> bool:
+    async def the_long_calls_hold_every_slot() -> bool:
         nonlocal victim_name
         held = await holders()
         if held:
             victim_name = held[0][0].decode().split("/", 1)[0]
-        return bool(held)
+        return len(held) == CAP and fake_ai.in_flight == CAP
 
-    await poll(a_worker_holds_a_slot, 30, "a slot held", 0.02)
+    await poll(the_long_calls_hold_every_slot, 30, f"the first {CAP} calls running", 0.02)
     victim = next(
         w for w, n in zip(workers, range(WORKERS), strict=True) if f"c1-{n}" == victim_name
     )
