@@ -113,7 +113,8 @@ class Settings(BaseSettings):
     # its own worker wakes it at once.
     ai_slot_poll_seconds: float = Field(1.0, gt=0)
     # The longest a job waits for an AI slot; then its task goes back to the queue (no
-    # retry budget spent). arq's timeout of a job is JOB_TIMEOUT_SECONDS plus this.
+    # retry budget spent; 0: one look, then back). arq's timeout of a job is
+    # JOB_TIMEOUT_SECONDS plus this.
     ai_slot_wait_seconds: float = Field(300.0, ge=0)
 
     max_audio_file_size: int = 52_428_800

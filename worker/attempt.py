@@ -59,6 +59,8 @@ DEADLINE_GRACE_SECONDS = 2.0
 # How long an abandoned AI call is given to acknowledge its cancellation.
 ABANDON_WAIT_SECONDS = 2.0
 
+# A job always has this long to look for a slot once, whatever is left of its wait.
+ONE_LOOK_SECONDS = 1.0
 # How long the breaker of a provider left for the next one is given to count the failure.
 BREAKER_SECONDS = 1.0
 
@@ -172,7 +174,7 @@ class Attempt:
             deadline = ai_deadline(settings, self.claimed)
             call_needs = deadline + DEADLINE_GRACE_SECONDS + ABANDON_WAIT_SECONDS
             wait_limit = min(wait_ends, job_ends - call_needs) - time.monotonic()
-            got = await self._provider(left, max(wait_limit, 0.0))
+            got = await self._provider(left, max(wait_limit, ONE_LOOK_SECONDS))
             if isinstance(got, StopReason):
                 return got
             if not isinstance(got, Grant):  # every circuit open, or the wait was too long

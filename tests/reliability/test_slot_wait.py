@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -47,7 +48,9 @@ async def test_the_wait_for_a_slot_never_counts_against_the_ai_deadline(
     assert [(row.retry_count, row.retry_counts) for row in rows] == [(0, {})] * 3
 
 
+@pytest.mark.parametrize("wait", [0.5, 0.0])  # 0: one look, then back to the queue
 async def test_a_wait_past_ai_slot_wait_seconds_requeues_without_spending_budget(
+    wait: float,
     client: httpx.AsyncClient,
     alice: ApiUser,
     engine: AsyncEngine,
@@ -60,7 +63,7 @@ async def test_a_wait_past_ai_slot_wait_seconds_requeues_without_spending_budget
         ai_max_concurrency=1,
         worker_max_jobs=2,
         ai_slot_poll_seconds=0.1,
-        ai_slot_wait_seconds=0.5,
+        ai_slot_wait_seconds=wait,
     )
     done = await asyncio.gather(*(wait_for_status(client, alice, t, within=60.0) for t in task_ids))
     assert [d["status"] for d in done] == ["success"] * 2
