@@ -52,7 +52,40 @@ AI_REQUESTS = Histogram(
     ["outcome"],
     buckets=DURATION_BUCKETS,
 )
-CIRCUIT_OPEN = Gauge("vocalborn_ai_circuit_open", "1 while the AI circuit breaker is open")
+CIRCUIT_OPEN = Gauge(
+    "vocalborn_ai_circuit_open", "1 while the first AI provider's circuit breaker is open"
+)
+PROVIDER_CIRCUIT_OPEN = Gauge(
+    "vocalborn_ai_provider_circuit_open",
+    "1 while an AI provider's circuit breaker is open, as this worker last read it",
+    ["provider"],
+)
+AI_SLOTS_IN_USE = Gauge(
+    "vocalborn_ai_slots_in_use",
+    "AI concurrency slots held at a provider by every worker, as this worker last counted"
+    " them (capped providers only)",
+    ["provider"],
+)
+AI_SLOTS_HELD = Gauge(
+    "vocalborn_ai_slots_held", "AI concurrency slots this worker holds, by provider", ["provider"]
+)
+AI_SLOT_WAIT = Histogram(
+    "vocalborn_ai_slot_wait_seconds",
+    "How long an attempt waited for an AI concurrency slot (0 when one was free)",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
+)
+AI_FAILOVERS = Counter(
+    "vocalborn_ai_failovers",
+    "AI calls moved on to the next provider, by the provider left and why"
+    " (circuit_open, network, ai_service, busy)",
+    ["provider", "reason"],
+)
+AI_SLOTS_LOST = Counter(
+    "vocalborn_ai_slots_lost",
+    "AI slots found expired at their renewal (their lease ran out: Redis was unreachable for"
+    " a lease); the call goes on, the cap may be exceeded meanwhile",
+    ["provider"],
+)
 WORKER_HEARTBEAT = Gauge(
     "vocalborn_worker_heartbeat_timestamp_seconds", "Last heartbeat of this worker", ["worker"]
 )

@@ -10,6 +10,8 @@ from limits import parse_many
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.ai_client.providers import DEFAULT_PROVIDER, AIProvider
+
 # The development secret `.env.example` ships with is public: weak by definition.
 # (Allowlisted for the secret scan, .secrets.baseline: public on purpose, listed to be refused.)
 ENV_EXAMPLE_JWT_SECRET = (
@@ -103,6 +105,21 @@ class Settings(BaseSettings):
     # (app.analysis.cache.cache_key_model). Change it with the model, so that no result of
     # the old one is reused; unset, the URL alone keys it.
     ai_model_version: str | None = Field(None, max_length=100)
+    # The AI calls every worker together may have in flight at one provider (a Redis
+    # semaphore whose slots are leases, worker/slots.py); 0: no cap. A provider's own
+    # max_concurrency replaces it.
+    ai_max_concurrency: int = Field(0, ge=0)
+    # The AI providers in order of preference, a JSON list of objects {name, url, key,
+    # max_concurrency, model, degraded} (app/ai_client/providers.py). Unset: one provider,
+    # "default", from AI_SERVICE_URL and AI_SERVICE_API_KEY.
+    ai_providers: tuple[AIProvider, ...] = ()
+    # A job waiting for an AI slot looks again at least this often (seconds); a slot freed in
+    # its own worker wakes it at once.
+    ai_slot_poll_seconds: float = Field(1.0, gt=0)
+    # The longest a job waits for an AI slot; then its task goes back to the queue (no
+    # retry budget spent; 0: one look, then back). arq's timeout of a job is
+    # JOB_TIMEOUT_SECONDS plus this.
+    ai_slot_wait_seconds: float = Field(300.0, ge=0)
 
     max_audio_file_size: int = 52_428_800
     supported_audio_formats: Annotated[tuple[str, ...], NoDecode] = ("mp3", "wav", "m4a", "aac")
@@ -252,6 +269,24 @@ class Settings(BaseSettings):
         if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
             raise ValueError("set both S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY, or neither")
         return self
+
+    @field_validator("ai_providers")
+    @classmethod
+    def _distinct_providers(cls, value: tuple[AIProvider, ...]) -> tuple[AIProvider, ...]:
+        names = [provider.name for provider in value]
+        if len(set(names)) != len(names):
+            raise ValueError("provider names must be distinct")
+        return value
+
+    @property
+    def providers(self) -> tuple[AIProvider, ...]:
+        """AI_PROVIDERS, else the one provider AI_SERVICE_URL and AI_SERVICE_API_KEY name."""
+        if self.ai_providers:
+            return self.ai_providers
+        default = AIProvider(
+            name=DEFAULT_PROVIDER, url=self.ai_service_url, key=self.ai_service_api_key
+        )
+        return (default,)
 
     @property
     def serve_docs(self) -> bool:

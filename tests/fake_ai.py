@@ -1,7 +1,9 @@
 """A controllable stand-in for the external AI service: a real HTTP server on loopback.
 
 It stands in for the external service only. Modes are queued per call (`then`), with a
-default for calls beyond the queue; `stop()` makes the port refuse connections.
+default for calls beyond the queue; `stop()` makes the port refuse connections. It counts the
+calls it is answering at once and keeps the most it ever saw (`max_in_flight`): from the
+request's arrival until its answer's last byte (or the client's disconnect).
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ class FakeAI:
         self._script: deque[Mode] = deque()
         self._lock = threading.Lock()
         self.calls: list[Call] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     @property
     def url(self) -> str:
@@ -103,6 +107,7 @@ class FakeAI:
             self.default = default
             self._script.clear()
             self.calls = []
+            self.max_in_flight = self.in_flight
 
     def switch(self, default: Mode) -> None:
         """From the next call on, answer `default` (the call log is kept: an outage that
@@ -120,12 +125,32 @@ class FakeAI:
         with self._lock:
             return len(self.calls)
 
+    def _enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
     def _next_mode(self) -> Mode:
         with self._lock:
             return self._script.popleft() if self._script else self.default
 
     # -- the HTTP side ---------------------------------------------------------------
     async def _analyze(self, request: Request) -> Response:
+        self._enter()
+        streaming = False
+        try:
+            response = await self._answer(request)
+            streaming = isinstance(response, StreamingResponse)
+            return response
+        finally:
+            if not streaming:  # a stream leaves when it ends (`_stream`)
+                self._leave()
+
+    async def _answer(self, request: Request) -> Response:
         mode = self._next_mode()
         call = Call(mode, headers=dict(request.headers), query=dict(request.query_params))
         call.peer = (request.client.host, request.client.port) if request.client else None
@@ -163,6 +188,7 @@ class FakeAI:
             call.answered_at = time.monotonic()
         finally:
             call.closed_by_client = not call.finished
+            self._leave()
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> FakeAI:

@@ -25,6 +25,9 @@ async def test_admin_task_api(
 
     stats = (await client.get("/api/v1/admin/tasks/stats", headers=admin.headers)).json()
     assert stats["by_status"] == {"pending": 1} and stats["queue_depth"] == 1
+    (provider,) = stats["ai_providers"]  # AI_SERVICE_URL's, uncapped (AI_MAX_CONCURRENCY=0)
+    assert provider["name"] == "default" and provider["breaker"] == "closed"
+    assert provider["cap"] is None and provider["in_use"] is None
 
     not_yet = await client.post(f"/api/v1/admin/tasks/{task_id}/retry", headers=admin.headers)
     assert not_yet.status_code == 409

@@ -24,16 +24,34 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from app.ai_client.errors import AIServiceError, AnalysisError, AnalysisTimeout, ErrorClass
+from app.ai_client.errors import (
+    AIServiceError,
+    AnalysisError,
+    AnalysisTimeout,
+    ErrorClass,
+    ServiceBusy,
+)
 from app.ai_client.wire import AIResult, ProgressLine
 from app.analysis import steps
-from app.analysis.lifecycle import Claim
-from app.metrics import AI_REQUESTS
+from app.analysis.cache import provider_key
+from app.analysis.lifecycle import Claim, Provenance
+from app.metrics import AI_FAILOVERS, AI_REQUESTS
+from app.settings import Settings
 from worker.context import WorkerDeps
+from worker.deadline import ai_deadline
+from worker.durable import after_commit
 from worker.lease import Lease, StopReason
-from worker.outcome import AFTER_COMMIT_SECONDS, CircuitOpen, NotRecorded, Recorder
+from worker.outcome import (
+    AFTER_COMMIT_SECONDS,
+    CircuitOpen,
+    NotRecorded,
+    Recorder,
+    SlotWaitOver,
+    Success,
+)
+from worker.providers import AllOpen, Grant, Provider
 from worker.relay import ProgressRelay
-from worker.retry import classify
+from worker.retry import FAILOVER_CLASSES, classify
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +61,12 @@ DEADLINE_GRACE_SECONDS = 2.0
 # How long an abandoned AI call is given to acknowledge its cancellation.
 ABANDON_WAIT_SECONDS = 2.0
 
-Outcome = AIResult | AnalysisError | StopReason | CircuitOpen
+# A job always has this long to look for a slot once, whatever is left of its wait.
+ONE_LOOK_SECONDS = 1.0
+# How long the breaker of a provider left for the next one is given to count the failure.
+BREAKER_SECONDS = 1.0
+
+Outcome = Success | AnalysisError | StopReason | CircuitOpen | SlotWaitOver
 
 
 class Attempt:
@@ -60,6 +83,7 @@ class Attempt:
         self._last_progress: tuple[int, str] = (0, steps.UPLOADING.code)
         self._relay: ProgressRelay | None = None
         self._lease: Lease | None = None
+        self._shown_waiting = False  # the task says it waits for an AI slot
 
     async def run(self) -> str:
         """Run the attempt to a committed outcome; returns it in words (for arq's log).
@@ -103,6 +127,8 @@ class Attempt:
         recorder = self.recorder
         if isinstance(outcome, CircuitOpen):
             return recorder.circuit_open(outcome)
+        if isinstance(outcome, SlotWaitOver):
+            return recorder.slot_wait_over(outcome)
         if isinstance(outcome, StopReason):
             if outcome is StopReason.CANCEL_REQUESTED:
                 return recorder.cancelled()
@@ -114,33 +140,114 @@ class Attempt:
     # -- phase 1: the AI call ------------------------------------------------------------
     async def _phase_one(self) -> Outcome:
         await self.deps.publisher.publish_row(self.claimed.row)  # best effort
-        decision = await self.deps.breaker.before_call()  # never raises
-        if not decision.allowed:
-            return CircuitOpen(decision.retry_in)
-        self.recorder.admitted = decision
         return await self._analyse()
 
-    async def _analyse(self) -> AIResult | AnalysisError | StopReason:
-        """The AI call while the worker renews its lease: its result or error, or why the
-        lease stopped it. The lease is closed and the progress relay has stopped (within its
-        bounded close) when this returns or raises."""
+    async def _analyse(self) -> Outcome:
+        """The AI call, through the providers, while the worker renews the lease: a result,
+        an error, why the lease stopped it, or why no call was made. The lease is closed and
+        the progress relay has stopped (within its bounded close) when this returns or
+        raises."""
         lease = self._lease
         assert lease is not None, "held since the claim (run)"
         relay = self._relay = ProgressRelay(self.deps, self.claimed, lease)
         relay.start()
-        call = asyncio.create_task(self._call_ai())
-        limit = self.deps.settings.ai_deadline_seconds + DEADLINE_GRACE_SECONDS
-        either: list[asyncio.Future[Any]] = [call, lease.stopped]
         try:
-            await asyncio.wait(either, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-            answered = call.done()
+            return await self._through_providers()
         finally:
             try:
-                if not call.done():
-                    await _abandon(call)
                 await relay.close()
             finally:  # even if a second cancel comes meanwhile: the lease is not renewed on
                 self._close_lease()
+
+    async def _through_providers(self) -> Outcome:
+        """Take the first provider with a closed circuit and a free slot (waiting for one
+        while all are full), call it, and on a failure of the service itself move on to the
+        next (`fails_over`); the recording's own faults never move on."""
+        settings = self.deps.settings
+        providers = self.deps.providers
+        started = time.monotonic()
+        # arq's timeout of the job is JOB_TIMEOUT_SECONDS plus AI_SLOT_WAIT_SECONDS.
+        job_ends = started + settings.job_timeout_seconds + settings.ai_slot_wait_seconds
+        wait_ends = started + settings.ai_slot_wait_seconds
+        left: list[str] = []  # providers this attempt called and left
+        reasons: list[str] = []  # why the better providers were passed, in words
+        error: AnalysisError | None = None
+        while True:
+            deadline = ai_deadline(settings, self.claimed)
+            call_needs = deadline + DEADLINE_GRACE_SECONDS + ABANDON_WAIT_SECONDS
+            wait_limit = min(wait_ends, job_ends - call_needs) - time.monotonic()
+            got = await self._provider(left, max(wait_limit, ONE_LOOK_SECONDS))
+            if isinstance(got, StopReason):
+                return got
+            if not isinstance(got, Grant):  # every circuit open, or the wait was too long
+                if error is not None:
+                    return error  # the last provider called says why
+                return CircuitOpen(got.retry_in) if isinstance(got, AllOpen) else got
+            provider = got.provider
+            reasons.extend(got.passed)
+            self.recorder.breaker, self.recorder.admitted = provider.breaker, got.decision
+            answer = await self._call(got, deadline)
+            if isinstance(answer, AIResult):
+                return Success(answer, _provenance(provider, reasons, self.deps.settings))
+            if isinstance(answer, StopReason):
+                return answer
+            error = answer
+            remaining = job_ends - time.monotonic() - call_needs
+            others = [p for p in providers.all if p.name not in left and p is not provider]
+            if not (fails_over(error) and others and remaining > 0):
+                return error
+            left.append(provider.name)
+            reasons.append(f"{provider.name}: {error.message}")
+            AI_FAILOVERS.labels(provider.name, _failover_reason(error)).inc()
+            log.info(
+                "task %s: %s failed (%s); trying the next provider",
+                self.claimed.task_id,
+                provider.name,
+                error.message,
+            )
+            if not isinstance(error, ServiceBusy):  # a busy service is healthy
+                await after_commit("breaker", provider.breaker.record_failure, BREAKER_SECONDS)
+
+    async def _provider(
+        self, left: list[str], wait_limit: float
+    ) -> Grant | AllOpen | SlotWaitOver | StopReason:
+        """A provider and its slot for the next call (Providers.acquire), unless the lease
+        stops the wait or no slot comes free within `wait_limit` seconds. A slot taken just as
+        the wait ended (or as the job was cancelled) is given back, never left renewed."""
+        acquiring = asyncio.create_task(
+            self.deps.providers.acquire(holder_of(self.deps, self.job_id), left, self._waiting)
+        )
+        started = time.monotonic()
+        handed = False
+        try:
+            if await self._settled(acquiring, wait_limit):
+                handed = True
+                grant = acquiring.result()
+                if self._shown_waiting:
+                    self._shown_waiting = False
+                    self._report(0, steps.UPLOADING)  # the wait is over
+                return grant
+        finally:
+            if not handed and acquiring.done() and not acquiring.cancelled():
+                taken = acquiring.result() if acquiring.exception() is None else None
+                if isinstance(taken, Grant):
+                    await self.deps.providers.release(taken)
+        lease = self._lease
+        assert lease is not None
+        if lease.stopped.done():
+            return lease.stopped.result()
+        return SlotWaitOver(time.monotonic() - started)
+
+    async def _call(self, grant: Grant, deadline: float) -> AIResult | AnalysisError | StopReason:
+        """The AI call to the grant's provider, its slot given back as soon as it ends: its
+        result or error, or why the lease stopped it. `deadline`: seconds, from now."""
+        lease = self._lease
+        assert lease is not None
+        try:
+            call = asyncio.create_task(self._call_ai(grant.provider, deadline))
+            answered = await self._settled(call, deadline + DEADLINE_GRACE_SECONDS)
+        finally:
+            await self.deps.providers.release(grant)
         if answered:
             if call.cancelled():  # not by us: something inside gave the call up
                 return AIServiceError("The AI call was cancelled")
@@ -148,21 +255,49 @@ class Attempt:
             return call.result() if error is None else classify(error)
         if lease.stopped.done():
             return lease.stopped.result()
+        limit = deadline + DEADLINE_GRACE_SECONDS
         return AnalysisTimeout(f"No answer from the AI service within {limit:.0f} s")
 
-    async def _call_ai(self) -> AIResult:
+    async def _settled(self, task: asyncio.Task[Any], limit: float) -> bool:
+        """Wait for `task`, the lease's stop or `limit` seconds, whichever comes first;
+        whether `task` ended. A task that has not is abandoned (a bounded wait) before this
+        returns or raises."""
+        lease = self._lease
+        assert lease is not None
+        either: list[asyncio.Future[Any]] = [task, lease.stopped]
+        try:
+            await asyncio.wait(either, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+            return task.done()
+        finally:
+            if not task.done():
+                await _abandon(task)
+
+    def _waiting(self) -> None:
+        """Every provider is full: the task says it waits for the AI service."""
+        self._shown_waiting = True
+        self._report(0, steps.WAITING_AI)
+
+    def _report(self, progress: int, step: steps.Step) -> None:
+        self._last_progress = (progress, step.code)
+        if self._relay is not None:
+            self._relay.report(progress, step.code)
+
+    async def _call_ai(self, provider: Provider, deadline: float) -> AIResult:
         record = self.claimed
+        params = dict(record.task_params)
+        if provider.config.model and not params.get("model_version"):
+            params["model_version"] = provider.config.model
         started = time.monotonic()
         outcome = "error"
         try:
-            async with asyncio.timeout(self.deps.settings.ai_deadline_seconds) as deadline:
-                result = await self.deps.ai.analyze(
+            async with asyncio.timeout(deadline) as timeout:
+                result = await provider.ai.analyze(
                     self.deps.storage.read(record.audio_storage_key),
                     record.audio_content_type,
-                    record.task_params,
+                    params,
                     f"{record.task_id}:{record.attempt}",
                     self._on_progress,
-                    deadline=deadline.when(),
+                    deadline=timeout.when(),
                 )
             outcome = "ok"
             return result
@@ -212,3 +347,35 @@ async def _abandon(call: asyncio.Task[AIResult]) -> None:
     if not done:
         log.warning("AI call %s still running after its cancel; left to end", call.get_name())
     call.add_done_callback(lambda task: task.cancelled() or task.exception())
+
+
+def holder_of(deps: WorkerDeps, job_id: str) -> str:
+    """Who holds an attempt's AI slot: `<worker name>/<job id>` (a random suffix is added per
+    slot), so that a slot names the worker that holds it."""
+    return f"{deps.worker_name}/{job_id}"
+
+
+def fails_over(error: AnalysisError) -> bool:
+    """Whether an AI call that failed with `error` moves on to the next provider: the service
+    failed (unreachable, 5xx, busy, a malformed answer), not the recording (a validation
+    error: no provider would do better) and not the deadline (it is spent)."""
+    return error.error_class in FAILOVER_CLASSES
+
+
+def _failover_reason(error: AnalysisError) -> str:
+    return "busy" if isinstance(error, ServiceBusy) else error.error_class.value
+
+
+def _provenance(provider: Provider, reasons: list[str], settings: Settings) -> Provenance:
+    """Who produced a result; a degraded provider's says why the others were passed (and is
+    never reused by the result cache)."""
+    config = provider.config
+    why = None
+    if config.degraded:
+        why = (
+            f"primary providers unavailable: {'; '.join(reasons)}"
+            if reasons
+            else f"served by {config.name}, a degraded provider"
+        )
+    cache_model = None if config.degraded else provider_key(config, settings)
+    return Provenance(config.name, config.model, why, cache_model)

@@ -13,6 +13,11 @@ kept the breaker closed while they piled up. And the count lasts `breaker_failur
 after the last failure: calls that end well are not always there to reset it (a success admitted
 at no failures does not look), and sporadic failures minutes apart are no outage.
 
+Each AI provider has its own breaker (`name`, app/ai_client/providers.py): its keys are
+`vocalborn:breaker:ai:<name>:*`, the default provider's `vocalborn:breaker:ai:*` as before
+providers came; its state is exported per provider (`vocalborn_ai_provider_circuit_open`), the
+first provider's also as `vocalborn_ai_circuit_open`.
+
 Hand-written (about 70 lines) because the maintained breakers (pybreaker, aiobreaker) keep
 their state in process memory or in a synchronous Redis client.
 """
@@ -26,15 +31,34 @@ from typing import cast
 
 from redis.asyncio import Redis
 
-from app.metrics import BREAKER_UNREADABLE, CIRCUIT_OPEN
+from app.ai_client.providers import DEFAULT_PROVIDER, breaker_prefix
+from app.metrics import BREAKER_UNREADABLE, CIRCUIT_OPEN, PROVIDER_CIRCUIT_OPEN
 
 log = logging.getLogger(__name__)
 
-PREFIX = "vocalborn:breaker:ai"
+PREFIX = breaker_prefix(DEFAULT_PROVIDER)
 FAILURES = f"{PREFIX}:failures"  # consecutive failures
 FAILED_EVER = f"{PREFIX}:failed_ever"  # every failure counted, never reset
 OPEN = f"{PREFIX}:open"
 PROBE = f"{PREFIX}:probe"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """One provider's breaker keys."""
+
+    failures: str
+    failed_ever: str
+    open: str
+    probe: str
+
+    @classmethod
+    def of(cls, name: str) -> Keys:
+        prefix = breaker_prefix(name)
+        return cls(
+            f"{prefix}:failures", f"{prefix}:failed_ever", f"{prefix}:open", f"{prefix}:probe"
+        )
+
 
 UNKNOWN = -1  # what a call was admitted with when the breaker could not be read
 
@@ -88,9 +112,22 @@ return 1
 
 
 class CircuitBreaker:
-    def __init__(self, redis: Redis, threshold: int, cooldown: float, window: float = 60.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        threshold: int,
+        cooldown: float,
+        window: float = 60.0,
+        *,
+        name: str = DEFAULT_PROVIDER,
+        first: bool = True,
+    ) -> None:
         """`threshold` failures, each within `window` seconds of the next, open the breaker for
-        `cooldown` seconds."""
+        `cooldown` seconds. `name`: the provider's; `first`: the preferred provider, whose
+        state is also `vocalborn_ai_circuit_open`."""
+        self.name = name
+        self.keys = Keys.of(name)
+        self._gauges = [PROVIDER_CIRCUIT_OPEN.labels(name)] + ([CIRCUIT_OPEN] if first else [])
         self._redis = redis
         self._threshold = threshold
         self._cooldown_ms = int(cooldown * 1000)
@@ -109,22 +146,23 @@ class CircuitBreaker:
             return Decision(True)
 
     async def _decide(self) -> Decision:
+        keys = self.keys
         script = self._redis.eval(
             _DECIDE,
             4,
-            OPEN,
-            FAILURES,
-            PROBE,
-            FAILED_EVER,
+            keys.open,
+            keys.failures,
+            keys.probe,
+            keys.failed_ever,
             str(self._threshold),
             str(self._cooldown_ms),
         )
         allowed, retry_in_ms, failures, ever = await cast(Awaitable[list[int]], script)
         # Every worker's gauge follows what it last read, whoever opened or closed it.
         if not allowed:
-            CIRCUIT_OPEN.set(1)
+            self._gauge(1)
         elif failures < self._threshold:
-            CIRCUIT_OPEN.set(0)
+            self._gauge(0)
         if not allowed:
             return Decision(False, int(retry_in_ms) / 1000)
         return Decision(True, 0.0, int(failures), int(ever))
@@ -136,26 +174,38 @@ class CircuitBreaker:
         to reset). Raises on a Redis error (the caller decides how hard to try)."""
         if admitted.failures == 0:
             return
+        keys = self.keys
         script = self._redis.eval(
-            _SUCCEED, 4, FAILURES, PROBE, OPEN, FAILED_EVER, str(admitted.failed_ever)
+            _SUCCEED,
+            4,
+            keys.failures,
+            keys.probe,
+            keys.open,
+            keys.failed_ever,
+            str(admitted.failed_ever),
         )
         if await cast(Awaitable[int], script):
-            CIRCUIT_OPEN.set(0)
+            self._gauge(0)
 
     async def record_failure(self) -> None:
         """Count a failure of the AI service; open the breaker at the threshold, in the same
         step as the probe slot is freed (one round trip). Raises on a Redis error."""
+        keys = self.keys
         script = self._redis.eval(
             _FAIL,
             4,
-            FAILURES,
-            OPEN,
-            PROBE,
-            FAILED_EVER,
+            keys.failures,
+            keys.open,
+            keys.probe,
+            keys.failed_ever,
             str(self._threshold),
             str(self._cooldown_ms),
             str(self._window_ms),
         )
         failures = await cast(Awaitable[int], script)
         if int(failures) >= self._threshold:
-            CIRCUIT_OPEN.set(1)
+            self._gauge(1)
+
+    def _gauge(self, value: int) -> None:
+        for gauge in self._gauges:
+            gauge.set(value)

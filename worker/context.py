@@ -11,12 +11,11 @@ import asyncpg
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.ai_client.client import AIClient
 from app.analysis.progress import Publisher
 from app.settings import Settings
 from app.storage import Storage
-from worker.breaker import CircuitBreaker
 from worker.lease import Leases
+from worker.providers import Providers
 from worker.retry import RetryPolicy
 
 
@@ -27,8 +26,7 @@ class WorkerDeps:
     pg: asyncpg.Pool  # asyncpg's own pool: the task transitions (app.analysis.lifecycle)
     arq: ArqRedis
     storage: Storage
-    ai: AIClient
-    breaker: CircuitBreaker
+    providers: Providers  # the AI providers: clients, breakers, slots
     policy: RetryPolicy
     publisher: Publisher
     worker_name: str

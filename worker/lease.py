@@ -10,6 +10,9 @@ a quarter. If the row says an attempt lost its task, or that a cancel was reques
 attempt's `Lease.stopped` resolves; the attempt waits on it beside its AI call. A row another
 transaction holds locked is skipped for that round, never waited on.
 
+The same round renews the AI concurrency slots the worker holds (worker/slots.py), in one more
+round trip, whether or not the row renewal went through.
+
 arq's in-progress key of a new attempt is cut to a lease span at once (arq sets it to the job
 timeout), and a closing attempt's key is held for what the attempt still has to do (commit its
 outcome, then its effects) so that arq does not start the job again meanwhile; extensions that
@@ -33,6 +36,7 @@ from arq.connections import ArqRedis
 
 from app.analysis import lifecycle, queue
 from app.analysis.lifecycle import Claim
+from worker.slots import Slots
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +102,15 @@ class Lease:
 class Leases:
     """Every lease of one worker, renewed by one loop (`start()`, `stop()`)."""
 
-    def __init__(self, lease: float, pg: asyncpg.Pool, arq: ArqRedis) -> None:
-        """`lease`: seconds (LEASE_SECONDS)."""
+    def __init__(
+        self, lease: float, pg: asyncpg.Pool, arq: ArqRedis, slots: Slots | None = None
+    ) -> None:
+        """`lease`: seconds (LEASE_SECONDS); `slots`: the worker's AI slots, renewed in the
+        same rounds."""
         self.lease = lease
         self._pg = pg
         self._arq = arq
+        self._slots = slots
         self._held: dict[str, Lease] = {}  # by job id: the leases being renewed
         # In-progress keys to extend, by job id: until when (time.monotonic()) for a closing
         # attempt's hold, None for a lease span.
@@ -174,6 +182,7 @@ class Leases:
             try:
                 if now >= renewal_due:
                     renewed = await self._renew()
+                    await self._renew_slots()  # after the rows: a stuck Redis never delays them
                     share = RENEW_SHARE if renewed else RETRY_SHARE
                     renewal_due = time.monotonic() + self.lease * share
                 if self._keys and time.monotonic() >= keys_due:
@@ -189,6 +198,16 @@ class Leases:
             async with asyncio.timeout(seconds):
                 await self._wake.wait()
         self._wake.clear()
+
+    async def _renew_slots(self) -> None:
+        """Renew the worker's AI slots (best effort: one not renewed in time is added back
+        at the next round)."""
+        if self._slots is None:
+            return
+        try:  # redis-py's own timeouts bound it (as the in-progress keys' pipeline)
+            await self._slots.renew()
+        except Exception as exc:
+            log.warning("renewing %d AI slot(s) failed: %r", self._slots.held, exc)
 
     async def _renew(self) -> bool:
         """Extend every held lease in the rows; False when that failed (tried again soon)."""

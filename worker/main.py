@@ -11,7 +11,6 @@ from arq import cron, func
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import redis_client, storage
-from app.ai_client.client import AIClient
 from app.analysis import queue
 from app.analysis.eta import Estimator
 from app.analysis.progress import Publisher, publish_settings
@@ -20,12 +19,13 @@ from app.logs import configure_logging
 from app.metrics import DEPENDENCY_RETRIES
 from app.redis_client import RedisTarget, failover_retry
 from app.settings import Settings, get_settings
-from worker.breaker import CircuitBreaker
 from worker.context import WorkerDeps, default_worker_name
 from worker.cron import cleanup_expired, heartbeat_forever, reconcile
 from worker.jobs import analyze_recording
 from worker.lease import Leases
+from worker.providers import Providers
 from worker.retry import RetryPolicy
+from worker.slots import Slots
 
 log = logging.getLogger(__name__)
 
@@ -63,23 +63,18 @@ async def startup(ctx: dict[str, Any]) -> None:
     engine: AsyncEngine = ctx.get("engine") or create_engine(settings)
     pg = await create_pg_pool(settings, connection_class=ctx.get("pg_connection_class"))
     estimator = Estimator(engine, slots=settings.ai_service_concurrency)
+    slots = Slots(arq, settings.lease_seconds)
     deps = WorkerDeps(
         settings=settings,
         engine=engine,
         pg=pg,
         arq=arq,
         storage=storage.from_settings(settings),
-        ai=AIClient(settings, transport=ctx.get("ai_transport")),
-        breaker=CircuitBreaker(
-            arq,
-            settings.breaker_failure_threshold,
-            settings.breaker_cooldown_seconds,
-            settings.breaker_failure_window_seconds,
-        ),
+        providers=Providers(settings, arq, slots, transport=ctx.get("ai_transport")),
         policy=RetryPolicy(settings),
         publisher=Publisher(arq, estimator, publish_settings(settings)),
         worker_name=settings.worker_name or default_worker_name(),
-        leases=Leases(settings.lease_seconds, pg, arq),
+        leases=Leases(settings.lease_seconds, pg, arq, slots),
     )
     deps.leases.start()
     ctx["deps"] = deps
@@ -111,7 +106,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await asyncio.wait({heartbeat}, timeout=HEARTBEAT_STOP_SECONDS)
     if deps is not None:
         await deps.leases.stop()
-        await deps.ai.aclose()
+        await deps.providers.aclose()
         await deps.arq.aclose(close_connection_pool=True)
         await close_pg_pool(deps.pg)
         await deps.engine.dispose()
@@ -123,9 +118,11 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 def worker_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `arq.Worker`; every duration comes from settings."""
-    job_timeout = settings.job_timeout_seconds
-    if settings.ai_deadline_seconds >= job_timeout:  # our deadline must fire before arq's
+    if settings.ai_deadline_seconds >= settings.job_timeout_seconds:  # ours before arq's
         raise ValueError("AI_DEADLINE_SECONDS must be below JOB_TIMEOUT_SECONDS")
+    # A job may first wait for an AI slot (worker/slots.py): that wait never counts against
+    # the AI call's deadline, nor against arq's timeout of the job.
+    job_timeout = settings.job_timeout_seconds + settings.ai_slot_wait_seconds
     return {
         "functions": [
             func(

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from app.ai_client.errors import AnalysisError, ErrorClass, NetworkError, ServiceBusy
 from app.ai_client.wire import AIResult
 from app.analysis import lifecycle, queue
-from app.analysis.cache import cache_key_model
-from app.analysis.lifecycle import Claim
+from app.analysis.lifecycle import Claim, Provenance
 from app.analysis.status import Row
 from app.metrics import TASK_ERRORS, TASK_PROCESSING, TASK_RETRIES, TASKS_FINISHED
-from worker.breaker import Decision
+from worker.breaker import CircuitBreaker, Decision
 from worker.context import WorkerDeps
 from worker.durable import after_commit, durable
 from worker.retry import RETRY_BUDGETS, SERVICE_FAILURES
@@ -50,6 +49,21 @@ class CircuitOpen:
     retry_in: float
 
 
+@dataclass(frozen=True, slots=True)
+class SlotWaitOver:
+    """No AI slot came free within AI_SLOT_WAIT_SECONDS: the task goes back to the queue."""
+
+    waited: float  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    """The AI call's result and who produced it."""
+
+    result: AIResult
+    provenance: Provenance
+
+
 class Recorder:
     """Commits one attempt's outcome, then its effects. `lease_deadline` (time.monotonic()):
     when the attempt's lease ends, as far as this worker knows."""
@@ -59,8 +73,10 @@ class Recorder:
         self.claimed = claimed
         self.lease_deadline = lease_deadline
         self._effects_deadline: float | None = None
-        # How the breaker let the AI call through (set by the attempt before the call): its
-        # success resets the breaker's count only if nothing was counted since.
+        # The breaker of the provider called last, and how it let the call through (both set
+        # by the attempt before the call): its success resets the breaker's count only if
+        # nothing was counted since.
+        self.breaker: CircuitBreaker = deps.providers.first.breaker
         self.admitted = Decision(True)
 
     @property
@@ -69,18 +85,20 @@ class Recorder:
         return self.lease_deadline + self.deps.settings.lease_seconds
 
     # -- outcomes -------------------------------------------------------------------------
-    async def succeed(self, result: AIResult) -> str:
-        cache_model = cache_key_model(self.deps.settings)
+    async def succeed(self, success: Success) -> str:
         row = await self._commit(
             "success",
-            lambda: lifecycle.succeed(self.deps.pg, self.claimed, result, cache_model=cache_model),
+            lambda: lifecycle.succeed(
+                self.deps.pg, self.claimed, success.result, success.provenance
+            ),
         )
         if row is None or row["status"] != "success":
             await self._publish(row)
             return "stale: result discarded"
         TASKS_FINISHED.labels("success").inc()
         TASK_PROCESSING.observe((row["completed_at"] - row["started_at"]).total_seconds())
-        await self._after_commit("breaker", lambda: self.deps.breaker.record_success(self.admitted))
+        breaker, admitted = self.breaker, self.admitted
+        await self._after_commit("breaker", lambda: breaker.record_success(admitted))
         await self._publish(row)
         return "success"
 
@@ -95,6 +113,12 @@ class Recorder:
         if self._may_defer("circuit_open"):
             return await self.retry_later(circuit.retry_in, "circuit_open", budget=None)
         return await self.settle(NetworkError("The AI service circuit stayed open"))
+
+    async def slot_wait_over(self, over: SlotWaitOver) -> str:
+        """No AI slot came free in time: queued again, due now, spending no budget and no
+        deferral (a long queue for the AI service is no failure of the task)."""
+        message = f"Waited {over.waited:.0f} s for the AI service; queued again"
+        return await self.retry_later(0.0, "ai_slot_wait", budget=None, message=message)
 
     async def settle(self, error: AnalysisError, *, ai_called: bool = False) -> str:
         """A failed attempt: deferred, retried or failed by its error class. `ai_called`: the
@@ -125,7 +149,7 @@ class Recorder:
             lambda: lifecycle.fail(self.deps.pg, self.claimed, error_class.value, message),
         )
         if unhealthy:
-            await self._after_commit("breaker", self.deps.breaker.record_failure)
+            await self._after_commit("breaker", self.breaker.record_failure)
         await self._publish(row)
         return self._count_final(row, "failure", "stale: lease lost", f"failure: {error_class}")
 
@@ -154,7 +178,7 @@ class Recorder:
             ),
         )
         if unhealthy:
-            await self._after_commit("breaker", self.deps.breaker.record_failure)
+            await self._after_commit("breaker", self.breaker.record_failure)
         await self._publish(row)
         if row is None or row["status"] != "retry":
             return self._count_final(row, "retry", "stale: lease lost")

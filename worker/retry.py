@@ -32,6 +32,9 @@ RETRY_BUDGETS = {
 }
 # Failures that say the AI service is unhealthy (and so feed the circuit breaker).
 SERVICE_FAILURES = frozenset({ErrorClass.NETWORK, ErrorClass.TIMEOUT, ErrorClass.AI_SERVICE})
+# Failures that move an AI call on to the next provider (worker/attempt.py): the service's,
+# but not a timeout (the call's deadline is spent) nor a validation error (the recording).
+FAILOVER_CLASSES = frozenset({ErrorClass.NETWORK, ErrorClass.AI_SERVICE})
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import liveness
+from app.ai_client.providers import ProviderState, provider_states
 from app.analysis import queue, submit
 from app.analysis.maintenance import delete_expired_tasks
 from app.analysis.schemas import AnalysisParameters, SubmittedTask
@@ -61,17 +62,27 @@ class TaskStats(BaseModel):
     mean_processing_seconds_last_hour: float | None  # analyses only (cache hits never start)
     failures_last_hour: int
     cache_hits_last_hour: int  # tasks finished at once with a copy of an earlier result
+    # Each AI provider in order of preference: its concurrency cap, slots in use, breaker
+    # state (None: Redis unavailable).
+    ai_providers: list[ProviderState] | None = None
 
 
 async def stats(session: AsyncSession, state: AppState) -> TaskStats:
     row = (await session.execute(STATS)).mappings().one()
-    depth = workers = None
+    depth = workers = providers = None
+    settings = state.settings
     try:
         depth = await queue.queued_count(state.arq)
         workers = [
             WorkerOut(**_fields(beat), last_heartbeat_at=beat.at)
             for beat in await liveness.live_workers(state.arq)
         ]
+        providers = await provider_states(
+            state.arq,
+            settings.providers,
+            settings.ai_max_concurrency,
+            settings.breaker_failure_threshold,
+        )
     except Exception:  # Redis down: the database half still answers
         pass
     mean = row["mean_processing_seconds_last_hour"]
@@ -83,6 +94,7 @@ async def stats(session: AsyncSession, state: AppState) -> TaskStats:
         mean_processing_seconds_last_hour=float(mean) if mean is not None else None,
         failures_last_hour=row["failures_last_hour"],
         cache_hits_last_hour=row["cache_hits_last_hour"],
+        ai_providers=providers,
     )
 
 

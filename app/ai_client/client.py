@@ -22,6 +22,7 @@ from app.ai_client.errors import (
     NetworkError,
     error_for_status,
 )
+from app.ai_client.providers import AIProvider
 from app.ai_client.wire import AIResult, ErrorLine, Line, ProgressLine, ResultLine
 from app.settings import Settings
 
@@ -36,11 +37,18 @@ POOL_SHARD = 50
 
 class AIClient:
     def __init__(
-        self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport | None = None,
+        provider: AIProvider | None = None,
     ) -> None:
+        """A client of `provider` (its URL and key), else of AI_SERVICE_URL and
+        AI_SERVICE_API_KEY."""
+        url = provider.url if provider is not None else settings.ai_service_url
+        key = provider.key if provider is not None else settings.ai_service_api_key
         headers = {"Accept": NDJSON}
-        if settings.ai_service_api_key:
-            headers["Authorization"] = f"Bearer {settings.ai_service_api_key}"
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
         # One connection per job the worker may run at once, all kept alive: httpx's default
         # (100, 20 kept) capped the AI calls in flight at 100 whatever WORKER_MAX_JOBS said,
         # and churned connections beyond 20. They are split over pools of at most POOL_SHARD,
@@ -51,7 +59,7 @@ class AIClient:
         size = math.ceil(jobs / pools)
         self._pools = [
             httpx.AsyncClient(
-                base_url=settings.ai_service_url,
+                base_url=url,
                 headers=headers,
                 transport=transport,
                 limits=httpx.Limits(

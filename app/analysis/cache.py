@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from app.ai_client.providers import AIProvider
 from app.analysis.status import Row
 from app.metrics import RESULT_CACHE
 from app.settings import Settings
@@ -25,17 +26,24 @@ COPIED_COLUMNS = (
     "overall_score", "pronunciation_accuracy", "fluency_score", "rhythm_score",
     "detailed_analysis", "sentence_analyses", "suggestions", "improvement_areas",
     "analysis_model_version", "processing_time_seconds", "cache_model",
+    "provider", "provider_model", "degraded", "degraded_reason",
 )  # fmt: skip
 
 
+def provider_key(provider: AIProvider, settings: Settings) -> str:
+    """What a provider produces, as the cache keys it: `url#model` (the provider's model,
+    else AI_MODEL_VERSION), or the URL alone when neither names one. The worker stores it
+    with each result of that provider (not with a degraded one's: never reused)."""
+    model = provider.model or settings.ai_model_version
+    return f"{provider.url}#{model}" if model else provider.url
+
+
 def cache_key_model(settings: Settings) -> str:
-    """What produces a result, as the cache keys it: `AI_SERVICE_URL#AI_MODEL_VERSION`, or the
-    URL alone when no version is configured. The worker stores it with each result; a submit
-    reuses only results stored under the current value. The one place to change when results
-    record the provider and model that actually produced them."""
-    if settings.ai_model_version:
-        return f"{settings.ai_service_url}#{settings.ai_model_version}"
-    return settings.ai_service_url
+    """The key a submit looks results up under: the preferred provider's (the first of
+    AI_PROVIDERS, or AI_SERVICE_URL's), so that a result is reused only when the provider
+    that would analyse the recording now made it; change AI_MODEL_VERSION (or the
+    provider's model) with the model, and no result of the old one is reused."""
+    return provider_key(settings.providers[0], settings)
 
 
 def source_cte(target: str = "target") -> str:

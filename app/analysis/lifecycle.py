@@ -152,11 +152,13 @@ SUCCEED = text(
         INSERT INTO ai_analysis_results (
             task_id, overall_score, pronunciation_accuracy, fluency_score, rhythm_score,
             detailed_analysis, sentence_analyses, suggestions, improvement_areas,
-            analysis_model_version, processing_time_seconds, cache_model)
+            analysis_model_version, processing_time_seconds, provider, provider_model,
+            degraded, degraded_reason, cache_model)
         SELECT task_id, :overall_score, :pronunciation_accuracy, :fluency_score, :rhythm_score,
             CAST(:detailed_analysis AS jsonb), CAST(:sentence_analyses AS jsonb), :suggestions,
             CAST(:improvement_areas AS jsonb), :analysis_model_version, :processing_time_seconds,
-            CAST(:cache_model AS text)
+            :provider, :provider_model, CAST(:degraded_reason AS text) IS NOT NULL,
+            :degraded_reason, CAST(:cache_model AS text)
         FROM moved
         ON CONFLICT (task_id) DO NOTHING
         RETURNING result_id
@@ -338,13 +340,30 @@ async def renew_leases(
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """Who produced a result: the AI provider's name and configured model (None: not known,
+    or the provider names none), why it is degraded (None: it is not), and the result
+    cache's key of what produced it (app.analysis.cache.provider_key; None: never reused,
+    as a degraded result is not)."""
+
+    provider: str | None = None
+    provider_model: str | None = None
+    degraded_reason: str | None = None
+    cache_model: str | None = None
+
+
 async def succeed(
-    pg: asyncpg.Pool, claimed: Claim, result: AIResult, *, cache_model: str | None = None
+    pg: asyncpg.Pool, claimed: Claim, result: AIResult, provenance: Provenance = Provenance()
 ) -> Row | None:
-    """Store the result and `success` in one transaction; None for a stale attempt.
-    `cache_model`: what produced it (app.analysis.cache.cache_key_model), under which later
-    submits may reuse it; None: never reused."""
-    values = result.model_dump() | {"cache_model": cache_model}
+    """Store the result (with its `provenance`) and `success` in one transaction; None for a
+    stale attempt."""
+    values = result.model_dump() | {
+        "provider": provenance.provider,
+        "provider_model": provenance.provider_model,
+        "degraded_reason": provenance.degraded_reason,
+        "cache_model": provenance.cache_model,
+    }
     for key in ("detailed_analysis", "sentence_analyses", "improvement_areas"):
         values[key] = None if values[key] is None else json.dumps(values[key])
     return await _one(pg, _SUCCEED, claimed.fence | values)

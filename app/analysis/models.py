@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -152,4 +154,10 @@ class AnalysisResult(Base):
     # A copy of an earlier task's result (the result cache): that task, the one whose analysis
     # ran. No foreign key: a copy stays marked as reused when its source is deleted.
     reused_from_task_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # The AI provider (AI_PROVIDERS' name) and its configured model that produced it; a
+    # degraded provider's result says so and why (issue 14).
+    provider: Mapped[str | None] = mapped_column(String(32))
+    provider_model: Mapped[str | None] = mapped_column(String(50))
+    degraded: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    degraded_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

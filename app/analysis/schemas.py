@@ -103,3 +103,10 @@ class AnalysisResultOut(BaseModel):
     # cache: same recording, parameters and model); None for an analysis of its own.
     reused_from_task_id: uuid.UUID | None = None
     completed_at: datetime | None
+    # Which AI provider produced it (AI_PROVIDERS' name; None for results stored before
+    # providers), the model asked of it (None: the provider names none), and whether it is a
+    # degraded result (a fallback provider's, e.g. acoustic measures only) and why.
+    provider: str | None = None
+    provider_model: str | None = None
+    degraded: bool = False
+    degraded_reason: str | None = None

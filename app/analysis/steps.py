@@ -19,6 +19,8 @@ FEATURE_EXTRACTION = Step("feature_extraction", "語音特徵提取", 3)
 SCORING = Step("scoring", "評分計算", 4)
 SUGGESTIONS = Step("generating_suggestions", "生成建議", 5)
 WAITING_RETRY = Step("waiting_retry", "等待重試", 0)
+# Claimed, waiting for a free slot of the AI service (its global concurrency cap).
+WAITING_AI = Step("waiting_for_ai", "等待 AI 服務", 0)
 COMPLETED = Step("completed", "分析完成", 5)
 FAILED = Step("failed", "分析失敗", 0)
 CANCELLED = Step("cancelled", "已取消", 0)
@@ -34,6 +36,7 @@ STEPS = {
         SCORING,
         SUGGESTIONS,
         WAITING_RETRY,
+        WAITING_AI,
         COMPLETED,
         FAILED,
         CANCELLED,

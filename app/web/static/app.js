@@ -137,6 +137,7 @@ const STEP_EN = {
   scoring: "Scoring",
   generating_suggestions: "Writing suggestions",
   waiting_retry: "Waiting to retry",
+  waiting_for_ai: "Waiting for the AI service",
   completed: "Analysis complete",
   failed: "Analysis failed",
   cancelled: "Cancelled",
