@@ -16,6 +16,7 @@ from app.analysis.eta import Estimator
 from app.analysis.events import SSE_PATHS, ServeStreamsFirst, sse_events
 from app.analysis.events import router as events_router
 from app.analysis.hub import Hub
+from app.analysis.lanes import LaneWeights
 from app.analysis.live import LiveSource, StreamTiming
 from app.analysis.progress import Publisher, publish_settings
 from app.analysis.router import router as analysis_router
@@ -60,7 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             arq=arq,
             estimator=estimator,
             publisher=publisher,
-            submitter=Submitter(arq, estimator, publisher, exit_after_commit(settings)),
+            submitter=Submitter(
+                arq, estimator, publisher, exit_after_commit(settings), LaneWeights.of(settings)
+            ),
             hub=hub,
             live=LiveSource(hub, arq, sessions, estimator, timing),
             limiter=StreamLimiter(settings.max_streams_per_user, settings.sse_heartbeat_seconds),

@@ -12,7 +12,11 @@ changes, each at one of arq's own methods:
   succeeds again. The jobs it holds run on meanwhile, and each try forgets those that have
   finished, so that a stop during an outage waits only for the running ones.
 - `start_jobs` gives a job's slot back exactly once on every path (arq kept the slot of a
-  claim whose pipeline failed, and after max_jobs such failures never took a job again).
+  claim whose pipeline failed, and after max_jobs such failures never took a job again),
+  and its claim moves the fair order's virtual time on (app/analysis/lanes.py).
+- each poll first promotes the due wall-clock jobs (deferred retries, cron jobs) into the
+  fair order (`queue.promote_due`), so that arq's read, lowest scores first, is the fair
+  pick.
 - at start, Redis is waited for the same way (arq tries once), and a stop runs on_shutdown
   before its best-effort, bounded delete of the health key (arq deleted the key first: with
   Redis down that failure skipped on_shutdown, or its retries outlasted the stop's grace).
@@ -43,6 +47,7 @@ from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
+from app.analysis import queue
 from app.causes import causes
 from app.db import database_unreachable
 from app.metrics import DEPENDENCY_RETRIES
@@ -144,6 +149,9 @@ class HealingWorker(Worker):
             if task.done():
                 del self.tasks[job_id]
                 task.result()  # as arq: an error of run_job itself is raised
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+            # Due retries and cron jobs take their place in the fair order before the read.
+            await queue.promote_due(self.pool)
         await super()._poll_iteration()
 
     async def close(self) -> None:
@@ -200,6 +208,7 @@ class HealingWorker(Worker):
                         continue
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.psetex(in_progress_key, int(self.in_progress_timeout_s * 1000), b"1")
+                    queue.advance_virtual_time(pipe, score)  # V: the fair order's clock
                     try:
                         await pipe.execute()
                     except (ResponseError, WatchError):

@@ -23,6 +23,19 @@ from arq.jobs import serialize_job
 from arq.utils import timestamp_ms, to_unix_ms
 from redis.asyncio import Redis
 
+from app.analysis.lanes import (
+    ADVANCE,
+    FAIR_EPOCH_MS,
+    FAIR_LUA,
+    FINISH_KEY,
+    FLOW_KEY_PREFIX,
+    PROMOTE,
+    UNOWNED,
+    V_KEY,
+    WALL_FLOOR_MS,
+    Flow,
+)
+
 QUEUE_NAME = "ai_analysis"
 ANALYZE_FUNCTION = "analyze_recording"
 WORKER_KEY_PREFIX = "vocalborn:worker:"  # a heartbeat key per live worker (worker/cron.py)
@@ -58,54 +71,126 @@ def task_of_job(job_id: str, task_id: object) -> uuid.UUID | None:
         return None
 
 
-# KEYS: job key, in-progress key, result key, queue. ARGV: job id, serialised job, job key
-# TTL (ms), score (ms). arq's enqueue_job in one atomic round trip instead of its WATCH, EXISTS,
-# MULTI/EXEC: the same job key and queue entry, refused (-1) when the job key, the in-progress
-# key or a kept result exists; else the job's rank in the queue (0-based).
-_ENQUEUE = """
+# KEYS: job key, in-progress key, result key, queue, flow key, V key, finish key. ARGV: job
+# id, serialised job, job key TTL (ms), due score (ms; 0: now), flow ("<cost> <lane> <user>").
+# arq's enqueue_job in one atomic round trip instead of its WATCH, EXISTS, MULTI/EXEC: the same
+# job key and queue entry, refused (-1) when the job key, the in-progress key or a kept result
+# exists; else the job's rank in the queue (0-based). A job due now is scored with its flow's
+# fair start tag (app/analysis/lanes.py); a deferred one with its due time, until a worker's
+# poll promotes it. The flow key lives as long as the job key.
+_ENQUEUE = (
+    FAIR_LUA
+    + """
 if redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3]) > 0 then return -1 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[3])
+local score = tonumber(ARGV[4])
+if score == 0 then
+    local flow, cost = flow_of(ARGV[5])
+    score = fair_score(KEYS[6], KEYS[7], flow, cost)
+end
+redis.call('ZADD', KEYS[4], score, ARGV[1])
 return redis.call('ZRANK', KEYS[4], ARGV[1])
 """
+)
 
 
 async def _enqueue(
-    pool: ArqRedis, task_id: uuid.UUID | str, attempt: int, defer_until: datetime | None
+    pool: ArqRedis,
+    task_id: uuid.UUID | str,
+    attempt: int,
+    defer_until: datetime | None,
+    flow: Flow,
 ) -> int | None:
-    """Enqueue the job as arq's enqueue_job would; its 0-based rank in the queue, or None
-    when refused (arq holds it, or keeps its result)."""
+    """Enqueue the job as arq's enqueue_job would, scored by its fair tag (due now) or its due
+    time; its 0-based rank in the queue, or None when refused (arq holds it, or keeps its
+    result)."""
     job_id = job_id_for(task_id, attempt)
     now = timestamp_ms()
-    score = to_unix_ms(defer_until) if defer_until is not None else now
-    ttl = max(score - now + pool.expires_extra_ms, 1)  # arq's default expiry
+    due = to_unix_ms(defer_until) if defer_until is not None else 0
+    ttl = max(due - now, 0) + pool.expires_extra_ms  # arq's default expiry
     payload = serialize_job(ANALYZE_FUNCTION, (str(task_id),), {}, None, now, serializer=serialize)
     keys = [job_key_prefix + job_id, in_progress_key_prefix + job_id, result_key_prefix + job_id]
-    rank = await _run_script(
-        pool, _ENQUEUE, [*keys, QUEUE_NAME], [job_id, payload.decode(), str(ttl), str(score)]
-    )
+    keys += [QUEUE_NAME, FLOW_KEY_PREFIX + job_id, V_KEY, FINISH_KEY]
+    args = [job_id, payload.decode(), str(max(ttl, 1)), str(due), flow.encode()]
+    rank = await _run_script(pool, _ENQUEUE, keys, args)
     return None if int(rank) < 0 else int(rank)
 
 
 async def enqueue_analysis(
-    pool: ArqRedis, task_id: uuid.UUID | str, attempt: int, defer_until: datetime | None = None
+    pool: ArqRedis,
+    task_id: uuid.UUID | str,
+    attempt: int,
+    defer_until: datetime | None = None,
+    flow: Flow = UNOWNED,
 ) -> bool:
-    """Enqueue the analysis job, due at `defer_until` (default: now), in one round trip; False
-    when refused: a job with this id exists, is running or has a kept result (arq's dedup)."""
-    return await _enqueue(pool, task_id, attempt, defer_until) is not None
+    """Enqueue the analysis job of `flow` (its lane and user: `LaneWeights.flow`), due at
+    `defer_until` (default: now, at its fair place), in one round trip; False when refused: a
+    job with this id exists, is running or has a kept result (arq's dedup)."""
+    return await _enqueue(pool, task_id, attempt, defer_until, flow) is not None
 
 
 async def enqueue_with_position(
-    pool: ArqRedis, task_id: uuid.UUID | str, attempt: int
+    pool: ArqRedis, task_id: uuid.UUID | str, attempt: int, flow: Flow = UNOWNED
 ) -> tuple[bool, int | None]:
-    """Enqueue the analysis job due now and say where it waits: (enqueued, 1-based position
-    among jobs waiting to start, as `queue_position` counts it). When refused, the position
-    of the job arq already holds (None when it is not waiting). One round trip, plus the
-    running-jobs estimate's scan at most once a second per process."""
-    rank = await _enqueue(pool, task_id, attempt, None)
+    """Enqueue the analysis job of `flow` due now and say where it waits: (enqueued, 1-based
+    position among jobs waiting to start, as `queue_position` counts it). When refused, the
+    position of the job arq already holds (None when it is not waiting). One round trip, plus
+    the running-jobs estimate's scan at most once a second per process."""
+    rank = await _enqueue(pool, task_id, attempt, None, flow)
     if rank is None:
         return False, await queue_position(pool, job_id_for(task_id, attempt))
     return True, max(rank - await _running_jobs(pool), 0) + 1
+
+
+# KEYS: queue, in-progress key, flow key, V key, finish key. ARGV: job id, flow. The job's
+# flow becomes ARGV[2]; a job waiting at a fair tag is re-scored with that flow's next tag.
+# -1 when the job is not waiting (not queued, or running); else its rank.
+_MOVE_FLOW = (
+    FAIR_LUA
+    + f"""
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score == false or redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+redis.call('SET', KEYS[3], ARGV[2], 'KEEPTTL')
+score = tonumber(score)
+if score >= {FAIR_EPOCH_MS} and score < {WALL_FLOOR_MS} then
+    local flow, cost = flow_of(ARGV[2])
+    redis.call('ZADD', KEYS[1], 'XX', fair_score(KEYS[4], KEYS[5], flow, cost), ARGV[1])
+end
+return redis.call('ZRANK', KEYS[1], ARGV[1])
+"""
+)
+
+
+async def move_to_flow(pool: Redis, job_id: str, flow: Flow) -> bool:
+    """Put a waiting job in `flow` (an admin's lane change): a job due now is re-scored at
+    that flow's next fair tag, a deferred one takes it when it comes due. False when the job
+    is not waiting (not in the queue, or running): nothing to move."""
+    keys = [QUEUE_NAME, in_progress_key_prefix + job_id, FLOW_KEY_PREFIX + job_id, V_KEY]
+    rank = await _run_script(pool, _MOVE_FLOW, [*keys, FINISH_KEY], [job_id, flow.encode()])
+    return int(rank) >= 0
+
+
+PROMOTE_BATCH = 1000  # due wall-clock jobs promoted per poll at most
+
+
+async def promote_due(pool: Redis) -> int:
+    """Give every job whose wall-clock time has come (a deferred retry, a cron job) its place
+    in the fair order (app/analysis/lanes.py); how many moved. One round trip; a worker's poll
+    runs it before reading the queue."""
+    moved = await _run_script(
+        pool,
+        PROMOTE,
+        [QUEUE_NAME, V_KEY, FINISH_KEY],
+        [str(timestamp_ms()), str(PROMOTE_BATCH), FLOW_KEY_PREFIX, in_progress_key_prefix],
+    )
+    return int(moved)
+
+
+def advance_virtual_time(pipe: Any, score: float) -> None:
+    """Queue, on `pipe` (a claim's MULTI), the move of the virtual time V to the tag of the job
+    being started with `score`, if that is later."""
+    pipe.eval(ADVANCE, 1, V_KEY, repr(float(score)))
 
 
 # Whether arq holds a job: its in-progress marker exists (running, or claimed by a worker that
@@ -224,21 +309,25 @@ async def missing_jobs(pool: Redis, job_ids: Sequence[str]) -> list[str]:
     return [job_id.decode() for missing in replies for job_id in missing]
 
 
-# KEYS: queue. ARGV: job key prefix, in-progress key prefix, result key prefix, score (ms),
-# job key TTL (ms), then pairs of job id and serialised job.
+# KEYS: queue, V key, finish key. ARGV: job key prefix, in-progress key prefix, result key
+# prefix, flow key prefix, job key TTL (ms), then triples of job id, serialised job and flow.
 # arq's enqueue_job, for many jobs at once and with our row as the source of truth: a job arq
-# holds is left alone; one it does not hold is written and queued, even over a stale job key
-# (not in the queue: no worker would ever run it) or a kept result (arq's dedup would refuse).
+# holds is left alone; one it does not hold is written and queued at its flow's fair tag, even
+# over a stale job key (not in the queue: no worker would ever run it) or a kept result (arq's
+# dedup would refuse).
 _ENQUEUE_MISSING = (
     _HELD_LUA
+    + FAIR_LUA
     + """
 local enqueued = {}
-for i = 6, #ARGV, 2 do
+for i = 6, #ARGV, 3 do
     local id = ARGV[i]
     if not held(id) then
         redis.call('DEL', ARGV[3] .. id)
         redis.call('SET', ARGV[1] .. id, ARGV[i + 1], 'PX', ARGV[5])
-        redis.call('ZADD', KEYS[1], ARGV[4], id)
+        redis.call('SET', ARGV[4] .. id, ARGV[i + 2], 'PX', ARGV[5])
+        local flow, cost = flow_of(ARGV[i + 2])
+        redis.call('ZADD', KEYS[1], fair_score(KEYS[2], KEYS[3], flow, cost), id)
         enqueued[#enqueued + 1] = id
     end
 end
@@ -247,23 +336,26 @@ return enqueued
 )
 
 
-async def enqueue_missing(pool: ArqRedis, jobs: Sequence[tuple[uuid.UUID | str, int]]) -> list[str]:
-    """Enqueue the analysis jobs of these (task id, attempt) pairs that arq does not hold, due
-    now, in one round trip; the job ids enqueued. The check and the writes are one atomic
-    script, so a job queued or started meanwhile is never written over."""
+async def enqueue_missing(
+    pool: ArqRedis, jobs: Sequence[tuple[uuid.UUID | str, int, Flow]]
+) -> list[str]:
+    """Enqueue the analysis jobs of these (task id, attempt, flow) triples that arq does not
+    hold, due now at their fair places (in the order given), in one round trip; the job ids
+    enqueued. The check and the writes are one atomic script, so a job queued or started
+    meanwhile is never written over."""
     if not jobs:
         return []
     now = timestamp_ms()
     args: list[str] = []
-    for task_id, attempt in jobs:
+    for task_id, attempt, flow in jobs:
         payload = serialize_job(
             ANALYZE_FUNCTION, (str(task_id),), {}, None, now, serializer=serialize
         )
-        args += [job_id_for(task_id, attempt), payload.decode()]
-    prefixes = [job_key_prefix, in_progress_key_prefix, result_key_prefix]
+        args += [job_id_for(task_id, attempt), payload.decode(), flow.encode()]
+    prefixes = [job_key_prefix, in_progress_key_prefix, result_key_prefix, FLOW_KEY_PREFIX]
     ttl = str(pool.expires_extra_ms)
     enqueued = await _run_script(
-        pool, _ENQUEUE_MISSING, [QUEUE_NAME], [*prefixes, str(now), ttl, *args]
+        pool, _ENQUEUE_MISSING, [QUEUE_NAME, V_KEY, FINISH_KEY], [*prefixes, ttl, *args]
     )
     return [job_id.decode() for job_id in enqueued]
 

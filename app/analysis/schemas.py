@@ -6,6 +6,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field, model_validator
 
+from app.analysis.lanes import Lane
 from app.text import CleanText
 
 
@@ -38,6 +39,7 @@ class SubmittedTask(BaseModel):
     status: str
     queue_position: int | None
     estimated_completion_time: datetime | None
+    lane: Lane
 
 
 class SessionSubmitted(BaseModel):
@@ -65,6 +67,8 @@ class TaskStatusOut(BaseModel):
     worker_name: str | None
     retry_count: int
     queue_position: int | None
+    # The priority lane it waits in: interactive (one recording, its user waits) or batch.
+    lane: Lane
     error_code: str | None
     error_message: str | None
     cancel_requested: bool
@@ -90,3 +94,9 @@ class AnalysisResultOut(BaseModel):
     analysis_model_version: str | None
     processing_time_seconds: float | None
     completed_at: datetime | None
+
+
+class LaneChange(BaseModel):
+    """An admin's move of a task to another priority lane."""
+
+    lane: Lane

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analysis import queue, status
 from app.analysis.eta import Estimator
+from app.analysis.lanes import DEFAULT_WEIGHTS, Lane, LaneWeights
 from app.analysis.models import ACTIVE_STATUS_SQL
 from app.analysis.progress import Publisher
 from app.analysis.schemas import AnalysisParameters, SubmittedTask
@@ -36,8 +37,14 @@ _STATUS = status_columns("ai_analysis_tasks")
 # fails the reconciler enqueues the row and sets it again.
 _INSERT_COLUMNS = """
     INSERT INTO ai_analysis_tasks (practice_record_id, user_id, task_params, idempotency_key,
-                                   total_steps, current_step, enqueued_at)
+                                   total_steps, current_step, enqueued_at, lane)
 """
+# The lane (app/analysis/lanes.py): the one asked for, but a re-analysis (the record has a
+# successful analysis already) is batch work whoever asks.
+_LANE = """CASE WHEN EXISTS (
+        SELECT 1 FROM ai_analysis_tasks done
+        WHERE done.practice_record_id = target.practice_record_id AND done.status = 'success'
+    ) THEN 'batch' ELSE CAST(:lane AS text) END"""
 _MARK_RECORDS = """
     , marked AS (
         UPDATE practice_records r
@@ -55,7 +62,7 @@ SUBMIT_RECORD = text(
     ), created AS (
         {_INSERT_COLUMNS}
         SELECT practice_record_id, :user_id, CAST(:params AS jsonb), CAST(:key AS text),
-               :total_steps, 'queued', now()
+               :total_steps, 'queued', now(), {_LANE}
         FROM target
         ON CONFLICT DO NOTHING
         RETURNING {_STATUS}
@@ -66,7 +73,7 @@ SUBMIT_RECORD = text(
 
 EXISTING_FOR_RECORD = text(
     f"""
-    SELECT t.task_id, t.practice_record_id, t.status, t.attempt, t.idempotency_key
+    SELECT t.task_id, t.practice_record_id, t.status, t.attempt, t.idempotency_key, t.lane
     FROM ai_analysis_tasks t
     WHERE t.user_id = :user_id
       AND (t.idempotency_key = CAST(:key AS text)
@@ -92,7 +99,7 @@ SUBMIT_SESSION = text(
         {_INSERT_COLUMNS}
         SELECT practice_record_id, :user_id, CAST(:params AS jsonb),
                CAST(:key AS text) || ':' || practice_record_id::text, :total_steps, 'queued',
-               now()
+               now(), 'batch'
         FROM target ORDER BY practice_record_id
         ON CONFLICT DO NOTHING
         RETURNING {_STATUS}
@@ -107,7 +114,7 @@ _EXISTING_FOR_RECORD = for_asyncpg(EXISTING_FOR_RECORD)
 
 EXISTING_FOR_SESSION_KEY = text(
     """
-    SELECT task_id, practice_record_id, status, attempt FROM ai_analysis_tasks
+    SELECT task_id, practice_record_id, status, attempt, lane FROM ai_analysis_tasks
     WHERE user_id = :user_id AND idempotency_key LIKE :prefix ORDER BY created_at, task_id
     """
 )
@@ -116,12 +123,14 @@ EXISTING_FOR_SESSION_KEY = text(
 @dataclass(frozen=True, slots=True)
 class Submitter:
     """What a submit needs beyond the database session. `after_commit`: a fault hook
-    (app/fault_hooks.py) called between the commit and the enqueue; None outside tests."""
+    (app/fault_hooks.py) called between the commit and the enqueue; None outside tests.
+    `lanes`: the lanes' weights, which place each job in the fair order."""
 
     arq: ArqRedis
     estimator: Estimator
     publisher: Publisher
     after_commit: Callable[[], None] | None = None
+    lanes: LaneWeights = DEFAULT_WEIGHTS
 
 
 async def submit_record(
@@ -132,13 +141,15 @@ async def submit_record(
     parameters: AnalysisParameters,
     idempotency_key: str | None,
 ) -> SubmittedTask:
-    """Submit one record: one statement through asyncpg's own pool (`app.db.create_pg_pool`:
+    """Submit one record, in the interactive lane (batch when it is a re-analysis): one
+    statement through asyncpg's own pool (`app.db.create_pg_pool`:
     autocommit, no BEGIN/COMMIT; the statement is atomic on its own), the connection back in
     the pool before Redis is asked. An existing active task of the record, or the task of a
     reused Idempotency-Key, is answered instead; NotFound when the record is not the user's.
     A statement that met a dead connection runs once more: a first run that got through is
     then the conflicting active task, answered as existing."""
     values = _values(user, parameters, idempotency_key) | {"record_id": record_id}
+    values["lane"] = Lane.INTERACTIVE.value  # one recording: its user waits for it
     for _ in range(2):  # once more if the conflicting task ended in between
         row = await fetch_row(pg, _SUBMIT_RECORD, values)
         if row is not None:
@@ -165,10 +176,12 @@ async def resubmit_in(
 ) -> SubmittedTask:
     """Submit one record inside `session`'s transaction and commit it, then enqueue (the row
     is the outbox: a failed enqueue is the reconciler's): for an admin's retry, whose audit
-    event commits in the same transaction as the new task (`CREATED_A_TASK` is set in
+    event commits in the same transaction as the new task, in the batch lane
+    (`CREATED_A_TASK` is set in
     `session.info` when one was created). An existing active task of the record is answered
     instead; NotFound when the record does not exist."""
     values = _values(user, parameters, None) | {"record_id": record_id}
+    values["lane"] = Lane.BATCH.value  # an admin's retry: nobody waits at a screen for it
     row = (await session.execute(SUBMIT_RECORD, values)).mappings().first()
     existing = None
     if row is None:
@@ -239,8 +252,9 @@ async def _enqueue(submitter: Submitter, rows: Sequence[Row]) -> list[SubmittedT
     positions = []
     try:  # one round trip per job: the enqueue script answers its rank too
         for row in rows:
+            flow = submitter.lanes.flow(row["lane"], row["user_id"])
             _, position = await queue.enqueue_with_position(
-                submitter.arq, row["task_id"], row["attempt"]
+                submitter.arq, row["task_id"], row["attempt"], flow
             )
             positions.append(position)
     except Exception:  # Redis down: the rows are the outbox, the reconciler enqueues them
@@ -275,4 +289,5 @@ async def _submitted(submitter: Submitter, row: Row, position: int | None) -> Su
         status=row["status"],
         queue_position=position,
         estimated_completion_time=await submitter.estimator.completion_time(position),
+        lane=row["lane"],
     )
