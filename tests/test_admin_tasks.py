@@ -25,6 +25,7 @@ async def test_admin_task_api(
 
     stats = (await client.get("/api/v1/admin/tasks/stats", headers=admin.headers)).json()
     assert stats["by_status"] == {"pending": 1} and stats["queue_depth"] == 1
+    assert stats["waiting_by_lane"] == {"interactive": 1}
 
     not_yet = await client.post(f"/api/v1/admin/tasks/{task_id}/retry", headers=admin.headers)
     assert not_yet.status_code == 409

@@ -48,6 +48,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
 from app.analysis import queue
+from app.analysis.lanes import WALL_FLOOR_MS
 from app.causes import causes
 from app.db import database_unreachable
 from app.metrics import DEPENDENCY_RETRIES
@@ -214,7 +215,11 @@ class HealingWorker(Worker):
                     except (ResponseError, WatchError):
                         give_back()  # started elsewhere since the check
                     else:
-                        task = self.loop.create_task(self.run_job(job_id, int(score)))
+                        # arq's run_job takes the score for the job's due time (its log's
+                        # "delayed=" and ctx["score"]): a fair tag (app/analysis/lanes.py) is
+                        # no time, and the job was due when it was enqueued.
+                        due = int(score) if score >= WALL_FLOOR_MS else timestamp_ms()
+                        task = self.loop.create_task(self.run_job(job_id, due))
                         held = False  # the task's completion gives it back, as in arq
                         task.add_done_callback(
                             lambda _: self._release_sem_dec_counter_on_complete()

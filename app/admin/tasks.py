@@ -33,7 +33,11 @@ STATS = text(
         ) AS mean_processing_seconds_last_hour,
         (SELECT count(*) FROM ai_analysis_tasks
          WHERE status = 'failure' AND completed_at > now() - interval '1 hour'
-        ) AS failures_last_hour
+        ) AS failures_last_hour,
+        (SELECT coalesce(jsonb_object_agg(lane, n), '{}') FROM (
+            SELECT lane, count(*) AS n FROM ai_analysis_tasks
+            WHERE status IN ('pending', 'retry') GROUP BY lane) AS lanes
+        ) AS waiting_by_lane
     """
 )
 # An admin's lane change: only an active task has a lane to change; its status columns after.
@@ -70,6 +74,7 @@ class TaskStats(BaseModel):
     workers: list[WorkerOut] | None
     mean_processing_seconds_last_hour: float | None
     failures_last_hour: int
+    waiting_by_lane: dict[str, int]  # pending and retry tasks by priority lane
 
 
 async def stats(session: AsyncSession, state: AppState) -> TaskStats:
@@ -91,6 +96,7 @@ async def stats(session: AsyncSession, state: AppState) -> TaskStats:
         workers=workers,
         mean_processing_seconds_last_hour=float(mean) if mean is not None else None,
         failures_last_hour=row["failures_last_hour"],
+        waiting_by_lane=row["waiting_by_lane"],
     )
 
 
