@@ -88,7 +88,7 @@ async def retry_task(
 @router.put(
     "/tasks/{task_id}/lane",
     response_model=TaskStatusOut,
-    responses=error_responses(404, 409),
+    responses=error_responses(400, 404, 409),  # 400: a body that is not JSON
 )
 async def set_task_lane(
     task_id: uuid.UUID,
