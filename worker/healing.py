@@ -48,10 +48,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
 from app.analysis import queue
-from app.analysis.lanes import WALL_FLOOR_MS
+from app.analysis.lanes import WALL_FLOOR_MS, LaneWeights
 from app.causes import causes
 from app.db import database_unreachable
 from app.metrics import DEPENDENCY_RETRIES
+from app.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +153,14 @@ class HealingWorker(Worker):
                 task.result()  # as arq: an error of run_job itself is raised
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
             # Due retries and cron jobs take their place in the fair order before the read.
-            await queue.promote_due(self.pool)
+            await queue.promote_due(self.pool, self._lane_weights())
         await super()._poll_iteration()
+
+    def _lane_weights(self) -> LaneWeights:
+        """The lanes' weights, from the settings the worker's startup reads (the ctx's in
+        tests)."""
+        settings: Settings = self.ctx.get("settings") or get_settings()
+        return LaneWeights.of(settings)
 
     async def close(self) -> None:
         """arq's close with on_shutdown before the health key's delete, and that delete
@@ -209,7 +216,7 @@ class HealingWorker(Worker):
                         continue
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.psetex(in_progress_key, int(self.in_progress_timeout_s * 1000), b"1")
-                    queue.advance_virtual_time(pipe, score)  # V: the fair order's clock
+                    queue.advance_virtual_time(pipe, job_id, score)  # the fair order's clock
                     try:
                         await pipe.execute()
                     except (ResponseError, WatchError):

@@ -34,10 +34,14 @@ if TYPE_CHECKING:
 FAIR_EPOCH_MS = 946_684_800_000  # 2000-01-01T00:00Z: tag 0 (never 0 itself: arq skips it)
 WALL_FLOOR_MS = 1_577_836_800_000  # 2020-01-01T00:00Z: scores from here on are wall-clock
 SYSTEM_SCORE = FAIR_EPOCH_MS - 1  # a promoted job that has no flow (a cron job): first
+RESERVED_SCORE = FAIR_EPOCH_MS - 0.5  # a batch job given the batch lane's reserved start
 POINTS = 1000  # virtual time a job of weight 1 costs
 V_KEY = "vocalborn:fair:v"  # V, in points
 FINISH_KEY = "vocalborn:fair:finish"  # ZSET: flow -> F[flow], in points (F <= V pruned)
 FLOW_KEY_PREFIX = "vocalborn:fair:job:"  # per job id: "<cost> <lane> <user>", expiring with it
+BATCH_KEY = "vocalborn:fair:batch"  # ZSET: batch job id -> its score (started ones lazily gone)
+SINCE_BATCH_KEY = "vocalborn:fair:since_batch"  # interactive starts since the last batch one
+BATCH_EVERY_KEY = "vocalborn:fair:batch_every"  # the workers' LaneWeights.batch_every
 
 
 class Lane(enum.StrEnum):
@@ -73,6 +77,11 @@ class LaneWeights:
     def of(cls, settings: Settings) -> LaneWeights:
         return cls(settings.lane_weight_interactive, settings.lane_weight_batch)
 
+    @property
+    def batch_every(self) -> int:
+        """Interactive starts after which a waiting batch job is owed the next start."""
+        return max(round(self.interactive / self.batch), 1)
+
     def flow(self, lane: Lane | str, user: uuid.UUID | str) -> Flow:
         """The flow of `user`'s jobs in `lane`."""
         lane = Lane(lane)
@@ -98,13 +107,28 @@ local function fair_score(vkey, fkey, flow, cost)
 end
 local function flow_of(encoded)
     local cost, lane, user = string.match(encoded, '^(%d+) (%S+) (.*)$')
-    return lane .. ':' .. user, cost
+    return lane .. ':' .. user, cost, lane
+end
+-- Queue job `id` of flow `encoded` at its fair tag; a batch job is indexed by its score too.
+local function queue_fair(qkey, vkey, fkey, bkey, id, encoded)
+    local flow, cost, lane = flow_of(encoded)
+    local score = fair_score(vkey, fkey, flow, cost)
+    redis.call('ZADD', qkey, score, id)
+    if lane == 'batch' then
+        redis.call('ZADD', bkey, score, id)
+    else
+        redis.call('ZREM', bkey, id)
+    end
+    return score
 end
 """
 
-# KEYS: queue, V key, finish key. ARGV: now (ms), how many at most, flow key prefix,
-# in-progress key prefix. Promotes the due wall-clock jobs that are not running (see the
-# module's doc); returns how many.
+# KEYS: queue, V key, finish key, batch key, since-batch key, batch-every key. ARGV: now (ms),
+# how many at most, flow key prefix, in-progress key prefix, batch_every. Promotes the due
+# wall-clock jobs that are not running (see the module's doc), then, for every `batch_every`
+# interactive jobs started since the last batch one, moves the first waiting batch job to
+# RESERVED_SCORE (its reserved start). batch_every is kept for the queue positions'
+# reckoning (app/analysis/queue.py, `start_order`). Returns {promoted, reserved}.
 PROMOTE = (
     FAIR_LUA
     + f"""
@@ -113,26 +137,58 @@ local moved = 0
 for _, id in ipairs(ids) do
     if redis.call('EXISTS', ARGV[4] .. id) == 0 then
         local encoded = redis.call('GET', ARGV[3] .. id)
-        local score = {SYSTEM_SCORE}
         if encoded then
-            local flow, cost = flow_of(encoded)
-            score = fair_score(KEYS[2], KEYS[3], flow, cost)
+            queue_fair(KEYS[1], KEYS[2], KEYS[3], KEYS[4], id, encoded)
+        else
+            redis.call('ZADD', KEYS[1], 'XX', {SYSTEM_SCORE}, id)
         end
-        redis.call('ZADD', KEYS[1], 'XX', score, id)
         moved = moved + 1
     end
 end
-return moved
+redis.call('SET', KEYS[6], ARGV[5])
+local every = tonumber(ARGV[5])
+local since = tonumber(redis.call('GET', KEYS[5]) or '0')
+local reserved = 0
+local looked = 0
+while since >= every and looked < 1000 do  -- the index's head may hold started jobs
+    local head = redis.call('ZRANGE', KEYS[4], 0, 0)
+    if #head == 0 then
+        since = 0  -- no batch job waits: nothing is owed
+        break
+    end
+    local id = head[1]
+    redis.call('ZREM', KEYS[4], id)
+    looked = looked + 1
+    local score = tonumber(redis.call('ZSCORE', KEYS[1], id) or '-1')
+    if score >= {FAIR_EPOCH_MS} and score < {WALL_FLOOR_MS}
+            and redis.call('EXISTS', ARGV[4] .. id) == 0 then
+        redis.call('ZADD', KEYS[1], 'XX', {RESERVED_SCORE!r}, id)
+        since = since - every
+        reserved = reserved + 1
+    end
+end
+redis.call('SET', KEYS[5], since)
+return {{moved, reserved}}
 """
 )
 
-# KEYS: V key. ARGV: the score of a job being started. V becomes its tag if larger (run in
-# the claim's MULTI, worker/healing.py).
+# KEYS: V key, since-batch key, the job's flow key. ARGV: the score of a job being started
+# (run in the claim's MULTI, worker/healing.py). V becomes its tag if larger; a batch job's
+# start resets the count of interactive starts since the last batch one, an interactive
+# job's adds one (a job without a flow, a cron job, counts for neither).
 ADVANCE = f"""
 local s = tonumber(ARGV[1]) - {FAIR_EPOCH_MS}
 local v = tonumber(redis.call('GET', KEYS[1]) or '0')
 if s >= 0 and s < {WALL_FLOOR_MS - FAIR_EPOCH_MS} and s > v then
     redis.call('SET', KEYS[1], s)
+end
+local encoded = redis.call('GET', KEYS[3])
+if encoded then
+    if string.match(encoded, '^%d+ (%S+) ') == 'batch' then
+        redis.call('SET', KEYS[2], 0)
+    else
+        redis.call('INCR', KEYS[2])
+    end
 end
 return 0
 """

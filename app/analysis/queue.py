@@ -7,6 +7,7 @@ Jobs are serialised as JSON (never pickle). One queue, `ai_analysis`; the job id
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import math
 import time
@@ -25,15 +26,19 @@ from redis.asyncio import Redis
 
 from app.analysis.lanes import (
     ADVANCE,
+    BATCH_EVERY_KEY,
+    BATCH_KEY,
     FAIR_EPOCH_MS,
     FAIR_LUA,
     FINISH_KEY,
     FLOW_KEY_PREFIX,
     PROMOTE,
+    SINCE_BATCH_KEY,
     UNOWNED,
     V_KEY,
     WALL_FLOOR_MS,
     Flow,
+    LaneWeights,
 )
 
 QUEUE_NAME = "ai_analysis"
@@ -71,8 +76,9 @@ def task_of_job(job_id: str, task_id: object) -> uuid.UUID | None:
         return None
 
 
-# KEYS: job key, in-progress key, result key, queue, flow key, V key, finish key. ARGV: job
-# id, serialised job, job key TTL (ms), due score (ms; 0: now), flow ("<cost> <lane> <user>").
+# KEYS: job key, in-progress key, result key, queue, flow key, V key, finish key, batch key.
+# ARGV: job id, serialised job, job key TTL (ms), due score (ms; 0: now), flow ("<cost>
+# <lane> <user>").
 # arq's enqueue_job in one atomic round trip instead of its WATCH, EXISTS, MULTI/EXEC: the same
 # job key and queue entry, refused (-1) when the job key, the in-progress key or a kept result
 # exists; else the job's rank in the queue (0-based). A job due now is scored with its flow's
@@ -84,12 +90,11 @@ _ENQUEUE = (
 if redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3]) > 0 then return -1 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[3])
-local score = tonumber(ARGV[4])
-if score == 0 then
-    local flow, cost = flow_of(ARGV[5])
-    score = fair_score(KEYS[6], KEYS[7], flow, cost)
+if tonumber(ARGV[4]) == 0 then
+    queue_fair(KEYS[4], KEYS[6], KEYS[7], KEYS[8], ARGV[1], ARGV[5])
+else
+    redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
 end
-redis.call('ZADD', KEYS[4], score, ARGV[1])
 return redis.call('ZRANK', KEYS[4], ARGV[1])
 """
 )
@@ -111,7 +116,7 @@ async def _enqueue(
     ttl = max(due - now, 0) + pool.expires_extra_ms  # arq's default expiry
     payload = serialize_job(ANALYZE_FUNCTION, (str(task_id),), {}, None, now, serializer=serialize)
     keys = [job_key_prefix + job_id, in_progress_key_prefix + job_id, result_key_prefix + job_id]
-    keys += [QUEUE_NAME, FLOW_KEY_PREFIX + job_id, V_KEY, FINISH_KEY]
+    keys += [QUEUE_NAME, FLOW_KEY_PREFIX + job_id, V_KEY, FINISH_KEY, BATCH_KEY]
     args = [job_id, payload.decode(), str(max(ttl, 1)), str(due), flow.encode()]
     rank = await _run_script(pool, _ENQUEUE, keys, args)
     return None if int(rank) < 0 else int(rank)
@@ -143,8 +148,9 @@ async def enqueue_with_position(
     return True, max(rank - await _running_jobs(pool), 0) + 1
 
 
-# KEYS: queue, in-progress key, flow key, V key, finish key. ARGV: job id, flow. The job's
-# flow becomes ARGV[2]; a job waiting at a fair tag is re-scored with that flow's next tag.
+# KEYS: queue, in-progress key, flow key, V key, finish key, batch key. ARGV: job id, flow.
+# The job's flow becomes ARGV[2]; a job waiting at a fair tag is re-scored with that flow's
+# next tag.
 # -1 when the job is not waiting (not queued, or running); else its rank.
 _MOVE_FLOW = (
     FAIR_LUA
@@ -154,8 +160,7 @@ if score == false or redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 redis.call('SET', KEYS[3], ARGV[2], 'KEEPTTL')
 score = tonumber(score)
 if score >= {FAIR_EPOCH_MS} and score < {WALL_FLOOR_MS} then
-    local flow, cost = flow_of(ARGV[2])
-    redis.call('ZADD', KEYS[1], 'XX', fair_score(KEYS[4], KEYS[5], flow, cost), ARGV[1])
+    queue_fair(KEYS[1], KEYS[4], KEYS[5], KEYS[6], ARGV[1], ARGV[2])
 end
 return redis.call('ZRANK', KEYS[1], ARGV[1])
 """
@@ -167,30 +172,31 @@ async def move_to_flow(pool: Redis, job_id: str, flow: Flow) -> bool:
     that flow's next fair tag, a deferred one takes it when it comes due. False when the job
     is not waiting (not in the queue, or running): nothing to move."""
     keys = [QUEUE_NAME, in_progress_key_prefix + job_id, FLOW_KEY_PREFIX + job_id, V_KEY]
-    rank = await _run_script(pool, _MOVE_FLOW, [*keys, FINISH_KEY], [job_id, flow.encode()])
+    keys += [FINISH_KEY, BATCH_KEY]
+    rank = await _run_script(pool, _MOVE_FLOW, keys, [job_id, flow.encode()])
     return int(rank) >= 0
 
 
 PROMOTE_BATCH = 1000  # due wall-clock jobs promoted per poll at most
 
 
-async def promote_due(pool: Redis) -> int:
+async def promote_due(pool: Redis, weights: LaneWeights) -> tuple[int, int]:
     """Give every job whose wall-clock time has come (a deferred retry, a cron job) its place
-    in the fair order (app/analysis/lanes.py); how many moved. One round trip; a worker's poll
-    runs it before reading the queue."""
-    moved = await _run_script(
-        pool,
-        PROMOTE,
-        [QUEUE_NAME, V_KEY, FINISH_KEY],
-        [str(timestamp_ms()), str(PROMOTE_BATCH), FLOW_KEY_PREFIX, in_progress_key_prefix],
-    )
-    return int(moved)
+    in the fair order, and the batch lane its reserved start when `weights.batch_every`
+    interactive jobs started since the last batch one (app/analysis/lanes.py). (How many
+    jobs were promoted, how many batch jobs were moved to the head.) One round trip; a
+    worker's poll runs it before reading the queue."""
+    keys = [QUEUE_NAME, V_KEY, FINISH_KEY, BATCH_KEY, SINCE_BATCH_KEY, BATCH_EVERY_KEY]
+    args = [str(timestamp_ms()), str(PROMOTE_BATCH), FLOW_KEY_PREFIX, in_progress_key_prefix]
+    moved, reserved = await _run_script(pool, PROMOTE, keys, [*args, str(weights.batch_every)])
+    return int(moved), int(reserved)
 
 
-def advance_virtual_time(pipe: Any, score: float) -> None:
-    """Queue, on `pipe` (a claim's MULTI), the move of the virtual time V to the tag of the job
-    being started with `score`, if that is later."""
-    pipe.eval(ADVANCE, 1, V_KEY, repr(float(score)))
+def advance_virtual_time(pipe: Any, job_id: str, score: float) -> None:
+    """Queue, on `pipe` (a claim's MULTI), the start's bookkeeping of the fair order: the
+    virtual time V moves to the tag of the job being started with `score` if that is later,
+    and the count of interactive starts since the last batch one follows its lane."""
+    pipe.eval(ADVANCE, 3, V_KEY, SINCE_BATCH_KEY, FLOW_KEY_PREFIX + job_id, repr(float(score)))
 
 
 # Whether arq holds a job: its in-progress marker exists (running, or claimed by a worker that
@@ -309,8 +315,9 @@ async def missing_jobs(pool: Redis, job_ids: Sequence[str]) -> list[str]:
     return [job_id.decode() for missing in replies for job_id in missing]
 
 
-# KEYS: queue, V key, finish key. ARGV: job key prefix, in-progress key prefix, result key
-# prefix, flow key prefix, job key TTL (ms), then triples of job id, serialised job and flow.
+# KEYS: queue, V key, finish key, batch key. ARGV: job key prefix, in-progress key prefix,
+# result key prefix, flow key prefix, job key TTL (ms), then triples of job id, serialised
+# job and flow.
 # arq's enqueue_job, for many jobs at once and with our row as the source of truth: a job arq
 # holds is left alone; one it does not hold is written and queued at its flow's fair tag, even
 # over a stale job key (not in the queue: no worker would ever run it) or a kept result (arq's
@@ -326,8 +333,7 @@ for i = 6, #ARGV, 3 do
         redis.call('DEL', ARGV[3] .. id)
         redis.call('SET', ARGV[1] .. id, ARGV[i + 1], 'PX', ARGV[5])
         redis.call('SET', ARGV[4] .. id, ARGV[i + 2], 'PX', ARGV[5])
-        local flow, cost = flow_of(ARGV[i + 2])
-        redis.call('ZADD', KEYS[1], fair_score(KEYS[2], KEYS[3], flow, cost), id)
+        queue_fair(KEYS[1], KEYS[2], KEYS[3], KEYS[4], id, ARGV[i + 2])
         enqueued[#enqueued + 1] = id
     end
 end
@@ -355,7 +361,10 @@ async def enqueue_missing(
     prefixes = [job_key_prefix, in_progress_key_prefix, result_key_prefix, FLOW_KEY_PREFIX]
     ttl = str(pool.expires_extra_ms)
     enqueued = await _run_script(
-        pool, _ENQUEUE_MISSING, [QUEUE_NAME, V_KEY, FINISH_KEY], [*prefixes, ttl, *args]
+        pool,
+        _ENQUEUE_MISSING,
+        [QUEUE_NAME, V_KEY, FINISH_KEY, BATCH_KEY],
+        [*prefixes, ttl, *args],
     )
     return [job_id.decode() for job_id in enqueued]
 
@@ -398,23 +407,34 @@ SNAPSHOT_SIZE = 2000  # job ids of the queue's head in a snapshot
 _RUNNING_SCAN = 500  # of those, how many are checked for running (they sit at the head)
 SNAPSHOT_SECONDS = 1.0
 
-# KEYS: queue. ARGV: in-progress key prefix, how many ids, how many of them to check.
-# Returns the queue's first ids, each of the first ARGV[3] negated ("-" prefix) if running.
+# KEYS: queue, since-batch key, batch-every key. ARGV: in-progress key prefix, how many ids,
+# how many of them to check for running, flow key prefix. Returns the count of interactive
+# starts since the last batch one, the batch_every the workers use (0: unknown), then the
+# queue's first ids, each prefixed "-" if running (only the first ARGV[3] are checked), "b"
+# if a batch job, "." otherwise.
 _HEAD = """
 local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 local scan = math.min(#ids, tonumber(ARGV[3]))
-for i = 1, scan do
-    if redis.call('EXISTS', ARGV[1] .. ids[i]) == 1 then ids[i] = '-' .. ids[i] end
+local out = {redis.call('GET', KEYS[2]) or '0', redis.call('GET', KEYS[3]) or '0'}
+for i = 1, #ids do
+    local flag = '.'
+    if i <= scan and redis.call('EXISTS', ARGV[1] .. ids[i]) == 1 then
+        flag = '-'
+    else
+        local encoded = redis.call('GET', ARGV[4] .. ids[i])
+        if encoded and string.match(encoded, '^%d+ (%S+) ') == 'batch' then flag = 'b' end
+    end
+    out[#out + 1] = flag .. ids[i]
 end
-return ids
+return out
 """
 
 
 @dataclass(frozen=True, slots=True)
 class Head:
     """The queue's head at one moment: `ranks` maps the first SNAPSHOT_SIZE job ids to their
-    0-based rank (-1: running); `running`, how many of them run (arq keeps running jobs in
-    the queue, at its head since they were due first)."""
+    0-based rank in start order (-1: running; `start_order`); `running`, how many of them
+    run (arq keeps running jobs in the queue, at its head since they were due first)."""
 
     ranks: dict[str, int]
     running: int
@@ -446,25 +466,51 @@ class QueueSnapshot:
 
     async def _take(self, pool: Redis) -> Head:
         try:
-            ids = await _run_script(
+            since, every, *entries = await _run_script(
                 pool,
                 _HEAD,
-                [QUEUE_NAME],
-                [in_progress_key_prefix, str(SNAPSHOT_SIZE), str(_RUNNING_SCAN)],
+                [QUEUE_NAME, SINCE_BATCH_KEY, BATCH_EVERY_KEY],
+                [in_progress_key_prefix, str(SNAPSHOT_SIZE), str(_RUNNING_SCAN), FLOW_KEY_PREFIX],
             )
             ranks: dict[str, int] = {}
-            running = 0
-            for rank, raw in enumerate(ids):
-                job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-                if job_id.startswith("-"):
-                    ranks[job_id[1:]] = -1
-                    running += 1
+            waiting: list[tuple[str, bool]] = []
+            for raw in entries:
+                entry = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if entry.startswith("-"):
+                    ranks[entry[1:]] = -1
                 else:
-                    ranks[job_id] = rank
+                    waiting.append((entry[1:], entry.startswith("b")))
+            running = len(ranks)
+            order = start_order(waiting, int(since), int(every))
+            ranks |= {job_id: running + n for n, job_id in enumerate(order)}
             self.head, self.taken_at = Head(ranks, running), time.monotonic()
             return self.head
         finally:
             self.pending = None
+
+
+def start_order(waiting: Sequence[tuple[str, bool]], since: int, every: int) -> list[str]:
+    """The order in which the waiting jobs (job id, is batch; in queue order) start: queue
+    order, but once `every` interactive jobs have started since the last batch one (`since`
+    already), the next batch job goes first (the batch lane's reserved share,
+    app/analysis/lanes.py; `every` 0: no reservation known)."""
+    batch = collections.deque(job_id for job_id, is_batch in waiting if is_batch)
+    taken: set[str] = set()
+    order: list[str] = []
+    queued = iter(waiting)
+    while len(order) < len(waiting):
+        if every and since >= every and batch:
+            job_id, is_batch = batch.popleft(), True
+        else:
+            job_id, is_batch = next(queued)
+            if job_id in taken:
+                continue
+            if is_batch:
+                batch.popleft()  # the first batch job in queue order: this one
+        taken.add(job_id)
+        order.append(job_id)
+        since = 0 if is_batch else since + 1
+    return order
 
 
 _snapshots: weakref.WeakKeyDictionary[Redis, QueueSnapshot] = weakref.WeakKeyDictionary()

@@ -52,7 +52,7 @@ async def serve(arq: ArqRedis, count: int) -> list[str]:
     """Start (and finish) up to `count` jobs as workers do; their ids in start order."""
     started = []
     for _ in range(count):
-        await queue.promote_due(arq)
+        await queue.promote_due(arq, WEIGHTS)
         head = await arq.zrangebyscore(queue.QUEUE_NAME, "-inf", timestamp_ms(), start=0, num=1)
         if not head:
             break
@@ -60,7 +60,7 @@ async def serve(arq: ArqRedis, count: int) -> list[str]:
         score = await arq.zscore(queue.QUEUE_NAME, job_id)
         assert score is not None
         async with arq.pipeline(transaction=True) as pipe:
-            queue.advance_virtual_time(pipe, score)
+            queue.advance_virtual_time(pipe, job_id, score)
             pipe.zrem(queue.QUEUE_NAME, job_id)
             await pipe.execute()
         started.append(job_id)
@@ -102,7 +102,7 @@ async def test_a_due_retry_takes_a_fair_place_and_a_future_one_waits(
     assert await queue.enqueue_analysis(arq, later, 1, now + timedelta(hours=1), bob)
     # Before its promotion the due retry's wall-clock score sorts after every tagged job.
     assert await redis.zrank(queue.QUEUE_NAME, queue.job_id_for(due, 1)) == 95
-    assert await queue.promote_due(arq) == 1  # the later one stays as it is
+    assert await queue.promote_due(arq, WEIGHTS) == (1, 0)  # the later one stays
     assert await serve(arq, 1) == [queue.job_id_for(due, 1)]
     later_score = await redis.zscore(queue.QUEUE_NAME, queue.job_id_for(later, 1))
     assert later_score is not None and later_score > lanes.WALL_FLOOR_MS
@@ -113,7 +113,7 @@ async def test_a_cron_job_is_promoted_to_the_head(arq: ArqRedis, redis: Redis) -
     await enqueue(arq, flow(Lane.BATCH, "therapist"), 300)
     cron = "cron:reconcile:1"
     await redis.zadd(queue.QUEUE_NAME, {cron: timestamp_ms() - 10})  # as arq's cron enqueue
-    assert await queue.promote_due(arq) == 1
+    assert await queue.promote_due(arq, WEIGHTS) == (1, 0)
     assert await redis.zscore(queue.QUEUE_NAME, cron) == lanes.SYSTEM_SCORE
     assert await serve(arq, 1) == [cron]
 
@@ -143,6 +143,7 @@ async def test_the_reported_position_is_the_start_order(arq: ArqRedis) -> None:
     task = uuid.uuid4()
     assert await queue.enqueue_missing(arq, [(task, 0, flow(Lane.INTERACTIVE, "dan"))])
     jobs.append(queue.job_id_for(task, 0))
+    await queue.promote_due(arq, WEIGHTS)  # a worker's poll: the reservation rule is known
     positions = {job: await queue.queue_position(arq, job) for job in jobs}
     order = await serve(arq, len(jobs))
     assert len(order) == len(jobs)
@@ -157,3 +158,21 @@ async def test_a_user_whose_jobs_all_ran_starts_afresh(arq: ArqRedis) -> None:
     [again] = await enqueue(arq, flow(Lane.INTERACTIVE, "alice"), 1)
     position = await queue.queue_position(arq, again)
     assert position is not None and position <= 3
+
+
+async def test_batch_keeps_its_share_against_many_one_off_interactive_users(
+    arq: ArqRedis,
+) -> None:
+    """Each new user's first job gets the virtual time V, so a stream of one-job users alone
+    would never let V reach the batch lane's second job: the batch lane's reserved share
+    (one start in every 1 + interactive/batch weight while batch waits) keeps it served."""
+    batch = set(await enqueue(arq, flow(Lane.BATCH, "therapist"), 50))
+    order: list[str] = []
+    for n in range(100):  # two new users arrive for every start: interactive never runs dry
+        await enqueue(arq, flow(Lane.INTERACTIVE, f"patient-{2 * n}"), 1)
+        await enqueue(arq, flow(Lane.INTERACTIVE, f"patient-{2 * n + 1}"), 1)
+        order += await serve(arq, 1)
+    served = [job in batch for job in order]
+    for start in range(0, 100, 10):
+        assert sum(served[start : start + 10]) >= 1, served
+    assert sum(served) <= 12  # interactive is still served first

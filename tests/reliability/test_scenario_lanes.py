@@ -6,8 +6,9 @@ so that a backlog is a backlog), the fake AI service answering each call in a fi
   task starts within 3 task-durations of B's submit (first in, first out it would wait for
   A's 200, about 100 durations).
 - batch share: a therapist's session of 100 recordings waits in the batch lane while
-  interactive work keeps arriving (its backlog never empties): batch tasks keep completing,
-  about one start in ten (weights 9:1), and interactive gets the rest.
+  interactive work from 10 patients keeps arriving (its backlog never empties): batch tasks
+  keep completing, about one start in ten (weights 9:1: the batch lane's reserved share),
+  and interactive gets the rest.
 
 Times are read from PostgreSQL (created_at, started_at, completed_at: one clock).
 """
@@ -25,6 +26,7 @@ from tests.reliability.report import record_figure
 from tests.reliability.system import System, poll
 
 WORKERS = 2
+PATIENTS = 10  # interactive work comes from many users, each with a few tasks
 ENV = {"WORKER_MAX_JOBS": "1", "LANE_WEIGHT_INTERACTIVE": "9", "LANE_WEIGHT_BATCH": "1"}
 
 _TIMES = text(
@@ -107,10 +109,26 @@ async def test_l1_batch_keeps_completing_while_interactive_work_keeps_arriving(
     batch_size, batch_goal = 100, 8
     assert system.fake_ai is not None
     system.fake_ai.reset(default=ok(latency=analysis))
-    therapist, patient = await make_user("t@example.test"), await make_user("p@example.test")
+    therapist = await make_user("t@example.test")
+    patients = [await make_user(f"p{n}@example.test") for n in range(PATIENTS)]
     await system.start_api()
     session_id, _ = await system.create_records(therapist, batch_size)
-    _, patient_records = await system.create_records(patient, 600)
+    unsent = [iter((await system.create_records(p, 60))[1]) for p in patients]
+    turn = 0
+    counts: dict[str, int] = {}
+
+    async def submit_interactive(count: int) -> list[str]:
+        """`count` single submits, each by the next patient in turn."""
+        nonlocal turn
+        tasks = []
+        for _ in range(count):
+            patient = turn % PATIENTS
+            record = next(unsent[patient], None)
+            assert record is not None, f"the batch lane starved: {counts} completed"
+            tasks += await system.submit(patients[patient], [record])
+            turn += 1
+        return tasks
+
     response = await system.http.post(
         "/api/v1/tasks/analysis/submit",
         json={"practice_session_id": session_id},
@@ -119,12 +137,10 @@ async def test_l1_batch_keeps_completing_while_interactive_work_keeps_arriving(
     assert response.status_code == 202, response.text
     batch = [t["task_id"] for t in response.json()["tasks"]]
     assert len(batch) == batch_size and {t["lane"] for t in response.json()["tasks"]} == {"batch"}
-    unsent = iter(patient_records)
-    interactive = await system.submit(patient, [next(unsent) for _ in range(40)])
+    interactive = await submit_interactive(40)
     workers = await system.start_workers("worker", WORKERS, **ENV)
 
     least_waiting = len(interactive)
-    counts: dict[str, int] = {}
 
     async def batch_progressed() -> bool:
         """Keep the interactive backlog at 20 waiting or more; True once `batch_goal` batch
@@ -138,7 +154,7 @@ async def test_l1_batch_keeps_completing_while_interactive_work_keeps_arriving(
         counts["batch"] = sum(1 for t in batch if rows[t].status == "success")
         counts["interactive"] = sum(1 for t in interactive if rows[t].status == "success")
         if waiting < 30:
-            interactive += await system.submit(patient, [next(unsent) for _ in range(20)])
+            interactive += await submit_interactive(20)
         return counts["batch"] >= batch_goal
 
     took = await poll(batch_progressed, within=180, what="batch tasks completed", interval=0.2)
