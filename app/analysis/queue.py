@@ -38,6 +38,7 @@ from app.analysis.lanes import (
     V_KEY,
     WALL_FLOOR_MS,
     Flow,
+    Lane,
     LaneWeights,
 )
 
@@ -141,11 +142,14 @@ async def enqueue_with_position(
     """Enqueue the analysis job of `flow` due now and say where it waits: (enqueued, 1-based
     position among jobs waiting to start, as `queue_position` counts it). When refused, the
     position of the job arq already holds (None when it is not waiting). One round trip, plus
-    the running-jobs estimate's scan at most once a second per process."""
+    the snapshot's scan at most once a second per process: the position reckons the batch
+    lane's reserved starts (`start_order`) as of that snapshot."""
     rank = await _enqueue(pool, task_id, attempt, None, flow)
+    job_id = job_id_for(task_id, attempt)
     if rank is None:
-        return False, await queue_position(pool, job_id_for(task_id, attempt))
-    return True, max(rank - await _running_jobs(pool), 0) + 1
+        return False, await queue_position(pool, job_id)
+    head = await _snapshot(pool)
+    return True, head.position_of_new(job_id, rank, flow.lane is Lane.BATCH)
 
 
 # KEYS: queue, in-progress key, flow key, V key, finish key, batch key. ARGV: job id, flow.
@@ -380,13 +384,15 @@ async def extend_in_progress(pool: Redis, ttl_ms: Mapping[str, int]) -> None:
 
 
 async def queue_position(pool: Redis, job_id: str) -> int | None:
-    """1-based position among jobs waiting to start; None when the job is not waiting.
+    """1-based position among jobs waiting to start (how many start before it, plus one);
+    None when the job is not waiting.
 
-    arq keeps running jobs in the queue too, so the jobs ahead are its rank (arq takes jobs in
-    score, then member order, which is what ZRANK counts) less the running ones. Both come
-    from the process's snapshot of the queue's head (`QueueSnapshot`, at most
-    SNAPSHOT_SECONDS old): no round trip of its own for a job in the snapshot; one for a job
-    beyond it or enqueued since (ZRANK and its in-progress marker).
+    arq takes jobs in score, then member order (what ZRANK counts), and keeps running jobs in
+    the queue too; the batch lane's reserved starts move a batch job ahead now and then. The
+    process's snapshot of the queue's head (`QueueSnapshot`, at most SNAPSHOT_SECONDS old)
+    holds each job's place in that start order (`start_order`): no round trip of its own for
+    a job in the snapshot; one for a job beyond it or enqueued since (its ZRANK, in-progress
+    marker and flow), placed by `Head.position_of_new`.
     """
     snapshot = await _snapshot(pool)
     rank = snapshot.ranks.get(job_id)
@@ -394,11 +400,13 @@ async def queue_position(pool: Redis, job_id: str) -> int | None:
         async with pool.pipeline(transaction=False) as pipe:
             pipe.zrank(QUEUE_NAME, job_id)
             pipe.exists(in_progress_key_prefix + job_id)
-            found, running = await pipe.execute()
+            pipe.get(FLOW_KEY_PREFIX + job_id)
+            found, running, encoded = await pipe.execute()
         if found is None or running:
             return None
-        rank = int(found)
-    elif rank < 0:  # running at the snapshot's time
+        is_batch = (encoded or b"").split(b" ")[1:2] == [Lane.BATCH.value.encode()]
+        return snapshot.position_of_new(job_id, int(found), is_batch)
+    if rank < 0:  # running at the snapshot's time
         return None
     return max(rank - snapshot.running, 0) + 1
 
@@ -438,6 +446,22 @@ class Head:
 
     ranks: dict[str, int]
     running: int
+    # What `start_order` reckoned from: the waiting jobs in queue order (id, is batch), the
+    # interactive starts since the last batch one, the workers' batch_every (0: unknown).
+    waiting: tuple[tuple[str, bool], ...] = ()
+    since: int = 0
+    every: int = 0
+
+    def position_of_new(self, job_id: str, rank: int, is_batch: bool) -> int:
+        """The 1-based start position of a job just enqueued at `rank` (0-based, in the queue
+        now), which this snapshot does not hold: inserted at its place in the snapshot's
+        queue order, with the reserved batch starts reckoned (`start_order`); past the
+        snapshot, or with no reservation known, its rank less the running jobs."""
+        index = max(rank - self.running, 0)
+        if not self.every or index > len(self.waiting) or not any(b for _, b in self.waiting):
+            return index + 1
+        waiting = [*self.waiting[:index], (job_id, is_batch), *self.waiting[index:]]
+        return start_order(waiting, self.since, self.every).index(job_id) + 1
 
 
 _EMPTY = Head({}, 0)
@@ -483,7 +507,8 @@ class QueueSnapshot:
             running = len(ranks)
             order = start_order(waiting, int(since), int(every))
             ranks |= {job_id: running + n for n, job_id in enumerate(order)}
-            self.head, self.taken_at = Head(ranks, running), time.monotonic()
+            head = Head(ranks, running, tuple(waiting), int(since), int(every))
+            self.head, self.taken_at = head, time.monotonic()
             return self.head
         finally:
             self.pending = None

@@ -176,3 +176,29 @@ async def test_batch_keeps_its_share_against_many_one_off_interactive_users(
     for start in range(0, 100, 10):
         assert sum(served[start : start + 10]) >= 1, served
     assert sum(served) <= 12  # interactive is still served first
+
+
+async def test_a_new_jobs_reported_position_is_its_start_order(arq: ArqRedis) -> None:
+    """A job enqueued after the process's snapshot of the queue was taken (the submit's own
+    answer, or a status read within the snapshot's second) is placed in it by its rank and
+    lane, the reserved batch starts reckoned."""
+    await enqueue(arq, flow(Lane.BATCH, "therapist"), 40)
+    await enqueue(arq, flow(Lane.BATCH, "clinic"), 5)
+    for user in ("alice", "bob", "carol"):
+        await enqueue(arq, flow(Lane.INTERACTIVE, user), 20)
+    await queue.promote_due(arq, WEIGHTS)
+    await serve(arq, 7)  # interactive starts since the last batch one: not zero
+    first = (await arq.zrange(queue.QUEUE_NAME, 0, 0))[0].decode()
+    assert await queue.queue_position(arq, first) == 1  # the snapshot is taken here
+    task, batch_task = uuid.uuid4(), uuid.uuid4()
+    enqueued, position = await queue.enqueue_with_position(
+        arq, task, 0, flow(Lane.INTERACTIVE, "carol")
+    )
+    assert enqueued and position is not None
+    assert await queue.enqueue_analysis(arq, batch_task, 0, flow=flow(Lane.BATCH, "dora"))
+    new = queue.job_id_for(task, 0)
+    batch_new = queue.job_id_for(batch_task, 0)
+    batch_position = await queue.queue_position(arq, batch_new)  # not in the snapshot either
+    order = await serve(arq, 200)
+    assert order.index(new) + 1 == position + (order.index(batch_new) < order.index(new))
+    assert order.index(batch_new) + 1 == batch_position
