@@ -451,6 +451,7 @@ class Head:
     waiting: tuple[tuple[str, bool], ...] = ()
     since: int = 0
     every: int = 0
+    has_batch: bool = False  # a batch job waits in the snapshot (else no start is reserved)
 
     def position_of_new(self, job_id: str, rank: int, is_batch: bool) -> int:
         """The 1-based start position of a job just enqueued at `rank` (0-based, in the queue
@@ -458,10 +459,10 @@ class Head:
         queue order, with the reserved batch starts reckoned (`start_order`); past the
         snapshot, or with no reservation known, its rank less the running jobs."""
         index = max(rank - self.running, 0)
-        if not self.every or index > len(self.waiting) or not any(b for _, b in self.waiting):
+        if not self.every or index > len(self.waiting) or not self.has_batch:
             return index + 1
         waiting = [*self.waiting[:index], (job_id, is_batch), *self.waiting[index:]]
-        return start_order(waiting, self.since, self.every).index(job_id) + 1
+        return len(start_order(waiting, self.since, self.every, until=job_id))
 
 
 _EMPTY = Head({}, 0)
@@ -507,18 +508,22 @@ class QueueSnapshot:
             running = len(ranks)
             order = start_order(waiting, int(since), int(every))
             ranks |= {job_id: running + n for n, job_id in enumerate(order)}
-            head = Head(ranks, running, tuple(waiting), int(since), int(every))
+            has_batch = any(is_batch for _, is_batch in waiting)
+            head = Head(ranks, running, tuple(waiting), int(since), int(every), has_batch)
             self.head, self.taken_at = head, time.monotonic()
             return self.head
         finally:
             self.pending = None
 
 
-def start_order(waiting: Sequence[tuple[str, bool]], since: int, every: int) -> list[str]:
+def start_order(
+    waiting: Sequence[tuple[str, bool]], since: int, every: int, until: str | None = None
+) -> list[str]:
     """The order in which the waiting jobs (job id, is batch; in queue order) start: queue
     order, but once `every` interactive jobs have started since the last batch one (`since`
     already), the next batch job goes first (the batch lane's reserved share,
-    app/analysis/lanes.py; `every` 0: no reservation known)."""
+    app/analysis/lanes.py; `every` 0: no reservation known). With `until`, the order up to
+    that job only."""
     batch = collections.deque(job_id for job_id, is_batch in waiting if is_batch)
     taken: set[str] = set()
     order: list[str] = []
@@ -534,6 +539,8 @@ def start_order(waiting: Sequence[tuple[str, bool]], since: int, every: int) -> 
                 batch.popleft()  # the first batch job in queue order: this one
         taken.add(job_id)
         order.append(job_id)
+        if job_id == until:
+            break
         since = 0 if is_batch else since + 1
     return order
 
