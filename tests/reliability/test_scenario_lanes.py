@@ -98,7 +98,11 @@ async def test_l1_one_users_backlog_does_not_delay_another_users_task(
     )
     assert alice_waiting >= 150  # A's backlog was there: B went ahead of it
     assert waited <= 3 * duration
-    assert submitted["queue_position"] is not None and submitted["queue_position"] <= WORKERS
+    # The position is reckoned from the process's snapshot of the queue, at most a second old
+    # (app/analysis/queue.py): jobs started since still count as ahead, a task-duration's
+    # worth of starts at most here. First in, first out it would be about 200.
+    position = submitted["queue_position"]
+    assert position is not None and position <= 1 + 2 * WORKERS
 
 
 @pytest.mark.scenario("L1")
