@@ -38,7 +38,7 @@ RESERVED_SCORE = FAIR_EPOCH_MS - 0.5  # a batch job given the batch lane's reser
 POINTS = 1000  # virtual time a job of weight 1 costs
 V_KEY = "vocalborn:fair:v"  # V, in points
 FINISH_KEY = "vocalborn:fair:finish"  # ZSET: flow -> F[flow], in points (F <= V pruned)
-FLOW_KEY_PREFIX = "vocalborn:fair:job:"  # per job id: "<cost> <lane> <user>", expiring with it
+FLOW_KEY_PREFIX = "vocalborn:fair:job:"  # per waiting job id: "<cost> <lane> <user>"
 BATCH_KEY = "vocalborn:fair:batch"  # ZSET: batch job id -> its score (started ones lazily gone)
 SINCE_BATCH_KEY = "vocalborn:fair:since_batch"  # interactive starts since the last batch one
 BATCH_EVERY_KEY = "vocalborn:fair:batch_every"  # the workers' LaneWeights.batch_every
@@ -175,7 +175,8 @@ return {{moved, reserved}}
 # KEYS: V key, since-batch key, the job's flow key. ARGV: the score of a job being started
 # (run in the claim's MULTI, worker/healing.py). V becomes its tag if larger; a batch job's
 # start resets the count of interactive starts since the last batch one, an interactive
-# job's adds one (a job without a flow, a cron job, counts for neither).
+# job's adds one (a job without a flow, a cron job, counts for neither); the flow key goes
+# (a retry is a new job id with its own).
 ADVANCE = f"""
 local s = tonumber(ARGV[1]) - {FAIR_EPOCH_MS}
 local v = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -189,6 +190,7 @@ if encoded then
     else
         redis.call('INCR', KEYS[2])
     end
+    redis.call('DEL', KEYS[3])  -- only a waiting job needs its flow
 end
 return 0
 """

@@ -70,6 +70,9 @@ async def serve(arq: ArqRedis, count: int) -> list[str]:
 async def test_a_users_single_job_waits_for_no_other_users_backlog(arq: ArqRedis) -> None:
     alice = await enqueue(arq, flow(Lane.INTERACTIVE, "alice"), 200)
     assert await serve(arq, 10) == alice[:10]  # alone, first in first out
+    # A started job's flow key is gone (only a waiting job needs it); a waiting one's stays.
+    assert not await arq.exists(lanes.FLOW_KEY_PREFIX + alice[0])
+    assert await arq.exists(lanes.FLOW_KEY_PREFIX + alice[10])
     [bob] = await enqueue(arq, flow(Lane.INTERACTIVE, "bob"), 1)
     assert await queue.queue_position(arq, bob) == 1  # before alice's 190 waiting
     assert (await serve(arq, 1)) == [bob]
