@@ -172,9 +172,10 @@ return {{moved, reserved}}
 """
 )
 
-# KEYS: V key, since-batch key, the job's flow key. ARGV: the score of a job being started
-# (run in the claim's MULTI, worker/healing.py). V becomes its tag if larger; a batch job's
-# start resets the count of interactive starts since the last batch one, an interactive
+# KEYS: V key, since-batch key, the job's flow key, batch key. ARGV: the score of a job being
+# started, its id (run in the claim's MULTI, worker/healing.py). V becomes its tag if larger;
+# a batch job's start resets the count of interactive starts since the last batch one (and
+# takes it out of the batch index), an interactive
 # job's adds one (a job without a flow, a cron job, counts for neither); the flow key goes
 # (a retry is a new job id with its own).
 ADVANCE = f"""
@@ -187,6 +188,7 @@ local encoded = redis.call('GET', KEYS[3])
 if encoded then
     if string.match(encoded, '^%d+ (%S+) ') == 'batch' then
         redis.call('SET', KEYS[2], 0)
+        redis.call('ZREM', KEYS[4], ARGV[2])
     else
         redis.call('INCR', KEYS[2])
     end

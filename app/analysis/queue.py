@@ -200,7 +200,8 @@ def advance_virtual_time(pipe: Any, job_id: str, score: float) -> None:
     """Queue, on `pipe` (a claim's MULTI), the start's bookkeeping of the fair order: the
     virtual time V moves to the tag of the job being started with `score` if that is later,
     and the count of interactive starts since the last batch one follows its lane."""
-    pipe.eval(ADVANCE, 3, V_KEY, SINCE_BATCH_KEY, FLOW_KEY_PREFIX + job_id, repr(float(score)))
+    keys = [V_KEY, SINCE_BATCH_KEY, FLOW_KEY_PREFIX + job_id, BATCH_KEY]
+    pipe.eval(ADVANCE, len(keys), *keys, repr(float(score)), job_id)
 
 
 # Whether arq holds a job: its in-progress marker exists (running, or claimed by a worker that

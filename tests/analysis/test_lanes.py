@@ -91,6 +91,8 @@ async def test_lanes_share_by_weight_and_batch_never_starves(arq: ArqRedis) -> N
     for start in range(0, 100, 10):  # every ten starts: nine interactive, one batch
         assert Counter(lanes_served[start : start + 10]) == {"interactive": 9, "batch": 1}
     assert len(batch & set(order)) == 10
+    # The batch index holds the waiting batch jobs only: a started one leaves it.
+    assert set(await arq.zrange(lanes.BATCH_KEY, 0, -1)) == {j.encode() for j in batch - set(order)}
 
 
 async def test_a_due_retry_takes_a_fair_place_and_a_future_one_waits(
