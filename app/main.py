@@ -17,6 +17,7 @@ from app.analysis.eta import Estimator
 from app.analysis.events import SSE_PATHS, ServeStreamsFirst, sse_events
 from app.analysis.events import router as events_router
 from app.analysis.hub import Hub
+from app.analysis.lanes import LaneWeights
 from app.analysis.live import LiveSource, StreamTiming
 from app.analysis.progress import Publisher, publish_settings
 from app.analysis.router import router as analysis_router
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 publisher,
                 cache_key_model(settings),
                 exit_after_commit(settings),
+                LaneWeights.of(settings),
             ),
             hub=hub,
             live=LiveSource(hub, arq, sessions, estimator, timing),

@@ -46,6 +46,11 @@ TASK_PROCESSING = Histogram(
 )
 TASKS_IN_FLIGHT = Gauge("vocalborn_tasks_in_flight", "Attempts running in this worker")
 QUEUE_DEPTH = Gauge("vocalborn_queue_depth", "Jobs in the arq queue (waiting or running)")
+QUEUED_BY_LANE = Gauge(
+    "vocalborn_tasks_queued",
+    "Tasks waiting to start (pending or retry), by priority lane",
+    ["lane"],
+)
 AI_REQUESTS = Histogram(
     "vocalborn_ai_request_seconds",
     "Calls to the AI service by outcome",

@@ -165,6 +165,10 @@ class Settings(BaseSettings):
     worker_shutdown_grace_seconds: float = Field(10.0, ge=0)
     # Prometheus metrics of a worker on this port (0: not served).
     worker_metrics_port: int = Field(0, ge=0, le=65535)
+    # Priority lanes (app/analysis/lanes.py): a user's waiting jobs in a lane are served in
+    # proportion to the lane's weight; batch keeps a share, it never starves.
+    lane_weight_interactive: int = Field(9, ge=1, le=1000)
+    lane_weight_batch: int = Field(1, ge=1, le=1000)
     # How many analyses the AI service runs at once: the ETA's parallelism.
     ai_service_concurrency: int = Field(4, ge=1)
     cleanup_retention_days: int = Field(7, ge=1)

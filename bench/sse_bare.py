@@ -52,6 +52,7 @@ def status_document(task: str, seq: int, published: datetime) -> bytes:
         "worker_name": f"seq-{seq}",
         "retry_count": 0,
         "queue_position": None,
+        "lane": "interactive",
         "error_code": None,
         "error_message": None,
         "cancel_requested": False,

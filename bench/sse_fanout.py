@@ -220,6 +220,7 @@ class PublishLoop:
                 worker_name=f"seq-{seq}",
                 retry_count=0,
                 queue_position=None,
+                lane="interactive",
                 error_code=None,
                 error_message=None,
                 cancel_requested=False,

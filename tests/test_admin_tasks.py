@@ -28,6 +28,7 @@ async def test_admin_task_api(
     (provider,) = stats["ai_providers"]  # AI_SERVICE_URL's, uncapped (AI_MAX_CONCURRENCY=0)
     assert provider["name"] == "default" and provider["breaker"] == "closed"
     assert provider["cap"] is None and provider["in_use"] is None
+    assert stats["waiting_by_lane"] == {"interactive": 1}
 
     not_yet = await client.post(f"/api/v1/admin/tasks/{task_id}/retry", headers=admin.headers)
     assert not_yet.status_code == 409

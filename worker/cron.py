@@ -15,6 +15,7 @@ from sqlalchemy import Row, TextClause, text
 
 from app import liveness
 from app.analysis import queue
+from app.analysis.lanes import Lane, LaneWeights
 from app.analysis.lifecycle import RECORD_AFTER_ANALYSIS_ENDED, SET_CANCELLED, move_record
 from app.analysis.maintenance import delete_expired_tasks
 from app.analysis.models import ACTIVE_STATUS_SQL
@@ -24,6 +25,7 @@ from app.metrics import (
     DEPENDENCY_RETRIES,
     LIVE_WORKERS,
     QUEUE_DEPTH,
+    QUEUED_BY_LANE,
     RECONCILE_REPAIRS,
     TASKS_FINISHED,
     WORKER_HEARTBEAT,
@@ -40,7 +42,7 @@ RECONCILE_PAGE = 1000  # rows read from PostgreSQL at a time
 # many there are). Urgent first: retry rows that are due, processing rows whose lease expired
 # (their worker died); then pending rows past the grace (their enqueue may have failed).
 _PAGE = """
-    SELECT task_id, attempt, created_at FROM ai_analysis_tasks
+    SELECT task_id, attempt, created_at, lane, user_id FROM ai_analysis_tasks
     WHERE {ACTIVE_STATUS_SQL} AND ({due})
       AND (created_at, task_id) > (:after_created, :after_task)
     ORDER BY created_at, task_id
@@ -78,11 +80,17 @@ ORPHANED_CANCELS = text(
     """
 )
 
+WAITING_BY_LANE = text(
+    "SELECT lane, count(*) AS n FROM ai_analysis_tasks"
+    " WHERE status IN ('pending', 'retry') GROUP BY lane"
+)
+
 MARK_ENQUEUED = text("UPDATE ai_analysis_tasks SET enqueued_at = now() WHERE task_id = ANY(:ids)")
 
 
 async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
-    """The outbox's other half: finish orphaned cancels, then enqueue every due row whose job
+    """The outbox's other half: finish orphaned cancels (and count the tasks waiting in each
+    lane: vocalborn_tasks_queued), then enqueue every due row whose job
     arq does not hold, urgent rows first. A tick that meets PostgreSQL or Redis down is
     logged and counted (vocalborn_worker_dependency_retries) and ends: the next tick is its
     retry.
@@ -108,6 +116,9 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
 async def _reconcile(deps: WorkerDeps) -> dict[str, int]:
     async with deps.engine.begin() as connection:
         cancelled = (await connection.execute(ORPHANED_CANCELS)).mappings().all()
+        waiting = {row.lane: row.n for row in await connection.execute(WAITING_BY_LANE)}
+    for lane in Lane:
+        QUEUED_BY_LANE.labels(lane.value).set(waiting.get(lane.value, 0))
     await deps.publisher.publish_rows(cancelled)
     TASKS_FINISHED.labels("cancelled").inc(len(cancelled))
     RECONCILE_REPAIRS.labels("cancel_finished").inc(len(cancelled))
@@ -148,7 +159,11 @@ async def _enqueue_missing(deps: WorkerDeps, rows: Sequence[Row[Any]]) -> int:
     missing = await queue.missing_jobs(deps.arq, list(by_job))
     if not missing:
         return 0
-    jobs = [(by_job[job_id].task_id, by_job[job_id].attempt) for job_id in missing]
+    lanes = LaneWeights.of(deps.settings)
+    jobs = [
+        (row.task_id, row.attempt, lanes.flow(row.lane, row.user_id))
+        for row in (by_job[job_id] for job_id in missing)
+    ]
     enqueued = await queue.enqueue_missing(deps.arq, jobs)
     if enqueued:
         ids = [by_job[job_id].task_id for job_id in enqueued]

@@ -12,7 +12,11 @@ changes, each at one of arq's own methods:
   succeeds again. The jobs it holds run on meanwhile, and each try forgets those that have
   finished, so that a stop during an outage waits only for the running ones.
 - `start_jobs` gives a job's slot back exactly once on every path (arq kept the slot of a
-  claim whose pipeline failed, and after max_jobs such failures never took a job again).
+  claim whose pipeline failed, and after max_jobs such failures never took a job again),
+  and its claim moves the fair order's virtual time on (app/analysis/lanes.py).
+- each poll first promotes the due wall-clock jobs (deferred retries, cron jobs) into the
+  fair order (`queue.promote_due`), so that arq's read, lowest scores first, is the fair
+  pick.
 - at start, Redis is waited for the same way (arq tries once), and a stop runs on_shutdown
   before its best-effort, bounded delete of the health key (arq deleted the key first: with
   Redis down that failure skipped on_shutdown, or its retries outlasted the stop's grace).
@@ -43,9 +47,12 @@ from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
+from app.analysis import queue
+from app.analysis.lanes import WALL_FLOOR_MS, LaneWeights
 from app.causes import causes
 from app.db import database_unreachable
 from app.metrics import DEPENDENCY_RETRIES
+from app.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +156,16 @@ class HealingWorker(Worker):
             if task.done():
                 del self.tasks[job_id]
                 task.result()  # as arq: an error of run_job itself is raised
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+            # Due retries and cron jobs take their place in the fair order before the read.
+            await queue.promote_due(self.pool, self._lane_weights())
         await super()._poll_iteration()
+
+    def _lane_weights(self) -> LaneWeights:
+        """The lanes' weights, from the settings the worker's startup reads (the ctx's in
+        tests)."""
+        settings: Settings = self.ctx.get("settings") or get_settings()
+        return LaneWeights.of(settings)
 
     async def close(self) -> None:
         """arq's close with on_shutdown before the health key's delete, and that delete
@@ -227,12 +243,17 @@ class HealingWorker(Worker):
                         continue
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.psetex(in_progress_key, int(self.in_progress_timeout_s * 1000), b"1")
+                    queue.advance_virtual_time(pipe, job_id, score)  # the fair order's clock
                     try:
                         await pipe.execute()
                     except (ResponseError, WatchError):
                         give_back()  # started elsewhere since the check
                     else:
-                        task = self.loop.create_task(self.run_job(job_id, int(score)))
+                        # arq's run_job takes the score for the job's due time (its log's
+                        # "delayed=" and ctx["score"]): a fair tag (app/analysis/lanes.py) is
+                        # no time, and the job was due when it was enqueued.
+                        due = int(score) if score >= WALL_FLOOR_MS else timestamp_ms()
+                        task = self.loop.create_task(self.run_job(job_id, due))
                         held = False  # the task's completion gives it back, as in arq
                         task.add_done_callback(
                             lambda _: self._release_sem_dec_counter_on_complete()

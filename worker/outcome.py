@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from app.ai_client.errors import AnalysisError, ErrorClass, NetworkError, ServiceBusy
 from app.ai_client.wire import AIResult
 from app.analysis import lifecycle, queue
+from app.analysis.lanes import LaneWeights
 from app.analysis.lifecycle import Claim, Provenance
 from app.analysis.status import Row
 from app.metrics import TASK_ERRORS, TASK_PROCESSING, TASK_RETRIES, TASKS_FINISHED
@@ -190,6 +191,7 @@ class Recorder:
                 self.claimed.task_id,
                 self.claimed.attempt,
                 defer_until=row["next_attempt_at"],
+                flow=LaneWeights.of(self.deps.settings).flow(row["lane"], row["user_id"]),
             ),
         )
         # The error's own words in the worker's log line (for a deferral, the code says it).

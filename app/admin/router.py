@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from app.admin import audit, service, tasks
 from app.admin.audit import AuditDep
 from app.analysis import service as analysis_service
-from app.analysis.schemas import SubmittedTask, TaskStatusOut
+from app.analysis.schemas import LaneChange, SubmittedTask, TaskStatusOut
 from app.deps import AdminDep, SessionDep, StateDep
 from app.errors import error_responses
 from app.text import MAX_BIGINT, CleanText, TimeFilter
@@ -83,6 +83,25 @@ async def retry_task(
     # active analysis of the recording answered instead) is recorded after it.
     async with log.action(session, "task.retry", f"task:{task_id}", changed=audit.created_a_task):
         return await tasks.retry(session, state, task_id)
+
+
+@router.put(
+    "/tasks/{task_id}/lane",
+    response_model=TaskStatusOut,
+    responses=error_responses(400, 404, 409),  # 400: a body that is not JSON
+)
+async def set_task_lane(
+    task_id: uuid.UUID,
+    change: LaneChange,
+    _: AdminDep,
+    session: SessionDep,
+    state: StateDep,
+    log: AuditDep,
+) -> TaskStatusOut:
+    """Move an active task to another priority lane; a waiting job takes its place there."""
+    action = f"task.lane.{change.lane.value}"  # the audit event names the lane asked for
+    async with log.action(session, action, f"task:{task_id}", changed=audit.task_changed(task_id)):
+        return await tasks.set_lane(session, state, task_id, change.lane)
 
 
 class CleanupOut(BaseModel):

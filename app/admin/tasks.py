@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -11,13 +12,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import liveness
 from app.ai_client.providers import ProviderState, provider_states
-from app.analysis import queue, submit
+from app.analysis import queue, status, submit
+from app.analysis.lanes import Lane, LaneWeights
 from app.analysis.maintenance import delete_expired_tasks
-from app.analysis.schemas import AnalysisParameters, SubmittedTask
+from app.analysis.schemas import AnalysisParameters, SubmittedTask, TaskStatusOut
 from app.auth import Principal
 from app.errors import AppError, NotFound
 from app.state import AppState
 from app.users.models import Role
+
+log = logging.getLogger(__name__)
 
 STATS = text(
     """
@@ -33,9 +37,22 @@ STATS = text(
         ) AS failures_last_hour,
         (SELECT count(*) FROM ai_analysis_results
          WHERE reused_from_task_id IS NOT NULL AND created_at > now() - interval '1 hour'
-        ) AS cache_hits_last_hour
+        ) AS cache_hits_last_hour,
+        (SELECT coalesce(jsonb_object_agg(lane, n), '{}') FROM (
+            SELECT lane, count(*) AS n FROM ai_analysis_tasks
+            WHERE status IN ('pending', 'retry') GROUP BY lane) AS lanes
+        ) AS waiting_by_lane
     """
 )
+# An admin's lane change: only an active task has a lane to change; its status columns after.
+SET_LANE = text(
+    f"""
+    UPDATE ai_analysis_tasks SET lane = :lane, updated_at = clock_timestamp()
+    WHERE task_id = :task_id AND status IN ('pending', 'processing', 'retry')
+    RETURNING {status.status_columns("ai_analysis_tasks")}
+    """
+)
+TASK_STATE = text("SELECT status FROM ai_analysis_tasks WHERE task_id = :task_id")
 FINISHED_TASK = text(
     "SELECT user_id, practice_record_id, status, task_params FROM ai_analysis_tasks"
     " WHERE task_id = :task_id"
@@ -65,6 +82,7 @@ class TaskStats(BaseModel):
     # Each AI provider in order of preference: its concurrency cap, slots in use, breaker
     # state (None: Redis unavailable).
     ai_providers: list[ProviderState] | None = None
+    waiting_by_lane: dict[str, int]  # pending and retry tasks by priority lane
 
 
 async def stats(session: AsyncSession, state: AppState) -> TaskStats:
@@ -95,6 +113,7 @@ async def stats(session: AsyncSession, state: AppState) -> TaskStats:
         failures_last_hour=row["failures_last_hour"],
         cache_hits_last_hour=row["cache_hits_last_hour"],
         ai_providers=providers,
+        waiting_by_lane=row["waiting_by_lane"],
     )
 
 
@@ -117,6 +136,40 @@ async def retry(session: AsyncSession, state: AppState, task_id: uuid.UUID) -> S
     return await submit.resubmit_in(
         session, state.submitter, owner, row["practice_record_id"], parameters
     )
+
+
+async def set_lane(
+    session: AsyncSession, state: AppState, task_id: uuid.UUID, lane: Lane
+) -> TaskStatusOut:
+    """Move an active task to `lane`: the row first (committed with the admin's audit event),
+    then its job, if it waits in the queue, to its place in the new lane
+    (`queue.move_to_flow`); a running task keeps its place and its next attempt waits in the
+    new lane. NotFound for an unknown task; 409 task_finished for a finished one. A Redis
+    failure leaves the waiting job at its old place (logged); the row's lane stands."""
+    row = (await session.execute(SET_LANE, {"task_id": task_id, "lane": lane.value})).mappings()
+    changed = row.first()
+    if changed is None:
+        current = (await session.execute(TASK_STATE, {"task_id": task_id})).scalar()
+        await session.rollback()
+        if current is None:
+            raise NotFound("Analysis task")
+        raise AppError(
+            409,
+            "task_finished",
+            f"Only a waiting or running task has a lane; this one is {current}",
+            details={"status": current},
+        )
+    await session.commit()
+    if changed["status"] in ("pending", "retry"):
+        job_id = queue.job_id_for(changed["task_id"], changed["attempt"])
+        flow = LaneWeights.of(state.settings).flow(lane, changed["user_id"])
+        try:
+            await queue.move_to_flow(state.arq, job_id, flow)
+        except Exception:
+            log.warning("lane change of job %s not applied in the queue", job_id)
+    document = await status.describe(changed, state.arq, state.estimator)
+    await state.publisher.publish(document)
+    return document
 
 
 async def cleanup(session: AsyncSession, retention_days: int) -> int:

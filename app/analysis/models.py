@@ -48,6 +48,7 @@ class AnalysisTask(Base):
             name="status",
         ),
         CheckConstraint("progress >= 0 AND progress <= 100", name="progress"),
+        CheckConstraint("lane IN ('interactive', 'batch')", name="lane"),
         CheckConstraint("retry_count >= 0", name="retry_count"),
         CheckConstraint("attempt >= 0", name="attempt"),
         Index(
@@ -89,6 +90,8 @@ class AnalysisTask(Base):
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.user_id", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(20), server_default=TaskStatus.PENDING.value)
     task_type: Mapped[str] = mapped_column(String(50), server_default="audio_analysis")
+    # The priority lane it waits in (app/analysis/lanes.py): interactive or batch.
+    lane: Mapped[str] = mapped_column(String(16), server_default="interactive")
     task_params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
     worker_name: Mapped[str | None] = mapped_column(String(100))
     # Which claim moved the row to `processing` (one per claim call of a job run).

@@ -7,6 +7,7 @@ Jobs are serialised as JSON (never pickle). One queue, `ai_analysis`; the job id
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import math
 import time
@@ -22,6 +23,24 @@ from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix,
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms, to_unix_ms
 from redis.asyncio import Redis
+
+from app.analysis.lanes import (
+    ADVANCE,
+    BATCH_EVERY_KEY,
+    BATCH_KEY,
+    FAIR_EPOCH_MS,
+    FAIR_LUA,
+    FINISH_KEY,
+    FLOW_KEY_PREFIX,
+    PROMOTE,
+    SINCE_BATCH_KEY,
+    UNOWNED,
+    V_KEY,
+    WALL_FLOOR_MS,
+    Flow,
+    Lane,
+    LaneWeights,
+)
 
 QUEUE_NAME = "ai_analysis"
 ANALYZE_FUNCTION = "analyze_recording"
@@ -58,54 +77,131 @@ def task_of_job(job_id: str, task_id: object) -> uuid.UUID | None:
         return None
 
 
-# KEYS: job key, in-progress key, result key, queue. ARGV: job id, serialised job, job key
-# TTL (ms), score (ms). arq's enqueue_job in one atomic round trip instead of its WATCH, EXISTS,
-# MULTI/EXEC: the same job key and queue entry, refused (-1) when the job key, the in-progress
-# key or a kept result exists; else the job's rank in the queue (0-based).
-_ENQUEUE = """
+# KEYS: job key, in-progress key, result key, queue, flow key, V key, finish key, batch key.
+# ARGV: job id, serialised job, job key TTL (ms), due score (ms; 0: now), flow ("<cost>
+# <lane> <user>").
+# arq's enqueue_job in one atomic round trip instead of its WATCH, EXISTS, MULTI/EXEC: the same
+# job key and queue entry, refused (-1) when the job key, the in-progress key or a kept result
+# exists; else the job's rank in the queue (0-based). A job due now is scored with its flow's
+# fair start tag (app/analysis/lanes.py); a deferred one with its due time, until a worker's
+# poll promotes it. The flow key lives as long as the job key.
+_ENQUEUE = (
+    FAIR_LUA
+    + """
 if redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3]) > 0 then return -1 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[3])
+if tonumber(ARGV[4]) == 0 then
+    queue_fair(KEYS[4], KEYS[6], KEYS[7], KEYS[8], ARGV[1], ARGV[5])
+else
+    redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+end
 return redis.call('ZRANK', KEYS[4], ARGV[1])
 """
+)
 
 
 async def _enqueue(
-    pool: ArqRedis, task_id: uuid.UUID | str, attempt: int, defer_until: datetime | None
+    pool: ArqRedis,
+    task_id: uuid.UUID | str,
+    attempt: int,
+    defer_until: datetime | None,
+    flow: Flow,
 ) -> int | None:
-    """Enqueue the job as arq's enqueue_job would; its 0-based rank in the queue, or None
-    when refused (arq holds it, or keeps its result)."""
+    """Enqueue the job as arq's enqueue_job would, scored by its fair tag (due now) or its due
+    time; its 0-based rank in the queue, or None when refused (arq holds it, or keeps its
+    result)."""
     job_id = job_id_for(task_id, attempt)
     now = timestamp_ms()
-    score = to_unix_ms(defer_until) if defer_until is not None else now
-    ttl = max(score - now + pool.expires_extra_ms, 1)  # arq's default expiry
+    due = to_unix_ms(defer_until) if defer_until is not None else 0
+    ttl = max(due - now, 0) + pool.expires_extra_ms  # arq's default expiry
     payload = serialize_job(ANALYZE_FUNCTION, (str(task_id),), {}, None, now, serializer=serialize)
     keys = [job_key_prefix + job_id, in_progress_key_prefix + job_id, result_key_prefix + job_id]
-    rank = await _run_script(
-        pool, _ENQUEUE, [*keys, QUEUE_NAME], [job_id, payload.decode(), str(ttl), str(score)]
-    )
+    keys += [QUEUE_NAME, FLOW_KEY_PREFIX + job_id, V_KEY, FINISH_KEY, BATCH_KEY]
+    args = [job_id, payload.decode(), str(max(ttl, 1)), str(due), flow.encode()]
+    rank = await _run_script(pool, _ENQUEUE, keys, args)
     return None if int(rank) < 0 else int(rank)
 
 
 async def enqueue_analysis(
-    pool: ArqRedis, task_id: uuid.UUID | str, attempt: int, defer_until: datetime | None = None
+    pool: ArqRedis,
+    task_id: uuid.UUID | str,
+    attempt: int,
+    defer_until: datetime | None = None,
+    flow: Flow = UNOWNED,
 ) -> bool:
-    """Enqueue the analysis job, due at `defer_until` (default: now), in one round trip; False
-    when refused: a job with this id exists, is running or has a kept result (arq's dedup)."""
-    return await _enqueue(pool, task_id, attempt, defer_until) is not None
+    """Enqueue the analysis job of `flow` (its lane and user: `LaneWeights.flow`), due at
+    `defer_until` (default: now, at its fair place), in one round trip; False when refused: a
+    job with this id exists, is running or has a kept result (arq's dedup)."""
+    return await _enqueue(pool, task_id, attempt, defer_until, flow) is not None
 
 
 async def enqueue_with_position(
-    pool: ArqRedis, task_id: uuid.UUID | str, attempt: int
+    pool: ArqRedis, task_id: uuid.UUID | str, attempt: int, flow: Flow = UNOWNED
 ) -> tuple[bool, int | None]:
-    """Enqueue the analysis job due now and say where it waits: (enqueued, 1-based position
-    among jobs waiting to start, as `queue_position` counts it). When refused, the position
-    of the job arq already holds (None when it is not waiting). One round trip, plus the
-    running-jobs estimate's scan at most once a second per process."""
-    rank = await _enqueue(pool, task_id, attempt, None)
+    """Enqueue the analysis job of `flow` due now and say where it waits: (enqueued, 1-based
+    position among jobs waiting to start, as `queue_position` counts it). When refused, the
+    position of the job arq already holds (None when it is not waiting). One round trip, plus
+    the snapshot's scan at most once a second per process: the position reckons the batch
+    lane's reserved starts (`start_order`) as of that snapshot."""
+    rank = await _enqueue(pool, task_id, attempt, None, flow)
+    job_id = job_id_for(task_id, attempt)
     if rank is None:
-        return False, await queue_position(pool, job_id_for(task_id, attempt))
-    return True, max(rank - await _running_jobs(pool), 0) + 1
+        return False, await queue_position(pool, job_id)
+    head = await _snapshot(pool)
+    return True, head.position_of_new(job_id, rank, flow.lane is Lane.BATCH)
+
+
+# KEYS: queue, in-progress key, flow key, V key, finish key, batch key. ARGV: job id, flow.
+# The job's flow becomes ARGV[2]; a job waiting at a fair tag is re-scored with that flow's
+# next tag.
+# -1 when the job is not waiting (not queued, or running); else its rank.
+_MOVE_FLOW = (
+    FAIR_LUA
+    + f"""
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score == false or redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+redis.call('SET', KEYS[3], ARGV[2], 'KEEPTTL')
+score = tonumber(score)
+if score >= {FAIR_EPOCH_MS} and score < {WALL_FLOOR_MS} then
+    queue_fair(KEYS[1], KEYS[4], KEYS[5], KEYS[6], ARGV[1], ARGV[2])
+end
+return redis.call('ZRANK', KEYS[1], ARGV[1])
+"""
+)
+
+
+async def move_to_flow(pool: Redis, job_id: str, flow: Flow) -> bool:
+    """Put a waiting job in `flow` (an admin's lane change): a job due now is re-scored at
+    that flow's next fair tag, a deferred one takes it when it comes due. False when the job
+    is not waiting (not in the queue, or running): nothing to move."""
+    keys = [QUEUE_NAME, in_progress_key_prefix + job_id, FLOW_KEY_PREFIX + job_id, V_KEY]
+    keys += [FINISH_KEY, BATCH_KEY]
+    rank = await _run_script(pool, _MOVE_FLOW, keys, [job_id, flow.encode()])
+    return int(rank) >= 0
+
+
+PROMOTE_BATCH = 1000  # due wall-clock jobs promoted per poll at most
+
+
+async def promote_due(pool: Redis, weights: LaneWeights) -> tuple[int, int]:
+    """Give every job whose wall-clock time has come (a deferred retry, a cron job) its place
+    in the fair order, and the batch lane its reserved start when `weights.batch_every`
+    interactive jobs started since the last batch one (app/analysis/lanes.py). (How many
+    jobs were promoted, how many batch jobs were moved to the head.) One round trip; a
+    worker's poll runs it before reading the queue."""
+    keys = [QUEUE_NAME, V_KEY, FINISH_KEY, BATCH_KEY, SINCE_BATCH_KEY, BATCH_EVERY_KEY]
+    args = [str(timestamp_ms()), str(PROMOTE_BATCH), FLOW_KEY_PREFIX, in_progress_key_prefix]
+    moved, reserved = await _run_script(pool, PROMOTE, keys, [*args, str(weights.batch_every)])
+    return int(moved), int(reserved)
+
+
+def advance_virtual_time(pipe: Any, job_id: str, score: float) -> None:
+    """Queue, on `pipe` (a claim's MULTI), the start's bookkeeping of the fair order: the
+    virtual time V moves to the tag of the job being started with `score` if that is later,
+    and the count of interactive starts since the last batch one follows its lane."""
+    keys = [V_KEY, SINCE_BATCH_KEY, FLOW_KEY_PREFIX + job_id, BATCH_KEY]
+    pipe.eval(ADVANCE, len(keys), *keys, repr(float(score)), job_id)
 
 
 # Whether arq holds a job: its in-progress marker exists (running, or claimed by a worker that
@@ -224,21 +320,25 @@ async def missing_jobs(pool: Redis, job_ids: Sequence[str]) -> list[str]:
     return [job_id.decode() for missing in replies for job_id in missing]
 
 
-# KEYS: queue. ARGV: job key prefix, in-progress key prefix, result key prefix, score (ms),
-# job key TTL (ms), then pairs of job id and serialised job.
+# KEYS: queue, V key, finish key, batch key. ARGV: job key prefix, in-progress key prefix,
+# result key prefix, flow key prefix, job key TTL (ms), then triples of job id, serialised
+# job and flow.
 # arq's enqueue_job, for many jobs at once and with our row as the source of truth: a job arq
-# holds is left alone; one it does not hold is written and queued, even over a stale job key
-# (not in the queue: no worker would ever run it) or a kept result (arq's dedup would refuse).
+# holds is left alone; one it does not hold is written and queued at its flow's fair tag, even
+# over a stale job key (not in the queue: no worker would ever run it) or a kept result (arq's
+# dedup would refuse).
 _ENQUEUE_MISSING = (
     _HELD_LUA
+    + FAIR_LUA
     + """
 local enqueued = {}
-for i = 6, #ARGV, 2 do
+for i = 6, #ARGV, 3 do
     local id = ARGV[i]
     if not held(id) then
         redis.call('DEL', ARGV[3] .. id)
         redis.call('SET', ARGV[1] .. id, ARGV[i + 1], 'PX', ARGV[5])
-        redis.call('ZADD', KEYS[1], ARGV[4], id)
+        redis.call('SET', ARGV[4] .. id, ARGV[i + 2], 'PX', ARGV[5])
+        queue_fair(KEYS[1], KEYS[2], KEYS[3], KEYS[4], id, ARGV[i + 2])
         enqueued[#enqueued + 1] = id
     end
 end
@@ -247,23 +347,29 @@ return enqueued
 )
 
 
-async def enqueue_missing(pool: ArqRedis, jobs: Sequence[tuple[uuid.UUID | str, int]]) -> list[str]:
-    """Enqueue the analysis jobs of these (task id, attempt) pairs that arq does not hold, due
-    now, in one round trip; the job ids enqueued. The check and the writes are one atomic
-    script, so a job queued or started meanwhile is never written over."""
+async def enqueue_missing(
+    pool: ArqRedis, jobs: Sequence[tuple[uuid.UUID | str, int, Flow]]
+) -> list[str]:
+    """Enqueue the analysis jobs of these (task id, attempt, flow) triples that arq does not
+    hold, due now at their fair places (in the order given), in one round trip; the job ids
+    enqueued. The check and the writes are one atomic script, so a job queued or started
+    meanwhile is never written over."""
     if not jobs:
         return []
     now = timestamp_ms()
     args: list[str] = []
-    for task_id, attempt in jobs:
+    for task_id, attempt, flow in jobs:
         payload = serialize_job(
             ANALYZE_FUNCTION, (str(task_id),), {}, None, now, serializer=serialize
         )
-        args += [job_id_for(task_id, attempt), payload.decode()]
-    prefixes = [job_key_prefix, in_progress_key_prefix, result_key_prefix]
+        args += [job_id_for(task_id, attempt), payload.decode(), flow.encode()]
+    prefixes = [job_key_prefix, in_progress_key_prefix, result_key_prefix, FLOW_KEY_PREFIX]
     ttl = str(pool.expires_extra_ms)
     enqueued = await _run_script(
-        pool, _ENQUEUE_MISSING, [QUEUE_NAME], [*prefixes, str(now), ttl, *args]
+        pool,
+        _ENQUEUE_MISSING,
+        [QUEUE_NAME, V_KEY, FINISH_KEY, BATCH_KEY],
+        [*prefixes, ttl, *args],
     )
     return [job_id.decode() for job_id in enqueued]
 
@@ -279,13 +385,15 @@ async def extend_in_progress(pool: Redis, ttl_ms: Mapping[str, int]) -> None:
 
 
 async def queue_position(pool: Redis, job_id: str) -> int | None:
-    """1-based position among jobs waiting to start; None when the job is not waiting.
+    """1-based position among jobs waiting to start (how many start before it, plus one);
+    None when the job is not waiting.
 
-    arq keeps running jobs in the queue too, so the jobs ahead are its rank (arq takes jobs in
-    score, then member order, which is what ZRANK counts) less the running ones. Both come
-    from the process's snapshot of the queue's head (`QueueSnapshot`, at most
-    SNAPSHOT_SECONDS old): no round trip of its own for a job in the snapshot; one for a job
-    beyond it or enqueued since (ZRANK and its in-progress marker).
+    arq takes jobs in score, then member order (what ZRANK counts), and keeps running jobs in
+    the queue too; the batch lane's reserved starts move a batch job ahead now and then. The
+    process's snapshot of the queue's head (`QueueSnapshot`, at most SNAPSHOT_SECONDS old)
+    holds each job's place in that start order (`start_order`): no round trip of its own for
+    a job in the snapshot; one for a job beyond it or enqueued since (its ZRANK, in-progress
+    marker and flow), placed by `Head.position_of_new`.
     """
     snapshot = await _snapshot(pool)
     rank = snapshot.ranks.get(job_id)
@@ -293,11 +401,13 @@ async def queue_position(pool: Redis, job_id: str) -> int | None:
         async with pool.pipeline(transaction=False) as pipe:
             pipe.zrank(QUEUE_NAME, job_id)
             pipe.exists(in_progress_key_prefix + job_id)
-            found, running = await pipe.execute()
+            pipe.get(FLOW_KEY_PREFIX + job_id)
+            found, running, encoded = await pipe.execute()
         if found is None or running:
             return None
-        rank = int(found)
-    elif rank < 0:  # running at the snapshot's time
+        is_batch = (encoded or b"").split(b" ")[1:2] == [Lane.BATCH.value.encode()]
+        return snapshot.position_of_new(job_id, int(found), is_batch)
+    if rank < 0:  # running at the snapshot's time
         return None
     return max(rank - snapshot.running, 0) + 1
 
@@ -306,26 +416,54 @@ SNAPSHOT_SIZE = 2000  # job ids of the queue's head in a snapshot
 _RUNNING_SCAN = 500  # of those, how many are checked for running (they sit at the head)
 SNAPSHOT_SECONDS = 1.0
 
-# KEYS: queue. ARGV: in-progress key prefix, how many ids, how many of them to check.
-# Returns the queue's first ids, each of the first ARGV[3] negated ("-" prefix) if running.
+# KEYS: queue, since-batch key, batch-every key. ARGV: in-progress key prefix, how many ids,
+# how many of them to check for running, flow key prefix. Returns the count of interactive
+# starts since the last batch one, the batch_every the workers use (0: unknown), then the
+# queue's first ids, each prefixed "-" if running (only the first ARGV[3] are checked), "b"
+# if a batch job, "." otherwise.
 _HEAD = """
 local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 local scan = math.min(#ids, tonumber(ARGV[3]))
-for i = 1, scan do
-    if redis.call('EXISTS', ARGV[1] .. ids[i]) == 1 then ids[i] = '-' .. ids[i] end
+local out = {redis.call('GET', KEYS[2]) or '0', redis.call('GET', KEYS[3]) or '0'}
+for i = 1, #ids do
+    local flag = '.'
+    if i <= scan and redis.call('EXISTS', ARGV[1] .. ids[i]) == 1 then
+        flag = '-'
+    else
+        local encoded = redis.call('GET', ARGV[4] .. ids[i])
+        if encoded and string.match(encoded, '^%d+ (%S+) ') == 'batch' then flag = 'b' end
+    end
+    out[#out + 1] = flag .. ids[i]
 end
-return ids
+return out
 """
 
 
 @dataclass(frozen=True, slots=True)
 class Head:
     """The queue's head at one moment: `ranks` maps the first SNAPSHOT_SIZE job ids to their
-    0-based rank (-1: running); `running`, how many of them run (arq keeps running jobs in
-    the queue, at its head since they were due first)."""
+    0-based rank in start order (-1: running; `start_order`); `running`, how many of them
+    run (arq keeps running jobs in the queue, at its head since they were due first)."""
 
     ranks: dict[str, int]
     running: int
+    # What `start_order` reckoned from: the waiting jobs in queue order (id, is batch), the
+    # interactive starts since the last batch one, the workers' batch_every (0: unknown).
+    waiting: tuple[tuple[str, bool], ...] = ()
+    since: int = 0
+    every: int = 0
+    has_batch: bool = False  # a batch job waits in the snapshot (else no start is reserved)
+
+    def position_of_new(self, job_id: str, rank: int, is_batch: bool) -> int:
+        """The 1-based start position of a job just enqueued at `rank` (0-based, in the queue
+        now), which this snapshot does not hold: inserted at its place in the snapshot's
+        queue order, with the reserved batch starts reckoned (`start_order`); past the
+        snapshot, or with no reservation known, its rank less the running jobs."""
+        index = max(rank - self.running, 0)
+        if not self.every or index > len(self.waiting) or not self.has_batch:
+            return index + 1
+        waiting = [*self.waiting[:index], (job_id, is_batch), *self.waiting[index:]]
+        return len(start_order(waiting, self.since, self.every, until=job_id))
 
 
 _EMPTY = Head({}, 0)
@@ -354,25 +492,58 @@ class QueueSnapshot:
 
     async def _take(self, pool: Redis) -> Head:
         try:
-            ids = await _run_script(
+            since, every, *entries = await _run_script(
                 pool,
                 _HEAD,
-                [QUEUE_NAME],
-                [in_progress_key_prefix, str(SNAPSHOT_SIZE), str(_RUNNING_SCAN)],
+                [QUEUE_NAME, SINCE_BATCH_KEY, BATCH_EVERY_KEY],
+                [in_progress_key_prefix, str(SNAPSHOT_SIZE), str(_RUNNING_SCAN), FLOW_KEY_PREFIX],
             )
             ranks: dict[str, int] = {}
-            running = 0
-            for rank, raw in enumerate(ids):
-                job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-                if job_id.startswith("-"):
-                    ranks[job_id[1:]] = -1
-                    running += 1
+            waiting: list[tuple[str, bool]] = []
+            for raw in entries:
+                entry = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if entry.startswith("-"):
+                    ranks[entry[1:]] = -1
                 else:
-                    ranks[job_id] = rank
-            self.head, self.taken_at = Head(ranks, running), time.monotonic()
+                    waiting.append((entry[1:], entry.startswith("b")))
+            running = len(ranks)
+            order = start_order(waiting, int(since), int(every))
+            ranks |= {job_id: running + n for n, job_id in enumerate(order)}
+            has_batch = any(is_batch for _, is_batch in waiting)
+            head = Head(ranks, running, tuple(waiting), int(since), int(every), has_batch)
+            self.head, self.taken_at = head, time.monotonic()
             return self.head
         finally:
             self.pending = None
+
+
+def start_order(
+    waiting: Sequence[tuple[str, bool]], since: int, every: int, until: str | None = None
+) -> list[str]:
+    """The order in which the waiting jobs (job id, is batch; in queue order) start: queue
+    order, but once `every` interactive jobs have started since the last batch one (`since`
+    already), the next batch job goes first (the batch lane's reserved share,
+    app/analysis/lanes.py; `every` 0: no reservation known). With `until`, the order up to
+    that job only."""
+    batch = collections.deque(job_id for job_id, is_batch in waiting if is_batch)
+    taken: set[str] = set()
+    order: list[str] = []
+    queued = iter(waiting)
+    while len(order) < len(waiting):
+        if every and since >= every and batch:
+            job_id, is_batch = batch.popleft(), True
+        else:
+            job_id, is_batch = next(queued)
+            if job_id in taken:
+                continue
+            if is_batch:
+                batch.popleft()  # the first batch job in queue order: this one
+        taken.add(job_id)
+        order.append(job_id)
+        if job_id == until:
+            break
+        since = 0 if is_batch else since + 1
+    return order
 
 
 _snapshots: weakref.WeakKeyDictionary[Redis, QueueSnapshot] = weakref.WeakKeyDictionary()

@@ -6,6 +6,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field, model_validator
 
+from app.analysis.lanes import Lane
 from app.text import CleanText
 
 
@@ -48,6 +49,7 @@ class SubmittedTask(BaseModel):
     estimated_completion_time: datetime | None
     # Set when the task finished at once with a copy of that task's result (the result cache).
     reused_from_task_id: uuid.UUID | None = None
+    lane: Lane
 
 
 class SessionSubmitted(BaseModel):
@@ -75,6 +77,8 @@ class TaskStatusOut(BaseModel):
     worker_name: str | None
     retry_count: int
     queue_position: int | None
+    # The priority lane it waits in: interactive (one recording, its user waits) or batch.
+    lane: Lane
     error_code: str | None
     error_message: str | None
     cancel_requested: bool
@@ -110,3 +114,9 @@ class AnalysisResultOut(BaseModel):
     provider_model: str | None = None
     degraded: bool = False
     degraded_reason: str | None = None
+
+
+class LaneChange(BaseModel):
+    """An admin's move of a task to another priority lane."""
+
+    lane: Lane

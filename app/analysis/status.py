@@ -13,6 +13,7 @@ from sqlalchemy import RowMapping, text
 
 from app.analysis import queue
 from app.analysis.eta import Estimator, iso_duration
+from app.analysis.lanes import Lane
 from app.analysis.schemas import CurrentStep, TaskStatusOut
 from app.analysis.steps import Step, step_for
 from app.db import for_asyncpg
@@ -30,7 +31,7 @@ class Row(Protocol):
 STATUS_FIELDS = (
     "task_id", "practice_record_id", "status", "progress", "current_step", "total_steps",
     "started_at", "completed_at", "worker_name", "retry_count", "error_code", "error_message",
-    "cancel_requested_at", "updated_at", "attempt",
+    "cancel_requested_at", "updated_at", "attempt", "lane", "user_id",
 )  # fmt: skip
 
 
@@ -99,6 +100,7 @@ async def document(row: Row, position: int | None, estimator: Estimator) -> Task
         worker_name=row["worker_name"],
         retry_count=row["retry_count"],
         queue_position=position,
+        lane=Lane(row["lane"]),
         error_code=row["error_code"],
         error_message=row["error_message"],
         cancel_requested=row["cancel_requested_at"] is not None,

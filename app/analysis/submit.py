@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analysis import cache, queue, status
 from app.analysis.eta import Estimator
+from app.analysis.lanes import DEFAULT_WEIGHTS, Lane, LaneWeights
 from app.analysis.models import ACTIVE_STATUS_SQL
 from app.analysis.progress import Publisher
 from app.analysis.schemas import AnalysisParameters, SubmittedTask
@@ -43,19 +44,27 @@ _STATUS = status_columns("ai_analysis_tasks")
 _INSERT_COLUMNS = """
     INSERT INTO ai_analysis_tasks (practice_record_id, user_id, task_params, idempotency_key,
                                    total_steps, status, current_step, progress, enqueued_at,
-                                   completed_at)
+                                   completed_at, lane)
 """
+# The lane (app/analysis/lanes.py) of a single record's task: the one asked for, but a
+# re-analysis (the record has a successful analysis already) is batch work whoever asks.
+_LANE = """CASE WHEN EXISTS (
+        SELECT 1 FROM ai_analysis_tasks done
+        WHERE done.practice_record_id = tg.practice_record_id AND done.status = 'success'
+    ) THEN 'batch' ELSE CAST(:lane AS text) END"""
 
 
-def _new_tasks(key: str) -> str:
-    """The SELECT of `_INSERT_COLUMNS` for each row of `target`, idempotency key `key`."""
+def _new_tasks(key: str, lane: str) -> str:
+    """The SELECT of `_INSERT_COLUMNS` for each row of `target`, idempotency key `key`, in
+    lane `lane` (SQL)."""
     return f"""
         SELECT tg.practice_record_id, :user_id, CAST(:params AS jsonb), {key}, :total_steps,
             CASE WHEN s.source_task_id IS NULL THEN 'pending' ELSE 'success' END,
             CASE WHEN s.source_task_id IS NULL THEN 'queued' ELSE 'completed' END,
             CASE WHEN s.source_task_id IS NULL THEN 0 ELSE 100 END,
             CASE WHEN s.source_task_id IS NULL THEN now() END,
-            CASE WHEN s.source_task_id IS NULL THEN NULL ELSE now() END
+            CASE WHEN s.source_task_id IS NULL THEN NULL ELSE now() END,
+            {lane}
         FROM target tg LEFT JOIN source s ON s.practice_record_id = tg.practice_record_id
     """
 
@@ -91,7 +100,7 @@ SUBMIT_RECORD = text(
     ), source AS ({cache.source_cte()}
     ), created AS (
         {_INSERT_COLUMNS}
-        {_new_tasks("CAST(:key AS text)")}
+        {_new_tasks("CAST(:key AS text)", _LANE)}
         ON CONFLICT DO NOTHING
         RETURNING {_STATUS}
     ) {_MARK_RECORDS}
@@ -105,8 +114,8 @@ _REUSED_OF_TASK = """(SELECT res.reused_from_task_id FROM ai_analysis_results re
 
 EXISTING_FOR_RECORD = text(
     f"""
-    SELECT t.task_id, t.practice_record_id, t.status, t.attempt, t.idempotency_key,
-           {_REUSED_OF_TASK}
+    SELECT t.task_id, t.practice_record_id, t.status, t.attempt, t.idempotency_key, t.lane,
+           t.user_id, {_REUSED_OF_TASK}
     FROM ai_analysis_tasks t
     WHERE t.user_id = :user_id
       AND (t.idempotency_key = CAST(:key AS text)
@@ -131,7 +140,7 @@ SUBMIT_SESSION = text(
     ), source AS ({cache.source_cte()}
     ), created AS (
         {_INSERT_COLUMNS}
-        {_new_tasks("CAST(:key AS text) || ':' || tg.practice_record_id::text")}
+        {_new_tasks("CAST(:key AS text) || ':' || tg.practice_record_id::text", "'batch'")}
         ORDER BY tg.practice_record_id
         ON CONFLICT DO NOTHING
         RETURNING {_STATUS}
@@ -146,7 +155,8 @@ _EXISTING_FOR_RECORD = for_asyncpg(EXISTING_FOR_RECORD)
 
 EXISTING_FOR_SESSION_KEY = text(
     f"""
-    SELECT t.task_id, t.practice_record_id, t.status, t.attempt, {_REUSED_OF_TASK}
+    SELECT t.task_id, t.practice_record_id, t.status, t.attempt, t.lane, t.user_id,
+           {_REUSED_OF_TASK}
     FROM ai_analysis_tasks t
     WHERE t.user_id = :user_id AND t.idempotency_key LIKE :prefix
     ORDER BY t.created_at, t.task_id
@@ -159,13 +169,14 @@ class Submitter:
     """What a submit needs beyond the database session. `cache_model`: what produces results
     now, as the result cache keys them (app.analysis.cache.cache_key_model). `after_commit`: a
     fault hook (app/fault_hooks.py) called between the commit and the enqueue; None outside
-    tests."""
+    tests. `lanes`: the lanes' weights, which place each job in the fair order."""
 
     arq: ArqRedis
     estimator: Estimator
     publisher: Publisher
     cache_model: str
     after_commit: Callable[[], None] | None = None
+    lanes: LaneWeights = DEFAULT_WEIGHTS
 
 
 async def submit_record(
@@ -178,7 +189,8 @@ async def submit_record(
     *,
     fresh: bool = False,
 ) -> SubmittedTask:
-    """Submit one record: one statement through asyncpg's own pool (`app.db.create_pg_pool`:
+    """Submit one record, in the interactive lane (batch when it is a re-analysis): one
+    statement through asyncpg's own pool (`app.db.create_pg_pool`:
     autocommit, no BEGIN/COMMIT; the statement is atomic on its own), the connection back in
     the pool before Redis is asked. An existing active task of the record, or the task of a
     reused Idempotency-Key, is answered instead; NotFound when the record is not the user's.
@@ -188,6 +200,7 @@ async def submit_record(
     `reused_from_task_id`."""
     values = _values(submitter, user, parameters, idempotency_key, fresh)
     values["record_id"] = record_id
+    values["lane"] = Lane.INTERACTIVE.value  # one recording: its user waits for it
     for _ in range(2):  # once more if the conflicting task ended in between
         row = await fetch_row(pg, _SUBMIT_RECORD, values)
         if row is not None:
@@ -214,11 +227,13 @@ async def resubmit_in(
 ) -> SubmittedTask:
     """Submit one record inside `session`'s transaction and commit it, then enqueue (the row
     is the outbox: a failed enqueue is the reconciler's): for an admin's retry, whose audit
-    event commits in the same transaction as the new task (`CREATED_A_TASK` is set in
+    event commits in the same transaction as the new task, in the batch lane
+    (`CREATED_A_TASK` is set in
     `session.info` when one was created). An existing active task of the record is answered
     instead; NotFound when the record does not exist. The result cache applies as to any
     submit (a retried task failed: it is never a source itself)."""
     values = _values(submitter, user, parameters, None, False) | {"record_id": record_id}
+    values["lane"] = Lane.BATCH.value  # an admin's retry: nobody waits at a screen for it
     row = (await session.execute(SUBMIT_RECORD, values)).mappings().first()
     existing = None
     if row is None:
@@ -308,8 +323,9 @@ async def _enqueue(submitter: Submitter, rows: Sequence[Row], fresh: bool) -> li
     queued = [row for row in rows if row["reused_from_task_id"] is None]
     try:  # one round trip per job: the enqueue script answers its rank too
         for row in queued:
+            flow = submitter.lanes.flow(row["lane"], row["user_id"])
             _, positions[row["task_id"]] = await queue.enqueue_with_position(
-                submitter.arq, row["task_id"], row["attempt"]
+                submitter.arq, row["task_id"], row["attempt"], flow
             )
     except Exception:  # Redis down: the rows are the outbox, the reconciler enqueues them
         log.warning("enqueue failed; %d task(s) left to the reconciler", len(queued))
@@ -347,4 +363,5 @@ async def _submitted(submitter: Submitter, row: Row, position: int | None) -> Su
         queue_position=position,
         estimated_completion_time=await submitter.estimator.completion_time(position),
         reused_from_task_id=reused_from,
+        lane=row["lane"],
     )

@@ -16,7 +16,7 @@ from arq.utils import timestamp_ms, to_unix_ms
 from redis.asyncio import Redis
 
 from app import redis_client
-from app.analysis import queue
+from app.analysis import lanes, queue
 from app.settings import Settings
 
 
@@ -62,12 +62,14 @@ async def test_the_job_is_the_one_arq_enqueue_job_writes(arq: ArqRedis, redis: R
     assert info is not None and info.function == queue.ANALYZE_FUNCTION  # arq reads it
 
 
-async def test_a_job_due_now_is_queued_at_now(arq: ArqRedis, redis: Redis) -> None:
-    task_id = uuid.uuid4()
-    before = timestamp_ms()
-    assert await queue.enqueue_analysis(arq, task_id, 0)
-    score = await redis.zscore(queue.QUEUE_NAME, queue.job_id_for(task_id, 0))
-    assert score is not None and before <= score <= timestamp_ms()
+async def test_a_job_due_now_is_queued_due_at_its_fair_tag(arq: ArqRedis, redis: Redis) -> None:
+    first, second = uuid.uuid4(), uuid.uuid4()
+    assert await queue.enqueue_analysis(arq, first, 0)
+    assert await queue.enqueue_analysis(arq, second, 0)
+    scores = [await redis.zscore(queue.QUEUE_NAME, queue.job_id_for(t, 0)) for t in (first, second)]
+    # The first tag of the fair order (app/analysis/lanes.py), then the same flow's next:
+    # due (long past), and in order.
+    assert scores == [lanes.FAIR_EPOCH_MS, lanes.FAIR_EPOCH_MS + lanes.UNOWNED.cost]
 
 
 @pytest.mark.parametrize("prefix", [job_key_prefix, in_progress_key_prefix, result_key_prefix])

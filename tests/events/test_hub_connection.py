@@ -89,6 +89,7 @@ async def test_the_published_document_arrives_without_reading_the_stream(
             "worker_name": "w",
             "retry_count": 0,
             "queue_position": None,
+            "lane": "interactive",
             "error_code": None,
             "error_message": None,
             "cancel_requested": False,

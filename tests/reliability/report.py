@@ -63,6 +63,9 @@ SCENARIOS: dict[str, str] = {
     "R8": "5,000 tasks through 2 workers with a 1 s AI: 5,000 success, 0 duplicates, 0 lost",
     "R9": "vocalborn up: each child killed in turn is restarted and a task submitted afterwards "
     "completes; Ctrl-C during a long analysis leaves no process (by PID and process group)",
+    "L1": "priority lanes (issue 14): user A submits 200 tasks, then user B one: B's task "
+    "starts within 3 task-durations of B's submit with 2 workers; a batch lane with 100 "
+    "waiting tasks keeps completing tasks while interactive work keeps arriving",
     "S1": "schemathesis over the OpenAPI document with a user token and an admin token: "
     "0 server errors, 0 responses that violate the schema",
     "S2": "user B on user A's task, result, events, stream token, cancel, session and record: "
