@@ -1,7 +1,7 @@
 """What every scenario runs against: PostgreSQL and Redis from the wheels (app/embedded.py,
 under the run's temp dir, migrated), the fake AI service as its own process, and the service's
 own processes started as deployments start them (`uvicorn app.main:create_app --factory`,
-`arq worker.main.WorkerSettings`), configured through environment variables only.
+`python -m worker`), configured through environment variables only.
 """
 
 from __future__ import annotations
@@ -140,22 +140,31 @@ class Stack:
         return child, port
 
     async def start_worker(self, name: str, **settings: str) -> Child:
-        """`arq worker.main.WorkerSettings` with these settings (WORKER_MAX_JOBS=...), started
-        in the run's directory (no stray .env); returns once it polls the queue (arq writes
-        its health-check key after on_startup, at its first poll)."""
+        """`python -m worker` (the deployed worker: worker/healing.py, with the lanes' due-job
+        promotion) with these settings (WORKER_MAX_JOBS=...), started in the run's directory
+        (no stray .env); returns once it polls the queue (arq writes its health-check key
+        after on_startup, at its first poll)."""
         from app.analysis.queue import QUEUE_NAME
 
         env = self.service_env(WORKER_NAME=name, **settings)
-        return await self.start_arq_worker(
-            name, "worker.main.WorkerSettings", env, QUEUE_NAME + health_check_key_suffix
+        return await self.start_polling(
+            name, [sys.executable, "-m", "worker"], env, QUEUE_NAME + health_check_key_suffix
         )
 
     async def start_arq_worker(
         self, name: str, settings_path: str, env: dict[str, str], health_key: str
     ) -> Child:
+        """arq's own command on `settings_path` (the baselines' workers)."""
+        return await self.start_polling(name, [str(ARQ), settings_path], env, health_key)
+
+    async def start_polling(
+        self, name: str, argv: list[str], env: dict[str, str], health_key: str
+    ) -> Child:
+        """`argv` started as `name`; returns once it has written `health_key` (its first
+        poll)."""
         redis = self.queue_redis
         await redis.delete(health_key)
-        child = self.processes.start(name, [str(ARQ), settings_path], env)
+        child = self.processes.start(name, argv, env)
 
         async def polling() -> bool:
             return bool(await redis.exists(health_key))
