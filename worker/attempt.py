@@ -30,6 +30,7 @@ from app.analysis import steps
 from app.analysis.lifecycle import Claim
 from app.metrics import AI_REQUESTS
 from worker.context import WorkerDeps
+from worker.deadline import ai_deadline
 from worker.lease import Lease, StopReason
 from worker.outcome import AFTER_COMMIT_SECONDS, CircuitOpen, NotRecorded, Recorder
 from worker.relay import ProgressRelay
@@ -57,6 +58,8 @@ class Attempt:
         self.claimed = claimed
         self.job_id = job_id
         self.recorder = Recorder(deps, claimed, lease_deadline)
+        # The AI call's own deadline (seconds), grown with the recording's length.
+        self.ai_deadline = ai_deadline(deps.settings, claimed.audio_duration_seconds)
         self._last_progress: tuple[int, str] = (0, steps.UPLOADING.code)
         self._relay: ProgressRelay | None = None
         self._lease: Lease | None = None
@@ -129,7 +132,7 @@ class Attempt:
         relay = self._relay = ProgressRelay(self.deps, self.claimed, lease)
         relay.start()
         call = asyncio.create_task(self._call_ai())
-        limit = self.deps.settings.ai_deadline_seconds + DEADLINE_GRACE_SECONDS
+        limit = self.ai_deadline + DEADLINE_GRACE_SECONDS
         either: list[asyncio.Future[Any]] = [call, lease.stopped]
         try:
             await asyncio.wait(either, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
@@ -155,7 +158,7 @@ class Attempt:
         started = time.monotonic()
         outcome = "error"
         try:
-            async with asyncio.timeout(self.deps.settings.ai_deadline_seconds) as deadline:
+            async with asyncio.timeout(self.ai_deadline) as deadline:
                 result = await self.deps.ai.analyze(
                     self.deps.storage.read(record.audio_storage_key),
                     record.audio_content_type,
