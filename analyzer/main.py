@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -48,8 +49,9 @@ async def _ndjson(
     service: AnalyzerService, path: Path, container: str, params: AnalyzeParams
 ) -> AsyncIterator[bytes]:
     try:
-        async for event in service.run(path, container, params):
-            yield _line(event)
+        async with aclosing(service.run(path, container, params)) as events:
+            async for event in events:
+                yield _line(event)
     except AnalyzerError as exc:
         yield _line({"event": "error", "error": exc.stream_body()})
     except Exception as exc:
@@ -65,10 +67,11 @@ async def _single(
     service: AnalyzerService, path: Path, container: str, params: AnalyzeParams
 ) -> dict[str, Any]:
     try:
-        async for event in service.run(path, container, params):
-            if event["event"] == "result":
-                result: dict[str, Any] = event["result"]
-                return result
+        async with aclosing(service.run(path, container, params)) as events:
+            async for event in events:
+                if event["event"] == "result":
+                    result: dict[str, Any] = event["result"]
+                    return result
         raise AnalyzerError(500, "internal_error", "the analysis produced no result")
     finally:
         discard(path)
@@ -81,6 +84,7 @@ async def analyze(
     service = _service(request)
     cfg = service.settings
     check_headers(request, cfg.max_bytes)
+    # Admission before a byte of the body is read: a full analyzer answers at once.
     if not service.try_acquire():
         retry = {"Retry-After": str(cfg.retry_after_seconds)}
         raise AnalyzerError(503, "busy", "all analysis slots are busy; retry later", retry)
@@ -126,6 +130,13 @@ async def healthz(request: Request) -> dict[str, Any]:
             "queue_size": cfg.queue_size,
         },
         "active_analyses": service.active,
+        "admission": {
+            "admitted": service.active,
+            "running": service.running,
+            "capacity": cfg.capacity,
+            "pool_processes": cfg.workers,
+        },
+        "analyses": asdict(service.counts),
         "auth_required": cfg.api_key is not None,
         "pool": {"state": service.pool_state(), "rebuilds": service.rebuilds},
     }

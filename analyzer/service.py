@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -111,13 +111,30 @@ class Progress:
                 yield event
 
 
+@dataclass
+class Counts:
+    """What the analyzer did since it started (GET /healthz `analyses`)."""
+
+    started: int = 0  # analyses that began to run in the pool
+    succeeded: int = 0
+    failed: int = 0  # ended with an error (undecodable, a crashed process, ...) or abandoned
+    refused_busy: int = 0  # answered 503 `busy` by admission
+    peak_running: int = 0  # the most analyses that ran at once
+
+
 class AnalyzerService:
-    """Owns the process pool and the admission counter (workers + queue bound)."""
+    """Owns the process pool and admission: at most `settings.capacity` analyses admitted
+    (`try_acquire`), of which at most one per pool process runs, whole, at a time (`run`):
+    analyses are never interleaved on the pool's processes, so each takes as long as it
+    would alone."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.active = 0
+        self.active = 0  # admitted: running, or waiting for a pool process (queue_size)
+        self.running = 0
+        self.counts = Counts()
         self.rebuilds = 0  # pools replaced after one of their processes died
+        self._slots = asyncio.Semaphore(settings.workers)
         self._pool: ProcessPoolExecutor | None = None
         self._warming: list[Future[str]] = []
 
@@ -168,7 +185,10 @@ class AnalyzerService:
         broken.shutdown(wait=False, cancel_futures=True)
 
     def try_acquire(self) -> bool:
+        """Admit one analysis if fewer than `settings.capacity` are admitted; False (counted
+        as refused) when full. Each admission is ended by one `release()`."""
         if self.active >= self.settings.capacity:
+            self.counts.refused_busy += 1
             return False
         self.active += 1
         return True
@@ -223,8 +243,28 @@ class AnalyzerService:
             ("suggestions", lambda s: self._noop()),
         ]  # fmt: skip
 
-    async def run(self, path: Path, container: str, params: AnalyzeParams) -> AsyncIterator[Event]:
-        """Progress events, then one {"event": "result"} event; AnalyzerError on failure."""
+    async def run(
+        self, path: Path, container: str, params: AnalyzeParams
+    ) -> AsyncGenerator[Event, None]:
+        """Progress events, then one {"event": "result"} event; AnalyzerError on failure.
+        Runs once a pool process is free for the whole analysis (at once, with no queue)."""
+        async with self._slots:
+            self.running += 1
+            self.counts.started += 1
+            self.counts.peak_running = max(self.counts.peak_running, self.running)
+            succeeded = False
+            try:
+                async for event in self._run(path, container, params):
+                    succeeded = event["event"] == "result"
+                    yield event
+            finally:
+                self.running -= 1
+                if succeeded:
+                    self.counts.succeeded += 1
+                else:
+                    self.counts.failed += 1
+
+    async def _run(self, path: Path, container: str, params: AnalyzeParams) -> AsyncIterator[Event]:
         progress = Progress(self.settings.min_seconds)
         started = time.perf_counter()
         state: dict[str, Any] = {}

@@ -25,7 +25,11 @@ class Settings(BaseSettings):
     max_seconds: float = Field(default=600.0, gt=0)
     min_seconds: float = Field(default=0.0, ge=0)
     workers: int = Field(default_factory=_default_workers, ge=1)
-    queue_size: int = Field(default=2, ge=0)
+    # Analyses admitted beyond the pool's processes; each waits, whole, for a free process.
+    # 0 (the default): the analyzer admits only what its pool can run now and answers 503 with
+    # Retry-After for the rest, at once, so that a client's deadline never runs while its
+    # recording waits here (four analyses admitted on two processes all ran twice as long).
+    queue_size: int = Field(default=0, ge=0)
     retry_after_seconds: int = Field(default=5, ge=1)
     model_version: str = DEFAULT_MODEL_VERSION
     # A test hook (the reliability scenarios' poison recording): a recording whose bytes
@@ -34,5 +38,5 @@ class Settings(BaseSettings):
 
     @property
     def capacity(self) -> int:
-        """Analyses admitted at once: one per worker plus the waiting-queue bound."""
+        """Analyses admitted at once: one per pool process plus the waiting-queue bound."""
         return self.workers + self.queue_size

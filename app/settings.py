@@ -136,7 +136,16 @@ class Settings(BaseSettings):
     # Task lifecycle; every duration is a setting so that tests can shrink time.
     lease_seconds: float = Field(30.0, gt=0)
     job_timeout_seconds: float = Field(300.0, gt=0)
+    # The AI call's deadline follows the recording (worker/deadline.py): a base plus an
+    # allowance per second of audio, never more than AI_DEADLINE_SECONDS, which is also the
+    # deadline of a recording whose duration is unknown and must be below JOB_TIMEOUT_SECONDS.
+    # Defaults: the reference analyzer takes about 0.1 s per second of audio alone on two
+    # cores (57 s for 9.5 min); 0.3 s is three times that, for a loaded service, and the 60 s
+    # base covers the upload, connecting and a short recording on a slow host. The longest
+    # recording the reference analyzer takes (600 s) then gets 60 + 180 = 240 s, the cap.
     ai_deadline_seconds: float = Field(240.0, gt=0)
+    ai_deadline_base_seconds: float = Field(60.0, gt=0)
+    ai_deadline_per_audio_second: float = Field(0.3, ge=0)
     ai_connect_timeout_seconds: float = Field(5.0, gt=0)
     # An idle connection to the AI service is reused for this long at most: below the
     # service's own idle timeout (uvicorn's 5 s), so that no call goes out on a connection the

@@ -80,6 +80,8 @@ class Attempt:
         self.claimed = claimed
         self.job_id = job_id
         self.recorder = Recorder(deps, claimed, lease_deadline)
+        # The AI call's own deadline (seconds), grown with the recording's length.
+        self.ai_deadline = ai_deadline(deps.settings, claimed.audio_duration_seconds)
         self._last_progress: tuple[int, str] = (0, steps.UPLOADING.code)
         self._relay: ProgressRelay | None = None
         self._lease: Lease | None = None
@@ -173,7 +175,7 @@ class Attempt:
         reasons: list[str] = []  # why the better providers were passed, in words
         error: AnalysisError | None = None
         while True:
-            deadline = ai_deadline(settings, self.claimed)
+            deadline = self.ai_deadline
             call_needs = deadline + DEADLINE_GRACE_SECONDS + ABANDON_WAIT_SECONDS
             wait_limit = min(wait_ends, job_ends - call_needs) - time.monotonic()
             got = await self._provider(left, max(wait_limit, ONE_LOOK_SECONDS))

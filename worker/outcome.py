@@ -130,7 +130,10 @@ class Recorder:
             # Backpressure, not ill health: wait as told, up to MAX_DEFERRALS times.
             delay = (error.retry_after or 1.0) * random.uniform(1.0, 1.5)
             return await self.retry_later(delay, "ai_busy", budget=None)
-        unhealthy = ai_called and error_class in SERVICE_FAILURES
+        # A busy service (still busy past MAX_DEFERRALS) spends the network budget, but it is
+        # healthy: it never counts for the circuit breaker.
+        busy = isinstance(error, ServiceBusy)
+        unhealthy = ai_called and error_class in SERVICE_FAILURES and not busy
         so_far = self.claimed.retry_counts.get(error_class.value, 0)
         policy = self.deps.policy
         if policy.should_retry(error_class, so_far):

@@ -78,9 +78,10 @@ CLAIM = text(
         UPDATE practice_records r
         SET record_status = 'ai_processing', updated_at = clock_timestamp()
         FROM moved m WHERE r.practice_record_id = m.practice_record_id
-        RETURNING r.audio_storage_key, r.audio_content_type
+        RETURNING r.audio_storage_key, r.audio_content_type, r.audio_duration_seconds
     )
-    SELECT m.*, r.audio_storage_key, r.audio_content_type FROM moved m, record r
+    SELECT m.*, r.audio_storage_key, r.audio_content_type, r.audio_duration_seconds
+    FROM moved m, record r
     """
 )
 
@@ -89,7 +90,7 @@ CLAIM = text(
 ADOPT = text(
     f"""
     SELECT {status_columns("t")}, t.crash_count, t.retry_counts, t.task_params, t.enqueued_at,
-        r.audio_storage_key, r.audio_content_type
+        r.audio_storage_key, r.audio_content_type, r.audio_duration_seconds
     FROM ai_analysis_tasks t JOIN practice_records r ON r.practice_record_id = t.practice_record_id
     WHERE t.task_id = :task_id AND t.status = 'processing' AND t.claim_token = :claim_token
       AND t.cancel_requested_at IS NULL AND t.lease_expires_at > now()
@@ -247,6 +248,7 @@ class Claim:
     task_params: dict[str, Any]
     audio_storage_key: str
     audio_content_type: str
+    audio_duration_seconds: float | None  # measured at upload; None when it could not be
     row: Row  # the status columns right after the claim
 
     @property

@@ -175,7 +175,11 @@ async def test_idempotency_key_alone_deduplicates(
 
 
 async def test_a_service_busy_forever_fails_the_task_in_the_end(
-    client: httpx.AsyncClient, alice: ApiUser, fake_ai: FakeAI, start_worker: StartWorker
+    client: httpx.AsyncClient,
+    alice: ApiUser,
+    fake_ai: FakeAI,
+    start_worker: StartWorker,
+    redis: Redis,
 ) -> None:
     fake_ai.reset(default=status(503, retry_after="0"))
     task_id = await new_task(client, alice)
@@ -184,6 +188,8 @@ async def test_a_service_busy_forever_fails_the_task_in_the_end(
     assert final["status"] == "failure" and final["error_code"] == "network"
     assert final["retry_count"] == 5  # two deferrals, then the network budget
     assert fake_ai.call_count() == 2 + 5 + 1
+    # Busy is no ill health, even past the deferrals: the breaker counted nothing.
+    assert await redis.get("vocalborn:breaker:ai:failures") is None
 
 
 async def test_a_circuit_that_stays_open_fails_the_task_without_reopening_itself(
