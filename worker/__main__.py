@@ -10,13 +10,12 @@ import logging.config
 from arq.logs import default_log_config
 
 from app.settings import get_settings
-from worker.healing import HealingWorker
-from worker.main import worker_options
+from worker.main import healing_worker
 
 
 def main() -> None:
     logging.config.dictConfig(default_log_config(verbose=False))
-    HealingWorker(**worker_options(get_settings())).run()
+    healing_worker(get_settings()).run()
     # The last line of a stop: what follows is the interpreter's exit (its threads joined).
     logging.getLogger("worker").info("stopped")
 

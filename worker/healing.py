@@ -36,7 +36,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from arq.connections import create_pool
 from arq.constants import in_progress_key_prefix
@@ -124,7 +124,17 @@ async def until_redis_answers(doing: str, call: Callable[[], Awaitable[T]]) -> T
 
 
 class HealingWorker(Worker):
-    """arq's Worker that survives a Redis outage of any length (see the module's doc)."""
+    """arq's Worker that survives a Redis outage of any length (see the module's doc).
+
+    `pick_lease_seconds`: how long a job's in-progress key lives when this worker picks it,
+    until the attempt's claim holds a lease that renews it (worker/lease.py). arq gives it
+    the job's whole timeout: a worker killed between its pick and its claim then left the
+    job held, its task pending and never enqueued again, for that long (JOB_TIMEOUT_SECONDS
+    plus AI_SLOT_WAIT_SECONDS). None: arq's."""
+
+    def __init__(self, *args: Any, pick_lease_seconds: float | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.pick_ttl_ms = int((pick_lease_seconds or self.in_progress_timeout_s) * 1000)
 
     async def main(self) -> None:
         """arq's main once Redis answers: its pool is created here unless given (arq tries
@@ -242,7 +252,7 @@ class HealingWorker(Worker):
                         give_back()
                         continue
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.psetex(in_progress_key, int(self.in_progress_timeout_s * 1000), b"1")
+                    pipe.psetex(in_progress_key, self.pick_ttl_ms, b"1")
                     queue.advance_virtual_time(pipe, job_id, score)  # the fair order's clock
                     try:
                         await pipe.execute()

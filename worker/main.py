@@ -21,6 +21,7 @@ from app.redis_client import RedisTarget, failover_retry
 from app.settings import Settings, get_settings
 from worker.context import WorkerDeps, default_worker_name
 from worker.cron import cleanup_expired, heartbeat_forever, reconcile
+from worker.healing import HealingWorker
 from worker.jobs import analyze_recording
 from worker.lease import Leases
 from worker.providers import Providers
@@ -184,3 +185,10 @@ def _settings_class() -> type:
 
 
 WorkerSettings = _settings_class()
+
+
+def healing_worker(settings: Settings, **overrides: Any) -> HealingWorker:
+    """The worker `python -m worker` runs: `worker_options(settings)` with `overrides` (test
+    seams: handle_signals, ctx, ...), a job picked held for one lease until its claim."""
+    options = worker_options(settings) | overrides
+    return HealingWorker(**options, pick_lease_seconds=settings.lease_seconds)

@@ -16,8 +16,7 @@ from app.settings import Settings
 from tests.audio import make_wav
 from tests.conftest import ApiUser
 from tests.fake_ai import FakeAI
-from worker.healing import HealingWorker
-from worker.main import worker_options
+from worker.main import healing_worker
 
 # Durations shrunk so that every lifecycle test runs in seconds.
 FAST = {
@@ -73,9 +72,8 @@ async def start_worker(worker_settings: Settings, clean: None) -> AsyncIterator[
         """A worker with these settings overridden; `ctx` adds to its context (test seams
         such as `ai_transport`)."""
         settings = worker_settings.model_copy(update=overrides)
-        options = worker_options(settings)
         context = {"settings": settings} | (ctx or {})
-        worker = HealingWorker(**options, handle_signals=False, ctx=context)
+        worker = healing_worker(settings, handle_signals=False, ctx=context)
         task = asyncio.create_task(worker.async_run())
         running.append((worker, task))
         return worker

@@ -25,8 +25,7 @@ from tests.analysis.conftest import fake_ai, fake_ai_server, stop_worker
 from tests.conftest import ApiUser
 from tests.fake_ai import FakeAI, ok
 from tests.servers import UvicornThread
-from worker.healing import HealingWorker
-from worker.main import worker_options
+from worker.main import healing_worker
 
 __all__ = ["fake_ai", "fake_ai_server"]  # fixtures of the "held" AI service
 
@@ -138,8 +137,8 @@ async def live(
     worker_settings = settings.model_copy(
         update={"ai_service_url": analyzer_url, "worker_poll_delay_seconds": 0.05}
     )
-    worker = HealingWorker(
-        **worker_options(worker_settings),
+    worker = healing_worker(
+        worker_settings,
         handle_signals=False,
         ctx={"settings": worker_settings},
     )

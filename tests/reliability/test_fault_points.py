@@ -26,8 +26,7 @@ from tests.analysis.conftest import new_task, stop_worker, task_status, wait_for
 from tests.conftest import ApiUser
 from tests.fake_ai import FakeAI, Mode, ok, status
 from tests.faults import IN_ATTEMPT, Fault, FaultPlan
-from worker.healing import HealingWorker
-from worker.main import worker_options
+from worker.main import healing_worker
 
 LEASE = 2.0  # renewed every 0.5 s
 # With that lease, the worker's renewals (every 0.5 s, whenever the call starts) come at least
@@ -123,8 +122,7 @@ async def _analyse(
         "redis_connection_class": plan.redis_connection_class(),
         "ai_transport": plan.ai_transport(),
     }
-    options = worker_options(settings) | {"on_job_start": _mark_attempt}
-    worker = HealingWorker(**options, handle_signals=False, ctx=ctx)
+    worker = healing_worker(settings, on_job_start=_mark_attempt, handle_signals=False, ctx=ctx)
     running = asyncio.create_task(worker.async_run())
     try:
         final = await wait_for_status(client, user, task_id, within=40)

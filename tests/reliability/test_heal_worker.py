@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from arq import func
 from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
@@ -30,7 +32,7 @@ from tests.conftest import ApiUser
 from tests.fake_ai import FakeAI
 from tests.reliability.worker_process import WorkerProcess, worker_env
 from worker.healing import HealingWorker, _await_chain
-from worker.main import worker_options
+from worker.main import healing_worker, worker_options
 
 
 async def stop_worker_process(worker: WorkerProcess) -> None:
@@ -282,3 +284,37 @@ async def test_an_overdue_stop_reports_where_each_task_waits() -> None:
     await task
     assert [line.rsplit(" ", 1)[1] for line in chain[:3]] == ["outer", "innermost_wait", "wait"]
     assert "Future" in chain[-1]
+
+
+async def test_a_picked_job_is_held_for_one_lease_until_its_claim(
+    worker_settings: Settings, redis: Redis
+) -> None:
+    """The in-progress key a pick sets lives one lease, not the job's whole timeout: a worker
+    killed between its pick and its claim left the job held, and its task pending and never
+    enqueued again, for JOB_TIMEOUT_SECONDS plus AI_SLOT_WAIT_SECONDS (C1 met it once)."""
+    picked = asyncio.Event()
+
+    async def analyze_recording(ctx: dict[str, Any], task_id: str) -> None:
+        picked.set()
+        await asyncio.Event().wait()  # the claim has not happened yet
+
+    task_id = str(uuid.uuid4())
+    worker = healing_worker(
+        worker_settings,
+        functions=[func(analyze_recording, name=queue.ANALYZE_FUNCTION)],
+        cron_jobs=[],
+        on_startup=None,
+        on_shutdown=None,
+        handle_signals=False,
+    )
+    try:
+        assert await queue.enqueue_analysis(worker.pool, task_id, 1)
+        await worker.start_jobs([queue.job_id_for(task_id, 1).encode()])
+        await asyncio.wait_for(picked.wait(), 10)
+        ttl_ms = await redis.pttl(in_progress_key_prefix + queue.job_id_for(task_id, 1))
+        assert 0 < ttl_ms <= worker_settings.lease_seconds * 1000, ttl_ms
+    finally:
+        for running in worker.tasks.values():
+            running.cancel()
+        await asyncio.wait(worker.tasks.values(), timeout=10)
+        await worker.pool.aclose()
