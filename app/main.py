@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pg = await create_pg_pool(settings)
         redis_target = RedisTarget.of(settings)
         arq = connect_redis(redis_target)
-        estimator = Estimator(engine, slots=settings.ai_service_concurrency)
+        estimator = Estimator(engine, slots=settings.eta_slots)
         sessions = create_sessionmaker(engine)
         hub = Hub(redis_target, settings.sse_client_queue_size, settings.sse_heartbeat_seconds)
         timing = StreamTiming(settings.sse_max_connection_seconds)

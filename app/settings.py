@@ -10,7 +10,7 @@ from limits import parse_many
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.ai_client.providers import DEFAULT_PROVIDER, AIProvider
+from app.ai_client.providers import DEFAULT_PROVIDER, AIProvider, cap_of
 
 # The development secret `.env.example` ships with is public: weak by definition.
 # (Allowlisted for the secret scan, .secrets.baseline: public on purpose, listed to be refused.)
@@ -178,7 +178,8 @@ class Settings(BaseSettings):
     # proportion to the lane's weight; batch keeps a share, it never starves.
     lane_weight_interactive: int = Field(9, ge=1, le=1000)
     lane_weight_batch: int = Field(1, ge=1, le=1000)
-    # How many analyses the AI service runs at once: the ETA's parallelism.
+    # How many analyses the AI service runs at once: the ETA's parallelism when the preferred
+    # provider has no concurrency cap (`eta_slots`).
     ai_service_concurrency: int = Field(4, ge=1)
     cleanup_retention_days: int = Field(7, ge=1)
     # A fault hook of the reliability scenarios (tests/reliability, R5): the API process exits
@@ -300,6 +301,13 @@ class Settings(BaseSettings):
             name=DEFAULT_PROVIDER, url=self.ai_service_url, key=self.ai_service_api_key
         )
         return (default,)
+
+    @property
+    def eta_slots(self) -> int:
+        """Analyses running at once, as queue ETAs reckon them: the preferred provider's
+        concurrency cap (its max_concurrency, else AI_MAX_CONCURRENCY) when it has one, since
+        every worker together runs no more than that; else AI_SERVICE_CONCURRENCY."""
+        return cap_of(self.providers[0], self.ai_max_concurrency) or self.ai_service_concurrency
 
     @property
     def serve_docs(self) -> bool:

@@ -18,6 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from analyzer.settings import Settings as AnalyzerSettings
+from app.ai_client.providers import AIProvider
 from app.embedded import free_port
 from app.launcher import System
 from app.settings import InsecureConfiguration, Settings
@@ -257,3 +258,17 @@ def test_an_s3_key_prefix_obstore_would_refuse_is_refused_here(
 ) -> None:
     with pytest.raises(ValueError, match="S3_KEY_PREFIX"):
         Settings(_env_file=None, s3_key_prefix=given)  # type: ignore[call-arg]
+
+
+def test_queue_etas_reckon_with_the_preferred_providers_cap(
+    no_settings_in_environment: None,
+) -> None:
+    """Every worker together runs no more analyses than the cap: ETAs count that many slots."""
+
+    def slots(**values: object) -> int:
+        return Settings(_env_file=None, **values).eta_slots  # type: ignore[call-arg]
+
+    assert slots(ai_service_concurrency=6) == 6  # no cap
+    assert slots(ai_service_concurrency=6, ai_max_concurrency=2) == 2
+    capped = (AIProvider(name="gpu", url="http://gpu", max_concurrency=3),)
+    assert slots(ai_max_concurrency=2, ai_providers=capped) == 3  # its own cap

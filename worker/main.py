@@ -63,7 +63,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     engine: AsyncEngine = ctx.get("engine") or create_engine(settings)
     pg = await create_pg_pool(settings, connection_class=ctx.get("pg_connection_class"))
-    estimator = Estimator(engine, slots=settings.ai_service_concurrency)
+    estimator = Estimator(engine, slots=settings.eta_slots)
     slots = Slots(arq, settings.lease_seconds)
     deps = WorkerDeps(
         settings=settings,
