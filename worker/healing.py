@@ -126,7 +126,7 @@ async def until_redis_answers(doing: str, call: Callable[[], Awaitable[T]]) -> T
 class HealingWorker(Worker):
     """arq's Worker that survives a Redis outage of any length (see the module's doc).
 
-    `pick_lease_seconds`: how long a job's in-progress key lives when this worker picks it,
+    `pick_lease_seconds`: how long an attempt's in-progress key lives when this worker picks it,
     until the attempt's claim holds a lease that renews it (worker/lease.py). arq gives it
     the job's whole timeout: a worker killed between its pick and its claim then left the
     job held, its task pending and never enqueued again, for that long (JOB_TIMEOUT_SECONDS
@@ -135,6 +135,14 @@ class HealingWorker(Worker):
     def __init__(self, *args: Any, pick_lease_seconds: float | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.pick_ttl_ms = int((pick_lease_seconds or self.in_progress_timeout_s) * 1000)
+
+    def _pick_ttl_ms(self, job_id: str) -> int:
+        """The in-progress key's life at a pick: one lease for an attempt at a task (its claim
+        then renews it), arq's whole job timeout for a cron job (nothing renews that: a
+        shorter one let another worker run the same cron job again)."""
+        if queue.is_attempt_job(job_id):
+            return self.pick_ttl_ms
+        return int(self.in_progress_timeout_s * 1000)
 
     async def main(self) -> None:
         """arq's main once Redis answers: its pool is created here unless given (arq tries
@@ -252,7 +260,7 @@ class HealingWorker(Worker):
                         give_back()
                         continue
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.psetex(in_progress_key, self.pick_ttl_ms, b"1")
+                    pipe.psetex(in_progress_key, self._pick_ttl_ms(job_id), b"1")
                     queue.advance_virtual_time(pipe, job_id, score)  # the fair order's clock
                     try:
                         await pipe.execute()

@@ -62,6 +62,18 @@ def job_id_for(task_id: uuid.UUID | str, attempt: int) -> str:
     return f"{task_id}:{attempt}"
 
 
+def is_attempt_job(job_id: str) -> bool:
+    """Whether `job_id` names an attempt at a task (`job_id_for`'s shape), not a cron job."""
+    named, colon, attempt = job_id.rpartition(":")
+    if not colon or not attempt.isdecimal():
+        return False
+    try:
+        uuid.UUID(named)
+    except ValueError:
+        return False
+    return True
+
+
 def task_of_job(job_id: str, task_id: object) -> uuid.UUID | None:
     """The task a job may act on: `task_id` (its argument, a string) when it is a task id
     and the same task its job id names (`{task_id}:{attempt}`, as `job_id_for` makes them;

@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -303,3 +303,16 @@ async def poll(
             raise AssertionError(f"{what}: not within {within:g} s")
         await asyncio.sleep(interval)
     return time.monotonic() - started
+
+
+@contextlib.asynccontextmanager
+async def system_on(
+    settings: Settings, engine: AsyncEngine, ai_url: str, directory: Path
+) -> AsyncIterator[System]:
+    """A System whose workers call the AI service at `ai_url` (a real analyzer, say), its
+    processes stopped at the end."""
+    running = System(settings.model_copy(update={"ai_service_url": ai_url}), engine, directory)
+    try:
+        yield running
+    finally:
+        await running.close()

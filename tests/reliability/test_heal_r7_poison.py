@@ -17,13 +17,14 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.ai_client.errors import ErrorClass
 from app.settings import Settings
 from tests.analyzer.conftest import FIXTURES
 from tests.conftest import MakeUser
 from tests.reliability.analyzer_process import Analyzer, running_analyzer
 from tests.reliability.report import record_figure
-from tests.reliability.system import System
-from worker.retry import RETRY_BUDGETS, ErrorClass
+from tests.reliability.system import System, system_on
+from worker.retry import RETRY_BUDGETS
 
 POISON = "POISON-RECORDING"
 HEALTHY = 20
@@ -50,12 +51,8 @@ def analyzer(tmp_path: Path) -> Iterator[Analyzer]:
 async def r7_system(
     settings: Settings, engine: AsyncEngine, analyzer: Analyzer, clean: None, tmp_path: Path
 ) -> AsyncIterator[System]:
-    servers = settings.model_copy(update={"ai_service_url": analyzer.url})
-    running = System(servers, engine, tmp_path)
-    try:
+    async with system_on(settings, engine, analyzer.url, tmp_path) as running:
         yield running
-    finally:
-        await running.close()
 
 
 @pytest.mark.scenario("R7")

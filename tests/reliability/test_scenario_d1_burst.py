@@ -33,7 +33,7 @@ from tests.analyzer.conftest import FIXTURES
 from tests.conftest import ApiUser, MakeUser
 from tests.reliability.analyzer_process import Analyzer, running_analyzer
 from tests.reliability.report import record_figure
-from tests.reliability.system import System
+from tests.reliability.system import System, system_on
 
 RECORDINGS = 4
 AUDIO_SECONDS = 90  # about 7.5 s of analysis alone on an idle 2-core machine
@@ -79,12 +79,8 @@ def analyzer(tmp_path: Path) -> Iterator[Analyzer]:
 async def d1_system(
     settings: Settings, engine: AsyncEngine, analyzer: Analyzer, clean: None, tmp_path: Path
 ) -> AsyncIterator[System]:
-    servers = settings.model_copy(update={"ai_service_url": analyzer.url})
-    running = System(servers, engine, tmp_path)
-    try:
+    async with system_on(settings, engine, analyzer.url, tmp_path) as running:
         yield running
-    finally:
-        await running.close()
 
 
 async def upload(system: System, user: ApiUser, audio: bytes, count: int) -> list[str]:
