@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     # retry budget spent; 0: one look, then back). arq's timeout of a job is
     # JOB_TIMEOUT_SECONDS plus this.
     ai_slot_wait_seconds: float = Field(300.0, ge=0)
+    # A worker picks an attempt only when an AI slot is free, so that what waits for the AI
+    # service waits in the queue, in its lane's fair order (true); false: it picks up to
+    # WORKER_MAX_JOBS and the attempts wait for a slot inside the worker, in no fair order.
+    ai_pick_within_cap: bool = True
 
     max_audio_file_size: int = 52_428_800
     supported_audio_formats: Annotated[tuple[str, ...], NoDecode] = ("mp3", "wav", "m4a", "aac")

@@ -53,6 +53,7 @@ from app.causes import causes
 from app.db import database_unreachable
 from app.metrics import DEPENDENCY_RETRIES
 from app.settings import Settings, get_settings
+from worker.context import WorkerDeps
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,8 @@ class HealingWorker(Worker):
     def __init__(self, *args: Any, pick_lease_seconds: float | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.pick_ttl_ms = int((pick_lease_seconds or self.in_progress_timeout_s) * 1000)
+        # Attempts the current poll may still pick (`_room_for_attempts`); None: no bound.
+        self._ai_room: int | None = None
 
     def _pick_ttl_ms(self, job_id: str) -> int:
         """The in-progress key's life at a pick: one lease for an attempt at a task (its claim
@@ -177,7 +180,26 @@ class HealingWorker(Worker):
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
             # Due retries and cron jobs take their place in the fair order before the read.
             await queue.promote_due(self.pool, self._lane_weights())
+            self._ai_room = await self._room_for_attempts()
         await super()._poll_iteration()
+
+    async def _room_for_attempts(self) -> int | None:
+        """How many attempts this poll may pick: the AI slots free now, less this worker's
+        attempts that hold none yet (they will take those first); None for no bound (no cap,
+        AI_PICK_WITHIN_CAP false, or before start-up). An attempt picked with no slot free
+        would wait in this worker, outside the fair order: the queue, not the workers, must
+        hold what waits for the AI service, or a user's single task would wait behind every
+        job the workers picked."""
+        deps: WorkerDeps | None = self.ctx.get("deps")
+        if deps is None or not deps.settings.ai_pick_within_cap:
+            return None
+        room = await deps.providers.room()
+        if room is None:
+            return None
+        attempts = sum(
+            not task.done() and queue.is_attempt_job(job_id) for job_id, task in self.tasks.items()
+        )
+        return max(room - max(attempts - deps.providers.slots.held, 0), 0)
 
     def _lane_weights(self) -> LaneWeights:
         """The lanes' weights, from the settings the worker's startup reads (the ctx's in
@@ -234,6 +256,10 @@ class HealingWorker(Worker):
         exception from the claim's pipeline, and an exception after its own give-back (the
         pipeline's UNWATCH timing out) must not give it back twice."""
         for job_id_b in job_ids:
+            if self._ai_room is not None and queue.is_attempt_job(job_id_b.decode()):
+                if self._ai_room <= 0:
+                    continue  # it waits in the queue, in its fair place, not in this worker
+                self._ai_room -= 1
             await self.sem.acquire()
             if self.job_counter >= self.max_jobs:
                 self.sem.release()

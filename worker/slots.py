@@ -71,6 +71,18 @@ return found
 """
 
 
+# KEYS: slots, breaker's open key. ARGV: cap. -1 when the circuit is open, else the slots
+# free now (the cap less the holders whose lease has not ended).
+_FREE = """
+if redis.call('PTTL', KEYS[2]) > 0 then return -1 end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local free = tonumber(ARGV[1]) - redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+if free < 0 then return 0 end
+return free
+"""
+
+
 class Try(enum.Enum):
     """What one try for a provider's slot found."""
 
@@ -106,6 +118,13 @@ class SlotPool:
         outcome, in_use, open_ms = await cast(Awaitable[list[int]], script)
         self._in_use.set(int(in_use))
         return Tried(Try(int(outcome)), int(in_use), int(open_ms) / 1000)
+
+    async def free(self) -> int | None:
+        """The slots free now; None while the provider's circuit is open (one round trip).
+        Raises on a Redis error."""
+        script = self._redis.eval(_FREE, 2, self.key, self._open_key, str(self.cap))
+        free = int(await cast(Awaitable[int], script))
+        return None if free < 0 else free
 
     async def release(self, holder: str) -> None:
         """Give `holder`'s slot back. Raises on a Redis error (the slot then expires with its
