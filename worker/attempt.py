@@ -86,6 +86,9 @@ class Attempt:
         self._relay: ProgressRelay | None = None
         self._lease: Lease | None = None
         self._shown_waiting = False  # the task says it waits for an AI slot
+        # The error the attempt ends with was counted on its provider's breaker already (as
+        # it failed over): its outcome must not count it again.
+        self._failure_counted = False
 
     async def run(self) -> str:
         """Run the attempt to a committed outcome; returns it in words (for arq's log).
@@ -136,7 +139,7 @@ class Attempt:
                 return recorder.cancelled()
             return _said("stale: lease lost")
         if isinstance(outcome, AnalysisError):
-            return recorder.settle(outcome, ai_called=True)
+            return recorder.settle(outcome, ai_called=not self._failure_counted)
         return recorder.succeed(outcome)
 
     # -- phase 1: the AI call ------------------------------------------------------------
@@ -171,7 +174,8 @@ class Attempt:
         # arq's timeout of the job is JOB_TIMEOUT_SECONDS plus AI_SLOT_WAIT_SECONDS.
         job_ends = started + settings.job_timeout_seconds + settings.ai_slot_wait_seconds
         wait_ends = started + settings.ai_slot_wait_seconds
-        left: list[str] = []  # providers this attempt called and left
+        left: list[str] = []  # providers this attempt called and left (and, after a busy
+        # answer, the degraded ones: they stand in for providers that are down, not busy)
         reasons: list[str] = []  # why the better providers were passed, in words
         error: AnalysisError | None = None
         while True:
@@ -189,16 +193,24 @@ class Attempt:
             reasons.extend(got.passed)
             self.recorder.breaker, self.recorder.admitted = provider.breaker, got.decision
             answer = await self._call(got, deadline)
+            self._failure_counted = False  # this call's failure is not counted yet
             if isinstance(answer, AIResult):
                 return Success(answer, _provenance(provider, reasons, self.deps.settings))
             if isinstance(answer, StopReason):
                 return answer
             error = answer
             remaining = job_ends - time.monotonic() - call_needs
-            others = [p for p in providers.all if p.name not in left and p is not provider]
+            busy = isinstance(error, ServiceBusy)
+            others = [
+                p
+                for p in providers.all
+                if p.name not in left and p is not provider and not (busy and p.config.degraded)
+            ]
             if not (fails_over(error) and others and remaining > 0):
                 return error
             left.append(provider.name)
+            if busy:
+                left.extend(p.name for p in providers.all if p.config.degraded)
             reasons.append(f"{provider.name}: {error.message}")
             AI_FAILOVERS.labels(provider.name, _failover_reason(error)).inc()
             log.info(
@@ -209,6 +221,7 @@ class Attempt:
             )
             if not isinstance(error, ServiceBusy):  # a busy service is healthy
                 await after_commit("breaker", provider.breaker.record_failure, BREAKER_SECONDS)
+                self._failure_counted = True
 
     async def _provider(
         self, left: list[str], wait_limit: float
