@@ -11,6 +11,7 @@ the analyzer process (Linux: a parent-death signal), so none goes on computing a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -203,8 +204,17 @@ class AnalyzerService:
         pool = self._pool
         if pool is None:
             raise AnalyzerError(503, "busy", "the analyzer is not running")
+        stage = asyncio.get_running_loop().run_in_executor(pool, fn, *args)
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+            return await asyncio.shield(stage)
+        except asyncio.CancelledError:
+            # The request was given up (its client left, or its deadline ran out), but the
+            # pool process goes on with this stage: the analysis keeps its run slot and its
+            # admission until the stage ends, or the next one admitted would queue for the
+            # process inside the executor, its client's deadline running.
+            with contextlib.suppress(BaseException):
+                await stage
+            raise
         except BrokenProcessPool as exc:
             self._replace(pool)
             raise AnalyzerError(503, "worker_crashed", CRASHED) from exc
