@@ -1,6 +1,7 @@
 """`python -m worker`: one worker process (`worker.healing.HealingWorker` on
-`worker.main.WorkerSettings`), until SIGTERM or SIGINT (it then stops taking jobs and lets
-running ones finish within WORKER_SHUTDOWN_GRACE_SECONDS)."""
+`worker.main.worker_options`, built by `worker.main.healing_worker`), until SIGTERM or SIGINT
+(it then stops taking jobs and lets running ones finish within
+WORKER_SHUTDOWN_GRACE_SECONDS)."""
 
 from __future__ import annotations
 

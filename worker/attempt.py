@@ -195,7 +195,9 @@ class Attempt:
             answer = await self._call(got, deadline)
             self._failure_counted = False  # this call's failure is not counted yet
             if isinstance(answer, AIResult):
-                return Success(answer, _provenance(provider, reasons, self.deps.settings))
+                asked = self.claimed.task_params.get("model_version")
+                provenance = _provenance(provider, reasons, self.deps.settings, asked)
+                return Success(answer, provenance)
             if isinstance(answer, StopReason):
                 return answer
             error = answer
@@ -381,7 +383,9 @@ def _failover_reason(error: AnalysisError) -> str:
     return "busy" if isinstance(error, ServiceBusy) else error.error_class.value
 
 
-def _provenance(provider: Provider, reasons: list[str], settings: Settings) -> Provenance:
+def _provenance(
+    provider: Provider, reasons: list[str], settings: Settings, asked: object = None
+) -> Provenance:
     """Who produced a result; a degraded provider's says why the others were passed (and is
     never reused by the result cache)."""
     config = provider.config
@@ -393,4 +397,6 @@ def _provenance(provider: Provider, reasons: list[str], settings: Settings) -> P
             else f"served by {config.name}, a degraded provider"
         )
     cache_model = None if config.degraded else provider_key(config, settings)
-    return Provenance(config.name, config.model, why, cache_model)
+    # The model asked of it: the task's own model_version, else the provider's (as _call_ai).
+    model = str(asked) if asked else config.model
+    return Provenance(config.name, model, why, cache_model)

@@ -1,6 +1,6 @@
 """(c) Dispatch: N tasks, the AI answering at once, one worker process with max_jobs 100.
 
-Ours: `arq worker.main.WorkerSettings` (WORKER_MAX_JOBS=100, the default poll delay), the
+Ours: `python -m worker` (WORKER_MAX_JOBS=100, the default poll delay), the
 tasks seeded as pending rows, their jobs enqueued through `enqueue_analysis` and released
 together. Baselines, in the same rounds: bare arq no-op jobs with the same max_jobs and
 poll_delay (`arq bench.bare_arq.WorkerSettings`), and the seed's Celery design

@@ -1,6 +1,6 @@
 """(f) Memory: 10 recordings of 50 MB analysed concurrently by one worker process.
 
-Each measurement starts a fresh `arq worker.main.WorkerSettings` (WORKER_MAX_JOBS=10, so all
+Each measurement starts a fresh `python -m worker` (WORKER_MAX_JOBS=10, so all
 10 run at once), waits until it polls, takes its RSS, releases the 10 tasks (the fake AI reads
 every body to its end, then answers after 2 s) and samples RSS every 50 ms until all are done:
 growth = peak − RSS before. The baseline is the same with 10 recordings of 64 kB: what running

@@ -2,7 +2,7 @@
 service without holding it, so its peak RSS grows by at most 32 MB (issue 12).
 
 The recording is uploaded through the API to a real SeaweedFS; a real worker process
-(`arq worker.main.WorkerSettings`, STORAGE_BACKEND=s3) sends it to the fake AI service, which
+(`python -m worker`, STORAGE_BACKEND=s3) sends it to the fake AI service, which
 hashes what it receives. The figure: the worker's peak RSS (VmHWM) after the analysis minus its
 RSS (VmRSS) once warmed up by a small analysis, printed as `FIGURE S3 RSS: ...`."""
 

@@ -1,4 +1,4 @@
-"""SIGTERM to a real worker process (`arq worker.main.WorkerSettings`), as a deploy sends it:
+"""SIGTERM to a real worker process (`python -m worker`), as a deploy sends it:
 a task that ends within WORKER_SHUTDOWN_GRACE_SECONDS finishes in that process; one that
 outlasts it is handed back at once, with no crash and no retry counted."""
 
