@@ -129,11 +129,13 @@ class System:
         self.env.setdefault("JWT_SECRET", _jwt_secret(self.data))
         self.env.setdefault("STORAGE_DIR", str(self.data / "storage"))
         self.env.setdefault("AI_SERVICE_URL", f"http://127.0.0.1:{free_port()}")
-        # Match the worker to the local analyzer, which admits ANALYZER_WORKERS analyses at a
-        # time: more jobs would only be told to come back later (503 with Retry-After).
+        # Match the worker and the AI cap to the local analyzer, which admits ANALYZER_WORKERS
+        # analyses at a time: more calls would only be told to come back later (503 with
+        # Retry-After).
         analyses = self.env.setdefault("ANALYZER_WORKERS", "2")
         self.env.setdefault("AI_SERVICE_CONCURRENCY", analyses)
         self.env.setdefault("WORKER_MAX_JOBS", analyses)
+        self.env.setdefault("AI_MAX_CONCURRENCY", analyses)
 
     def prepare(self) -> tuple[str, str]:
         """The demo user's token, and a short-lived one for the web page's link."""
