@@ -17,6 +17,12 @@ changes, each at one of arq's own methods:
 - each poll first promotes the due wall-clock jobs (deferred retries, cron jobs) into the
   fair order (`queue.promote_due`), so that arq's read, lowest scores first, is the fair
   pick.
+- with an AI concurrency cap, a poll picks no more attempts than there are AI slots free
+  (AI_PICK_WITHIN_CAP), so that what waits for the AI service waits in the fair queue; and a
+  picked attempt is held (its in-progress key) for one lease until its claim renews it, not
+  for the job's whole timeout, so that a worker killed in between gives it back soon.
+- a stop waits for main to end before on_shutdown (a lost cancel let a start-up finish after
+  it), and a stop overdue by STOP_OVERDUE_SECONDS logs where every task waits.
 - at start, Redis is waited for the same way (arq tries once), and a stop runs on_shutdown
   before its best-effort, bounded delete of the health key (arq deleted the key first: with
   Redis down that failure skipped on_shutdown, or its retries outlasted the stop's grace).
