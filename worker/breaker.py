@@ -145,11 +145,6 @@ class CircuitBreaker:
             log.warning("circuit breaker unreadable (%r); calling the AI service", exc)
             return Decision(True)
 
-    async def is_open(self) -> bool:
-        """Whether the circuit is open now (one round trip; its cool-down not yet over).
-        Raises on a Redis error."""
-        return int(await cast(Awaitable[int], self._redis.pttl(self.keys.open))) > 0
-
     async def _decide(self) -> Decision:
         keys = self.keys
         script = self._redis.eval(

@@ -176,28 +176,29 @@ class Providers:
 
     async def room(self) -> int | None:
         """How many more calls could start now, as the bound of a worker's pick: the free
-        slots of the providers whose circuit is not open (a degraded one counts only when
-        every better one is open, as `acquire` takes it); None for no bound (such a provider
-        has no cap, or Redis did not answer: `acquire` still holds every cap)."""
+        slots of the capped providers whose circuit is not open (a degraded one counts only
+        when every better one is open, as `acquire` takes it). None for no bound: a provider
+        it could use has no cap, every circuit is open (an attempt then meets it and is
+        deferred, as without a cap), or Redis did not answer (`acquire` holds every cap)."""
         room = 0
         healthy = False  # a provider better than a degraded one has a closed circuit
+        closed = False
         try:
             for provider in self.all:
                 if provider.config.degraded and healthy:
                     continue
                 if provider.slots is None:
-                    if await provider.breaker.is_open():
-                        continue
                     return None
                 free = await provider.slots.free()
                 if free is None:  # circuit open
                     continue
+                closed = True
                 healthy = healthy or not provider.config.degraded
                 room += free
         except Exception as exc:
             log.debug("AI room unknown (%r)", exc)
             return None
-        return room
+        return room if closed else None
 
     async def release(self, grant: Grant) -> None:
         """Give the grant's slot back (never raises)."""
