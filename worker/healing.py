@@ -144,6 +144,8 @@ class HealingWorker(Worker):
         self.pick_ttl_ms = int((pick_lease_seconds or self.in_progress_timeout_s) * 1000)
         # Attempts the current poll may still pick (`_room_for_attempts`); None: no bound.
         self._ai_room: int | None = None
+        # Set when a stop has cancelled main: the next poll ends it, should the cancel be lost.
+        self._main_stopped = False
 
     def _pick_ttl_ms(self, job_id: str) -> int:
         """The in-progress key's life at a pick: one lease for an attempt at a task (its claim
@@ -175,7 +177,11 @@ class HealingWorker(Worker):
     async def _poll_iteration(self) -> None:
         """arq's poll, tried again while Redis does not answer. Each try first forgets the
         jobs that have finished (arq does it only after its first Redis command), so that a
-        stop during an outage waits only for the jobs still running."""
+        stop during an outage waits only for the jobs still running. A poll after the stop
+        has cancelled main ends main: that cancel can be lost on its way (seen in R3: main
+        polled on for ever after it, and the process never exited)."""
+        if self._main_stopped:
+            raise asyncio.CancelledError("the worker is stopping")
         await until_redis_answers("queue poll", self._reap_then_poll)
 
     async def _reap_then_poll(self) -> None:
@@ -234,6 +240,17 @@ class HealingWorker(Worker):
         with contextlib.suppress(Exception):
             await self.pool.aclose(close_connection_pool=True)
         self._pool = None
+
+    async def _wait_for_tasks_to_complete(self, signum: signal.Signals) -> None:
+        """arq's end of a graceful stop (the grace, then a cancel of the jobs and of main),
+        main's stop then also kept as a flag its next poll obeys."""
+        await super()._wait_for_tasks_to_complete(signum)
+        self._main_stopped = True
+
+    def handle_sig(self, signum: signal.Signals) -> None:
+        """arq's immediate stop, main's stop also kept as a flag its next poll obeys."""
+        super().handle_sig(signum)
+        self._main_stopped = True
 
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
         """arq's graceful stop (no new jobs, the running ones get the grace, then a cancel),

@@ -322,3 +322,35 @@ async def test_a_picked_job_is_held_for_one_lease_until_its_claim(
             running.cancel()
         await asyncio.wait(worker.tasks.values(), timeout=10)
         await worker.pool.aclose()
+
+
+async def test_a_poll_after_the_stop_ends_main_even_if_its_cancel_was_lost(
+    worker_settings: Settings, redis: Redis
+) -> None:
+    """R3 met it: after SIGTERM's grace arq cancelled main, the cancel was lost on its way,
+    and main polled on for ever (the process never exited). The stop is also kept as a flag,
+    and the next poll ends main."""
+    worker = healing_worker(
+        worker_settings, on_startup=None, on_shutdown=None, cron_jobs=[], handle_signals=False
+    )
+    polls = 0
+    polled = asyncio.Event()
+    original = worker._reap_then_poll
+
+    async def counting() -> None:
+        nonlocal polls
+        polls += 1
+        polled.set()
+        await original()
+
+    worker._reap_then_poll = counting  # type: ignore[method-assign]
+    running = asyncio.create_task(worker.async_run())
+    try:
+        await asyncio.wait_for(polled.wait(), 10)
+        worker._main_stopped = True  # what the stop sets beside its (here lost) cancel
+        done, _ = await asyncio.wait({running}, timeout=10)
+        assert done, "main still polling after the stop"
+        assert worker.main_task is not None and worker.main_task.cancelled()
+    finally:
+        await worker.close()
+        await asyncio.wait({running}, timeout=10)
