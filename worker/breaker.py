@@ -31,7 +31,7 @@ from typing import cast
 
 from redis.asyncio import Redis
 
-from app.ai_client.providers import DEFAULT_PROVIDER, breaker_prefix
+from app.ai_client.providers import DEFAULT_PROVIDER, Keys, breaker_prefix
 from app.metrics import BREAKER_UNREADABLE, CIRCUIT_OPEN, PROVIDER_CIRCUIT_OPEN
 
 log = logging.getLogger(__name__)
@@ -41,23 +41,6 @@ FAILURES = f"{PREFIX}:failures"  # consecutive failures
 FAILED_EVER = f"{PREFIX}:failed_ever"  # every failure counted, never reset
 OPEN = f"{PREFIX}:open"
 PROBE = f"{PREFIX}:probe"
-
-
-@dataclass(frozen=True, slots=True)
-class Keys:
-    """One provider's breaker keys."""
-
-    failures: str
-    failed_ever: str
-    open: str
-    probe: str
-
-    @classmethod
-    def of(cls, name: str) -> Keys:
-        prefix = breaker_prefix(name)
-        return cls(
-            f"{prefix}:failures", f"{prefix}:failed_ever", f"{prefix}:open", f"{prefix}:probe"
-        )
 
 
 UNKNOWN = -1  # what a call was admitted with when the breaker could not be read

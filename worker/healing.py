@@ -141,7 +141,7 @@ class HealingWorker(Worker):
 
     def __init__(self, *args: Any, pick_lease_seconds: float | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.pick_ttl_ms = int((pick_lease_seconds or self.in_progress_timeout_s) * 1000)
+        self._attempt_pick_ttl_ms = int((pick_lease_seconds or self.in_progress_timeout_s) * 1000)
         # Attempts the current poll may still pick (`_room_for_attempts`); None: no bound.
         self._ai_room: int | None = None
         # Set when a stop has cancelled main: the next poll ends it, should the cancel be lost.
@@ -152,7 +152,7 @@ class HealingWorker(Worker):
         then renews it), arq's whole job timeout for a cron job (nothing renews that: a
         shorter one let another worker run the same cron job again)."""
         if queue.is_attempt_job(job_id):
-            return self.pick_ttl_ms
+            return self._attempt_pick_ttl_ms
         return int(self.in_progress_timeout_s * 1000)
 
     async def main(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,6 +47,24 @@ def breaker_prefix(name: str) -> str:
     return BREAKER_PREFIX if name == DEFAULT_PROVIDER else f"{BREAKER_PREFIX}:{name}"
 
 
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """One provider's breaker keys."""
+
+    failures: str
+    failed_ever: str
+    open: str
+    probe: str
+
+    @classmethod
+    def of(cls, name: str) -> Keys:
+        """Provider `name`'s keys (under `breaker_prefix(name)`)."""
+        prefix = breaker_prefix(name)
+        return cls(
+            f"{prefix}:failures", f"{prefix}:failed_ever", f"{prefix}:open", f"{prefix}:probe"
+        )
+
+
 def slots_key(name: str) -> str:
     """The sorted set of provider `name`'s slots: holder → when its lease ends (Unix ms)."""
     return f"{SLOTS_PREFIX}:{name}"
@@ -74,10 +93,10 @@ async def provider_states(
     now_ms = int(time.time() * 1000)
     pipe = redis.pipeline(transaction=False)
     for provider in providers:
-        prefix = breaker_prefix(provider.name)
+        keys = Keys.of(provider.name)
         pipe.zcount(slots_key(provider.name), now_ms, "+inf")
-        pipe.pttl(f"{prefix}:open")
-        pipe.get(f"{prefix}:failures")
+        pipe.pttl(keys.open)
+        pipe.get(keys.failures)
     answers = await cast(Awaitable[list[object]], pipe.execute())
     states = []
     for index, provider in enumerate(providers):

@@ -15,11 +15,11 @@ from redis.asyncio import Redis
 from app.ai_client.providers import (
     DEFAULT_PROVIDER,
     AIProvider,
+    Keys,
     provider_states,
     slots_key,
 )
 from app.settings import Settings
-from worker.breaker import Keys
 from worker.slots import SlotPool, Slots, Try
 
 KEY = slots_key("p")

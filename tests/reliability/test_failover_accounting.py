@@ -10,11 +10,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from app.ai_client.providers import AIProvider
+from app.ai_client.providers import AIProvider, Keys
 from tests.analysis.conftest import StartWorker, new_task, wait_for_status
 from tests.conftest import ApiUser
 from tests.fake_ai import FakeAI, ok, status
-from worker.breaker import Keys
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from app.ai_client.providers import Keys
 from tests.conftest import ApiUser, MakeUser
 from tests.fake_ai import FakeAI, ok, status
 from tests.reliability.report import record_figure
 from tests.reliability.system import System, ai_calls_per_task, poll
-from worker.breaker import Keys
 
 JOBS = 4
 THRESHOLD = 3
