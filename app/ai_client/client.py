@@ -1,18 +1,25 @@
 """httpx client for the AI analysis service: the recording is streamed as the request body and
-the NDJSON answer is read line by line. Errors come out as `AnalysisError` subclasses."""
+the NDJSON answer is read line by line. Errors come out as `AnalysisError` subclasses.
+
+The connections are aiohttp's (httpx-aiohttp's transport, by httpx's maintainer) behind
+httpx's API: one call through httpx's own transport (httpcore, h11, anyio) cost about 2.0-2.4 ms
+of CPU against 0.6 ms through aiohttp's, whose HTTP parser is compiled (64 kB streamed, five
+NDJSON lines read; /tmp micro-benchmark in bench/PROFILES.md), and httpcore's pool scanned
+every connection it held at each request and response end (about 2 ms per call in one pool of
+500)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 from pydantic import ValidationError
 
 from app.ai_client.errors import (
@@ -29,10 +36,6 @@ from app.settings import Settings
 NDJSON = "application/x-ndjson"
 ProgressCallback = Callable[[ProgressLine], Awaitable[None]]
 QUERY_KEYS = ("language", "target_text", "analysis_type", "include_suggestions", "model_version")
-# Connections per httpx pool. httpcore's pool scans every connection it holds at each request
-# and at the end of each response: in one pool of 500 that scan cost about 2 ms of CPU per
-# call (py-spy, bench iobound). Calls are spread over pools of at most this many.
-POOL_SHARD = 50
 
 
 class AIClient:
@@ -43,7 +46,8 @@ class AIClient:
         provider: AIProvider | None = None,
     ) -> None:
         """A client of `provider` (its URL and key), else of AI_SERVICE_URL and
-        AI_SERVICE_API_KEY."""
+        AI_SERVICE_API_KEY. `transport`: a test seam (httpx.ASGITransport, MockTransport);
+        by default aiohttp's connections."""
         url = provider.url if provider is not None else settings.ai_service_url
         key = provider.key if provider is not None else settings.ai_service_api_key
         headers = {"Accept": NDJSON}
@@ -51,33 +55,24 @@ class AIClient:
             headers["Authorization"] = f"Bearer {key}"
         # One connection per job the worker may run at once, all kept alive: httpx's default
         # (100, 20 kept) capped the AI calls in flight at 100 whatever WORKER_MAX_JOBS said,
-        # and churned connections beyond 20. They are split over pools of at most POOL_SHARD,
-        # each call going to the pool with the fewest calls in flight: one always has a free
-        # connection while fewer calls than jobs run (pools x size >= jobs).
+        # and churned connections beyond 20.
         jobs = settings.worker_max_jobs
-        pools = math.ceil(jobs / POOL_SHARD)
-        size = math.ceil(jobs / pools)
-        self._pools = [
-            httpx.AsyncClient(
-                base_url=url,
-                headers=headers,
-                transport=transport,
-                limits=httpx.Limits(
-                    max_connections=size,
-                    max_keepalive_connections=size,
-                    keepalive_expiry=settings.ai_keepalive_seconds,
-                ),
-                timeout=httpx.Timeout(
-                    settings.ai_deadline_seconds, connect=settings.ai_connect_timeout_seconds
-                ),
-            )
-            for _ in range(pools)
-        ]
-        self._in_flight = [0] * pools
+        limits = httpx.Limits(
+            max_connections=jobs,
+            max_keepalive_connections=jobs,
+            keepalive_expiry=settings.ai_keepalive_seconds,
+        )
+        self._http = httpx.AsyncClient(
+            base_url=url,
+            headers=headers,
+            transport=transport or AiohttpTransport(limits=limits),
+            timeout=httpx.Timeout(
+                settings.ai_deadline_seconds, connect=settings.ai_connect_timeout_seconds
+            ),
+        )
 
     async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
+        await self._http.aclose()
 
     async def analyze(
         self,
@@ -93,20 +88,9 @@ class AIClient:
         time): when the caller's own timeout ends, so that reading past the result line never
         runs into it. Raises an `AnalysisError` subclass: the service's error by its status,
         a timeout or a network error."""
-        pool = min(range(len(self._pools)), key=self._in_flight.__getitem__)
-        self._in_flight[pool] += 1
-        try:
-            return await self._analyze(
-                self._pools[pool],
-                audio,
-                content_type,
-                parameters,
-                request_id,
-                on_progress,
-                deadline,
-            )
-        finally:
-            self._in_flight[pool] -= 1
+        return await self._analyze(
+            self._http, audio, content_type, parameters, request_id, on_progress, deadline
+        )
 
     @staticmethod
     async def _analyze(

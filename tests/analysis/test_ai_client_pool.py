@@ -1,6 +1,6 @@
 """The AI client keeps as many calls in flight as the worker runs jobs (httpx's default pool
-capped them at 100 whatever WORKER_MAX_JOBS said), spread over several pools of connections
-(JOBS is more than one pool holds: each call must go to a pool with a free connection)."""
+capped them at 100 whatever WORKER_MAX_JOBS said; JOBS is more than that), and keeps its
+connections alive between calls for AI_KEEPALIVE_SECONDS, no longer."""
 
 from __future__ import annotations
 
