@@ -11,9 +11,10 @@ changes, each at one of arq's own methods:
   (`vocalborn_worker_dependency_retries{dependency="redis"}`); one recovery line when it
   succeeds again. The jobs it holds run on meanwhile, and each try forgets those that have
   finished, so that a stop during an outage waits only for the running ones.
-- `start_jobs` gives a job's slot back exactly once on every path (arq kept the slot of a
-  claim whose pipeline failed, and after max_jobs such failures never took a job again),
-  and its claim moves the fair order's virtual time on (app/analysis/lanes.py).
+- `start_jobs` claims all of a poll's jobs in one script (arq: four round trips per job),
+  which also moves the fair order's virtual time on (app/analysis/lanes.py), and gives a
+  job's slot back exactly once on every path (arq kept the slot of a claim whose pipeline
+  failed, and after max_jobs such failures never took a job again).
 - each poll first promotes the due wall-clock jobs (deferred retries, cron jobs) into the
   fair order (`queue.promote_due`), so that arq's read, lowest scores first, is the fair
   pick.
@@ -45,11 +46,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from arq.connections import create_pool
-from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
@@ -274,61 +273,44 @@ class HealingWorker(Worker):
             await asyncio.wait({main}, timeout=MAIN_CANCEL_SECONDS)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's start_jobs (arq 0.26), whose slot (its semaphore and job counter) is given
-        back exactly once on every path: arq gives it back on each of its own paths but an
-        exception from the claim's pipeline, and an exception after its own give-back (the
-        pipeline's UNWATCH timing out) must not give it back twice."""
-        for job_id_b in job_ids:
-            if self._ai_room is not None and queue.is_attempt_job(job_id_b.decode()):
-                if self._ai_room <= 0:
-                    continue  # it waits in the queue, in its fair place, not in this worker
-                self._ai_room -= 1
-            await self.sem.acquire()
-            if self.job_counter >= self.max_jobs:
-                self.sem.release()
-                return None
-            self.job_counter = self.job_counter + 1
-            held = True
+        """arq's start_jobs with the claim of every job of the poll in one script
+        (`queue.pick`, which also moves the fair order's clock on) where arq sends WATCH,
+        EXISTS, ZSCORE and a MULTI per job; each job's slot (arq's semaphore and job counter)
+        is given back exactly once on every path: arq kept the slot of a claim whose pipeline
+        raised, and after max_jobs such failures never took a job again."""
+        room = self.max_jobs - self.job_counter
+        if not job_ids or room <= 0:
+            return
+        # The room's slots are taken before the pick (never waited for: the semaphore holds
+        # max_jobs + 1, this poll one, each running job one) and those not started given back.
+        held = 0
+        try:
+            for _ in range(room):
+                await self.sem.acquire()
+                self.job_counter = self.job_counter + 1
+                held += 1
+            jobs = [(job_id, self._pick_ttl_ms(job_id)) for job_id in map(bytes.decode, job_ids)]
+            # Attempts no more than the AI slots free (`_ai_room`); what waits for the AI
+            # service waits in the queue, in its fair place, not in this worker.
+            started = await queue.pick(self.pool, jobs, timestamp_ms(), room, self._ai_room)
+        except BaseException:
+            self._give_back(held)
+            raise
+        self._give_back(held - len(started))  # held elsewhere, finished, or deferred
+        for job_id, score in started.items():
+            # arq's run_job takes the score for the job's due time (its log's "delayed=" and
+            # ctx["score"]): a fair tag (app/analysis/lanes.py) is no time, and the job was due
+            # when it was enqueued.
+            due = int(score) if score >= WALL_FLOOR_MS else timestamp_ms()
+            task = self.loop.create_task(self.run_job(job_id, due))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
 
-            def give_back() -> None:
-                nonlocal held
-                if held:
-                    held = False
-                    self.job_counter = self.job_counter - 1
-                    self.sem.release()
-
-            job_id = job_id_b.decode()
-            in_progress_key = in_progress_key_prefix + job_id
-            try:
-                async with self.pool.pipeline(transaction=True) as pipe:
-                    await pipe.watch(in_progress_key)
-                    ongoing_exists = await pipe.exists(in_progress_key)
-                    score = await pipe.zscore(self.queue_name, job_id)
-                    if ongoing_exists or not score or score > timestamp_ms():
-                        # started elsewhere, finished, or re-enqueued with a delay
-                        give_back()
-                        continue
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.psetex(in_progress_key, self._pick_ttl_ms(job_id), b"1")
-                    queue.advance_virtual_time(pipe, job_id, score)  # the fair order's clock
-                    try:
-                        await pipe.execute()
-                    except (ResponseError, WatchError):
-                        give_back()  # started elsewhere since the check
-                    else:
-                        # arq's run_job takes the score for the job's due time (its log's
-                        # "delayed=" and ctx["score"]): a fair tag (app/analysis/lanes.py) is
-                        # no time, and the job was due when it was enqueued.
-                        due = int(score) if score >= WALL_FLOOR_MS else timestamp_ms()
-                        task = self.loop.create_task(self.run_job(job_id, due))
-                        held = False  # the task's completion gives it back, as in arq
-                        task.add_done_callback(
-                            lambda _: self._release_sem_dec_counter_on_complete()
-                        )
-                        self.tasks[job_id] = task
-            except BaseException:
-                give_back()
-                raise
+    def _give_back(self, count: int) -> None:
+        """`count` job slots (semaphore and job counter) back."""
+        for _ in range(count):
+            self.job_counter = self.job_counter - 1
+            self.sem.release()
 
 
 def _report_overdue_stop(after: float) -> None:

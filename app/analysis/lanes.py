@@ -172,27 +172,27 @@ return {{moved, reserved}}
 """
 )
 
-# KEYS: V key, since-batch key, the job's flow key, batch key. ARGV: the score of a job being
-# started, its id (run in the claim's MULTI, worker/healing.py). V becomes its tag if larger;
-# a batch job's start resets the count of interactive starts since the last batch one (and
-# takes it out of the batch index), an interactive
-# job's adds one (a job without a flow, a cron job, counts for neither); the flow key goes
-# (a retry is a new job id with its own).
+# A Lua function for a script that starts jobs (app/analysis/queue.py's pick): the start of the
+# job `id` whose score is `score` moves V to its tag if that is larger; a batch job's start
+# resets the count of interactive starts since the last batch one (and takes it out of the
+# batch index), an interactive job's adds one (a job without a flow, a cron job, counts for
+# neither); the flow key goes (a retry is a new job id with its own).
 ADVANCE = f"""
-local s = tonumber(ARGV[1]) - {FAIR_EPOCH_MS}
-local v = tonumber(redis.call('GET', KEYS[1]) or '0')
-if s >= 0 and s < {WALL_FLOOR_MS - FAIR_EPOCH_MS} and s > v then
-    redis.call('SET', KEYS[1], s)
-end
-local encoded = redis.call('GET', KEYS[3])
-if encoded then
-    if string.match(encoded, '^%d+ (%S+) ') == 'batch' then
-        redis.call('SET', KEYS[2], 0)
-        redis.call('ZREM', KEYS[4], ARGV[2])
-    else
-        redis.call('INCR', KEYS[2])
+local function advance(v_key, since_key, flow_key, batch_key, score, id)
+    local s = tonumber(score) - {FAIR_EPOCH_MS}
+    local v = tonumber(redis.call('GET', v_key) or '0')
+    if s >= 0 and s < {WALL_FLOOR_MS - FAIR_EPOCH_MS} and s > v then
+        redis.call('SET', v_key, s)
     end
-    redis.call('DEL', KEYS[3])  -- only a waiting job needs its flow
+    local encoded = redis.call('GET', flow_key)
+    if encoded then
+        if string.match(encoded, '^%d+ (%S+) ') == 'batch' then
+            redis.call('SET', since_key, 0)
+            redis.call('ZREM', batch_key, id)
+        else
+            redis.call('INCR', since_key)
+        end
+        redis.call('DEL', flow_key)  -- only a waiting job needs its flow
+    end
 end
-return 0
 """

@@ -208,12 +208,60 @@ async def promote_due(pool: Redis, weights: LaneWeights) -> tuple[int, int]:
     return int(moved), int(reserved)
 
 
-def advance_virtual_time(pipe: Any, job_id: str, score: float) -> None:
-    """Queue, on `pipe` (a claim's MULTI), the start's bookkeeping of the fair order: the
-    virtual time V moves to the tag of the job being started with `score` if that is later,
-    and the count of interactive starts since the last batch one follows its lane."""
-    keys = [V_KEY, SINCE_BATCH_KEY, FLOW_KEY_PREFIX + job_id, BATCH_KEY]
-    pipe.eval(ADVANCE, len(keys), *keys, repr(float(score)), job_id)
+# KEYS: queue, V key, since-batch key, batch key. ARGV: in-progress key prefix, flow key
+# prefix, now (ms), most jobs to start, most attempts to start (-1: no bound), then per job
+# its id, its in-progress key's life (ms) and 1 if it is an attempt (else 0). A job is started
+# when no worker holds it (no in-progress key) and it is in the queue and due, as arq's own
+# claim checks under WATCH; its in-progress key is set and the fair order's clock moves on.
+# The jobs are tried in order until the most are started.
+_PICK = (
+    ADVANCE
+    + """
+local picked = {}
+local most = 2 * tonumber(ARGV[4])
+local attempts = tonumber(ARGV[5])
+for i = 6, #ARGV, 3 do
+    if #picked >= most then break end
+    local id = ARGV[i]
+    local attempt = ARGV[i + 2] == '1'
+    if not (attempt and attempts == 0) and redis.call('EXISTS', ARGV[1] .. id) == 0 then
+        local score = redis.call('ZSCORE', KEYS[1], id)
+        if score and tonumber(score) <= tonumber(ARGV[3]) then
+            redis.call('PSETEX', ARGV[1] .. id, ARGV[i + 1], '1')
+            advance(KEYS[2], KEYS[3], ARGV[2] .. id, KEYS[4], score, id)
+            picked[#picked + 1] = id
+            picked[#picked + 1] = score
+            if attempt then attempts = attempts - 1 end
+        end
+    end
+end
+return picked
+"""
+)
+
+
+async def pick(
+    pool: Redis,
+    jobs: Sequence[tuple[str, int]],
+    now_ms: int,
+    most: int,
+    most_attempts: int | None = None,
+) -> dict[str, float]:
+    """Start at most `most` of the `jobs` (job id, in-progress key life in ms, in the order a
+    worker read them from the queue), of them at most `most_attempts` attempts at tasks (None:
+    no bound), in one script: the first that no worker holds and that are due at `now_ms`.
+    Returns the started ones, job id -> queue score. arq's claim sends WATCH, EXISTS, ZSCORE
+    and a MULTI per job (four round trips); this is one per poll. A running job stays in the
+    queue, at its head in the fair order: the whole read is offered, and only the jobs started
+    count, or a worker would spend its room on the jobs another one runs. Raises redis'
+    errors."""
+    bound = -1 if most_attempts is None else max(most_attempts, 0)
+    args = [in_progress_key_prefix, FLOW_KEY_PREFIX, str(now_ms), str(most), str(bound)]
+    for job_id, life_ms in jobs:
+        args += [job_id, str(life_ms), "1" if is_attempt_job(job_id) else "0"]
+    keys = [QUEUE_NAME, V_KEY, SINCE_BATCH_KEY, BATCH_KEY]
+    flat = await _run_script(pool, _PICK, keys, args)
+    return {flat[i].decode(): float(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 # Whether arq holds a job: its in-progress marker exists (running, or claimed by a worker that

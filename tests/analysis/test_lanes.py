@@ -4,8 +4,8 @@ their place, an admin's lane change moves a waiting job, and a reported queue po
 the order in which jobs start.
 
 `serve` starts jobs as the worker does (worker/healing.py): promote the due wall-clock jobs,
-take the lowest due score (arq's read), advance the virtual time with its score (the claim),
-and the job leaves the queue (it ran)."""
+take the lowest due score (arq's read), start it with `queue.pick` (the claim, which advances
+the virtual time with its score), and the job leaves the queue (it ran)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 
@@ -57,14 +58,45 @@ async def serve(arq: ArqRedis, count: int) -> list[str]:
         if not head:
             break
         job_id = head[0].decode()
-        score = await arq.zscore(queue.QUEUE_NAME, job_id)
-        assert score is not None
-        async with arq.pipeline(transaction=True) as pipe:
-            queue.advance_virtual_time(pipe, job_id, score)
-            pipe.zrem(queue.QUEUE_NAME, job_id)
-            await pipe.execute()
+        assert job_id in await queue.pick(arq, [(job_id, 60_000)], timestamp_ms(), 1)
+        await arq.zrem(queue.QUEUE_NAME, job_id)  # as its job's end does
         started.append(job_id)
     return started
+
+
+async def test_a_pick_starts_only_the_due_jobs_no_worker_holds(arq: ArqRedis) -> None:
+    due, deferred, held, gone = (str(uuid.uuid4()) for _ in range(4))
+    for task in (due, deferred, held):
+        assert await queue.enqueue_analysis(arq, task, 0, flow=flow(Lane.INTERACTIVE, "ann"))
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    assert await queue.enqueue_analysis(arq, deferred, 1, defer_until=later)
+    await arq.set(in_progress_key_prefix + queue.job_id_for(held, 0), b"1")  # another worker's
+    jobs = [(queue.job_id_for(due, 0), 4_000), (queue.job_id_for(deferred, 1), 4_000)]
+    jobs += [(queue.job_id_for(held, 0), 4_000), (queue.job_id_for(gone, 0), 4_000)]
+    started = await queue.pick(arq, jobs, timestamp_ms(), 10)
+    assert list(started) == [queue.job_id_for(due, 0)]
+    assert 0 < await arq.pttl(in_progress_key_prefix + queue.job_id_for(due, 0)) <= 4_000
+    assert not await arq.exists(in_progress_key_prefix + queue.job_id_for(deferred, 1))
+    assert await arq.pttl(in_progress_key_prefix + queue.job_id_for(held, 0)) == -1  # untouched
+
+
+async def test_a_pick_spends_its_room_only_on_the_jobs_it_starts(arq: ArqRedis) -> None:
+    """A running job stays at the queue's head: a worker whose read begins with another's
+    running jobs still starts as many as it has room for (R1 met a worker that started none),
+    and the AI slots' bound counts attempts only."""
+    running = [str(uuid.uuid4()) for _ in range(2)]
+    waiting = [str(uuid.uuid4()) for _ in range(3)]
+    for task in running + waiting:
+        assert await queue.enqueue_analysis(arq, task, 0, flow=flow(Lane.INTERACTIVE, "ann"))
+    for task in running:
+        await arq.set(in_progress_key_prefix + queue.job_id_for(task, 0), b"1")
+    jobs = [(queue.job_id_for(task, 0), 4_000) for task in running + waiting]
+    started = await queue.pick(arq, jobs, timestamp_ms(), 2)
+    assert list(started) == [queue.job_id_for(task, 0) for task in waiting[:2]]
+    cron = "cron:cleanup_expired:1764460620123"
+    await arq.zadd(queue.QUEUE_NAME, {cron: timestamp_ms() - 1})
+    jobs = [(queue.job_id_for(waiting[2], 0), 4_000), (cron, 4_000)]
+    assert list(await queue.pick(arq, jobs, timestamp_ms(), 5, most_attempts=0)) == [cron]
 
 
 async def test_a_users_single_job_waits_for_no_other_users_backlog(arq: ArqRedis) -> None:
