@@ -17,7 +17,7 @@ MIN_VOICED_FRAMES = 10
 PITCH_STEP = 0.01
 # Cepstrogram frame step (s). Praat's default is 0.002; 0.01 costs a fifth of it (the robust
 # trend fit runs per frame: CPPS was about 0.4 s of CPU per 10 s of speech at 0.005) and reads
-# 0.1-0.2 dB lower than the default on the committed fixtures (docs/analysis.md section 4).
+# 0.1-0.25 dB lower than the default on the committed fixtures (docs/analysis.md section 4).
 CEPSTRUM_STEP = 0.01
 
 
