@@ -56,7 +56,8 @@ MEASURE_INFO: dict[str, tuple[str, str, str]] = {
     "shimmer_local_percent": ("%", "mean absolute peak-amplitude difference / mean amplitude",
                               "Praat; MDVP threshold 3.81 %"),
     "hnr_db": ("dB", "mean harmonics-to-noise ratio (cross-correlation)", "Boersma 1993"),
-    "cpps_db": ("dB", "smoothed cepstral peak prominence, Praat defaults",
+    "cpps_db": ("dB", "smoothed cepstral peak prominence, Praat defaults but a "
+                "0.01 s frame step",
                 "Hillenbrand et al. 1994; Maryn & Weenink 2015"),
 }  # fmt: skip
 
