@@ -16,19 +16,36 @@ from app.users.models import Role
 from tests.conftest import ApiUser, MakeUser
 
 ME = "/api/v1/practice/sessions"
+# The status read finds its caller itself (app/deps.py's caller_of), not through the
+# dependency every other route uses: each refusal is checked on both.
+STATUS = f"/api/v1/tasks/analysis/{uuid.uuid4()}/status"
 
 
 def _b64(data: dict[str, object]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
-async def _expect_401(client: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, object]:
+async def _expect_401(
+    client: httpx.AsyncClient, headers: dict[str, str], *, status_too: bool = True
+) -> dict[str, object]:
     response = await client.post(ME, json={}, headers=headers)
-    assert response.status_code == 401, response.text
-    assert response.headers["www-authenticate"] == "Bearer"
+    answers = [response]
+    if status_too:
+        answers.append(await client.get(STATUS, headers=headers))
+    for answer in answers:
+        assert answer.status_code == 401, answer.text
+        assert answer.headers["www-authenticate"] == "Bearer"
+        assert answer.json()["error"]["code"] == "unauthorized"
     body: dict[str, object] = response.json()
-    assert body["error"]["code"] == "unauthorized"  # type: ignore[index]
     return body
+
+
+async def test_a_scheme_other_than_bearer_is_refused(
+    client: httpx.AsyncClient, alice: ApiUser
+) -> None:
+    token = alice.headers["Authorization"].removeprefix("Bearer ")
+    await _expect_401(client, {"Authorization": f"Basic {token}"})  # a valid token, wrong scheme
+    await _expect_401(client, {"Authorization": "Bearer"})
 
 
 async def test_missing_token(client: httpx.AsyncClient) -> None:
@@ -83,7 +100,8 @@ async def test_unknown_user_cannot_create_sessions(
     client: httpx.AsyncClient, settings: Settings, alice: ApiUser
 ) -> None:
     token = issue_access_token(settings, uuid.uuid4(), Role.USER)
-    await _expect_401(client, {"Authorization": f"Bearer {token}"})
+    # Creating needs the user's row; a read finds no task of theirs (404), as for anyone.
+    await _expect_401(client, {"Authorization": f"Bearer {token}"}, status_too=False)
 
 
 async def test_user_on_admin_route_is_forbidden(client: httpx.AsyncClient, alice: ApiUser) -> None:
