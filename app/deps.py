@@ -70,11 +70,13 @@ async def require_admin(user: Annotated[Principal, Depends(current_user)]) -> Pr
     return user
 
 
-async def submitting_user(
-    user: Annotated[Principal, Depends(current_user)], state: StateDep
-) -> Principal:
-    """The caller of a submit, counted against SUBMIT_RATE_LIMIT (429 with Retry-After past
-    it); only after authentication, so anonymous requests never spend a user's quota."""
+async def submitting_user(request: Request) -> Principal:
+    """The caller of a submit (`caller_of`: a dependency without sub-dependencies, on the
+    hottest write), counted against SUBMIT_RATE_LIMIT (429 with Retry-After past it); only
+    after authentication, so anonymous requests never spend a user's quota. It runs before
+    the body is validated, as every route's caller does."""
+    state: AppState = request.app.state.vocalborn
+    user = caller_of(request, state.settings)
     await state.submit_limit.check(user.user_id)
     return user
 

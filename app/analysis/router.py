@@ -48,13 +48,15 @@ async def task_status(task_id: uuid.UUID, request: Request) -> Response:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=SubmittedTask | SessionSubmitted,
     responses=error_responses(400, 429),  # 400: a body that is not JSON
+    openapi_extra={"security": BEARER},
 )
 async def submit_analysis(
+    request: Request,
     body: SubmitRequest,
     user: SubmittingUserDep,
-    state: StateDep,
     idempotency_key: IdempotencyKey = None,
 ) -> SubmittedTask | SessionSubmitted:
+    state: AppState = request.app.state.vocalborn
     if body.practice_record_id is not None:
         return await submit.submit_record(
             state.pg,
