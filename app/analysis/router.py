@@ -55,10 +55,13 @@ async def submit_analysis(
     body: SubmitRequest,
     user: SubmittingUserDep,
     idempotency_key: IdempotencyKey = None,
-) -> SubmittedTask | SessionSubmitted:
+) -> Response:
+    """A submit; its answer serialised once by its own model (`response_model` documents
+    it), not validated and serialised again by FastAPI, as the status read's."""
     state: AppState = request.app.state.vocalborn
+    answer: SubmittedTask | SessionSubmitted
     if body.practice_record_id is not None:
-        return await submit.submit_record(
+        answer = await submit.submit_record(
             state.pg,
             state.submitter,
             user,
@@ -67,6 +70,7 @@ async def submit_analysis(
             idempotency_key,
             fresh=body.fresh,
         )
+        return _accepted(answer)
     assert body.practice_session_id is not None
     async with state.sessions() as session:
         tasks = await submit.submit_session(
@@ -78,7 +82,16 @@ async def submit_analysis(
             idempotency_key,
             fresh=body.fresh,
         )
-    return SessionSubmitted(practice_session_id=body.practice_session_id, tasks=tasks)
+    answer = SessionSubmitted(practice_session_id=body.practice_session_id, tasks=tasks)
+    return _accepted(answer)
+
+
+def _accepted(answer: SubmittedTask | SessionSubmitted) -> Response:
+    return Response(
+        answer.model_dump_json(),
+        status_code=status.HTTP_202_ACCEPTED,
+        media_type="application/json",
+    )
 
 
 @router.get("/session/{session_id}/status", response_model=SessionStatusOut)
