@@ -18,7 +18,16 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 OWN, WORKER = "(app/", "(worker/"
 # Libraries by the path in py-spy's frame names; a sample counts for each one on its stack.
 LIBRARIES = {
-    "httpx/httpcore/anyio (AI client)": ("(httpx/", "(httpcore/", "(anyio/", "(h11/"),
+    "httpx/aiohttp (AI client)": (
+        "(httpx/",
+        "(httpx_aiohttp/",
+        "(aiohttp/",
+        "(yarl/",
+        "(multidict/",
+        "(httpcore/",
+        "(anyio/",
+        "(h11/",
+    ),
     "sqlalchemy": ("(sqlalchemy/",),
     "asyncpg": ("(asyncpg/",),
     "redis-py": ("(redis/",),
