@@ -7,7 +7,7 @@ import os
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODEL_VERSION = "reference-praat-1.0"
+DEFAULT_MODEL_VERSION = "reference-praat-1.1"
 
 
 def _default_workers() -> int:

@@ -19,6 +19,7 @@ ME = "/api/v1/practice/sessions"
 # The status read finds its caller itself (app/deps.py's caller_of), not through the
 # dependency every other route uses: each refusal is checked on both.
 STATUS = f"/api/v1/tasks/analysis/{uuid.uuid4()}/status"
+SUBMIT = "/api/v1/tasks/analysis/submit"  # its caller, too, is found by caller_of
 
 
 def _b64(data: dict[str, object]) -> str:
@@ -32,6 +33,8 @@ async def _expect_401(
     answers = [response]
     if status_too:
         answers.append(await client.get(STATUS, headers=headers))
+        # An invalid body as well: the caller is refused before the body is read (401, not 422).
+        answers.append(await client.post(SUBMIT, json={}, headers=headers))
     for answer in answers:
         assert answer.status_code == 401, answer.text
         assert answer.headers["www-authenticate"] == "Bearer"

@@ -142,7 +142,7 @@ def test_vocalborn_up_runs_the_whole_system(tmp_path: Path) -> None:
         pids = _all_processes(process.pid, tmp_path)
         assert len(pids) >= 5  # analyzer, worker, API, Redis, PostgreSQL
         result = _analyse(f"http://127.0.0.1:{port}", token)
-        assert result["analysis_model_version"] == "reference-praat-1.0"
+        assert result["analysis_model_version"] == "reference-praat-1.1"
         assert isinstance(result["fluency_score"], float)
 
         process.send_signal(signal.SIGINT)  # what Ctrl-C sends

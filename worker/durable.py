@@ -14,7 +14,9 @@ Retrying is tenacity's (a maintained library), not a loop of ours.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -39,6 +41,8 @@ T = TypeVar("T")
 # SQLSTATE classes that say "try again": connection exceptions, insufficient resources, operator
 # intervention (admin shutdown, cannot connect now), serialization failure, deadlock.
 TRANSIENT_SQLSTATES = ("08", "53", "57P", "40001", "40P01")
+# The longest first wait of `durable` (tenacity's first wait_random_exponential(0.05) bound).
+FIRST_WAIT_SECONDS = 0.05
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -82,9 +86,13 @@ async def durable(
     try:
         return await write()
     except Exception as exc:
-        if not is_transient(exc) or time.monotonic() >= deadline:
+        # The first wait as tenacity's first would be (full jitter), so that the writes of
+        # every job in flight do not all come back at once.
+        first_wait = random.uniform(0.0, min(FIRST_WAIT_SECONDS, max_wait))
+        if not is_transient(exc) or time.monotonic() + first_wait >= deadline:
             raise
-        _retrying(name, exc, 0.0)
+        _retrying(name, exc, first_wait)
+    await asyncio.sleep(first_wait)
 
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -113,14 +121,17 @@ async def after_commit(effect: str, call: Callable[[], Awaitable[object]], withi
     `within` seconds. Never raises: a failure for good is logged and counted
     (`vocalborn_after_commit_failures{effect}`); returns whether it happened. The first try
     runs without the retry machinery, as in `durable`."""
+    started = time.monotonic()
     try:
         await call()
         return True
-    except Exception:
-        pass  # tried again below, at once, then with waits
+    except Exception as exc:
+        left = within - (time.monotonic() - started)  # the budget counts the first try
+        if left <= 0:
+            return _failed_for_good(effect, exc)
     retrying = AsyncRetrying(
         wait=wait_random_exponential(multiplier=0.1, max=1.0),
-        stop=stop_after_delay(within),
+        stop=stop_after_delay(left),
         reraise=True,
     )
     try:
@@ -128,7 +139,11 @@ async def after_commit(effect: str, call: Callable[[], Awaitable[object]], withi
             with attempt:
                 await call()
     except Exception as exc:
-        AFTER_COMMIT_FAILURES.labels(effect).inc()
-        log.warning("%s after the commit failed for good: %r", effect, exc)
-        return False
+        return _failed_for_good(effect, exc)
     return True
+
+
+def _failed_for_good(effect: str, exc: BaseException) -> bool:
+    AFTER_COMMIT_FAILURES.labels(effect).inc()
+    log.warning("%s after the commit failed for good: %r", effect, exc)
+    return False

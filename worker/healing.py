@@ -307,10 +307,9 @@ class HealingWorker(Worker):
             self.tasks[job_id] = task
 
     def _give_back(self, count: int) -> None:
-        """`count` job slots (semaphore and job counter) back."""
+        """`count` job slots (semaphore and job counter) back, as a job's end gives its own."""
         for _ in range(count):
-            self.job_counter = self.job_counter - 1
-            self.sem.release()
+            self._release_sem_dec_counter_on_complete()
 
 
 def _report_overdue_stop(after: float) -> None:

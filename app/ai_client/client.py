@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from pydantic import ValidationError
@@ -53,19 +54,10 @@ class AIClient:
         headers = {"Accept": NDJSON}
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        # One connection per job the worker may run at once, all kept alive: httpx's default
-        # (100, 20 kept) capped the AI calls in flight at 100 whatever WORKER_MAX_JOBS said,
-        # and churned connections beyond 20.
-        jobs = settings.worker_max_jobs
-        limits = httpx.Limits(
-            max_connections=jobs,
-            max_keepalive_connections=jobs,
-            keepalive_expiry=settings.ai_keepalive_seconds,
-        )
         self._http = httpx.AsyncClient(
             base_url=url,
             headers=headers,
-            transport=transport or AiohttpTransport(limits=limits),
+            transport=transport or AiohttpTransport(client=_sessions(settings)),
             timeout=httpx.Timeout(
                 settings.ai_deadline_seconds, connect=settings.ai_connect_timeout_seconds
             ),
@@ -115,12 +107,44 @@ class AIClient:
                 return await _read(response, on_progress, deadline)
             finally:
                 await response.aclose()
-        except httpx.ConnectTimeout as exc:
-            raise NetworkError(f"AI service connect timeout: {exc!r}") from exc
-        except httpx.TimeoutException as exc:
-            raise AnalysisTimeout(f"AI service timed out: {exc!r}") from exc
-        except httpx.TransportError as exc:
-            raise NetworkError(f"AI service unreachable: {exc!r}") from exc
+        except (httpx.TransportError, aiohttp.ClientError) as exc:
+            raise _transport_error(exc) from exc
+
+
+def _sessions(settings: Settings) -> Callable[[], aiohttp.ClientSession]:
+    """The aiohttp session of the transport, made at the first call (it needs the running
+    loop): one connection per job the worker may run at once, all kept alive for
+    AI_KEEPALIVE_SECONDS (httpx's default pool, 100 with 20 kept, capped the AI calls in
+    flight at 100 whatever WORKER_MAX_JOBS said, and churned connections beyond 20); httpx's
+    TLS context; proxies from the environment (HTTPS_PROXY, NO_PROXY), as httpx reads them."""
+
+    def session() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=settings.worker_max_jobs,
+            keepalive_timeout=settings.ai_keepalive_seconds,
+            ssl=httpx.create_ssl_context(),
+        )
+        return aiohttp.ClientSession(connector=connector, trust_env=True)
+
+    return session
+
+
+def _transport_error(exc: Exception) -> AnalysisError:
+    """What a failed exchange with the service is, by its cause: aiohttp's own error where
+    the transport mapped one (httpx-aiohttp maps every closed connection to ConnectTimeout,
+    and lets a malformed answer through as aiohttp's), else httpx's."""
+    cause = exc.__cause__ if isinstance(exc, httpx.TransportError) else exc
+    if isinstance(cause, aiohttp.ConnectionTimeoutError):
+        return NetworkError(f"AI service connect timeout: {cause!r}")
+    if isinstance(cause, aiohttp.ServerTimeoutError):
+        return AnalysisTimeout(f"AI service timed out: {cause!r}")
+    if isinstance(cause, aiohttp.ClientError):
+        return NetworkError(f"AI service unreachable: {cause!r}")
+    if isinstance(exc, httpx.ConnectTimeout):
+        return NetworkError(f"AI service connect timeout: {exc!r}")
+    if isinstance(exc, httpx.TimeoutException):
+        return AnalysisTimeout(f"AI service timed out: {exc!r}")
+    return NetworkError(f"AI service unreachable: {exc!r}")
 
 
 def _query(parameters: Mapping[str, Any]) -> dict[str, str]:
@@ -166,14 +190,14 @@ DRAIN_MARGIN_SECONDS = 0.05
 
 async def _read_to_the_end(lines: AsyncIterator[str], deadline: float | None) -> None:
     """Read the answer to its end (what follows the result line: its chunked terminator, any
-    line), so that its connection goes back to the pool: closed before its end, httpcore
-    closes the connection, and the next call opens a new one. A service that does not end
+    line), so that its connection goes back to the pool: closed before its end, the
+    connection is closed, and the next call opens a new one. A service that does not end
     its answer within DRAIN_SECONDS (or before the caller's `deadline`) costs its connection,
     never the result."""
     until = asyncio.get_running_loop().time() + DRAIN_SECONDS
     if deadline is not None:
         until = min(until, deadline - DRAIN_MARGIN_SECONDS)
-    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+    with contextlib.suppress(TimeoutError, httpx.HTTPError, aiohttp.ClientError):
         async with asyncio.timeout_at(until):
             async for _ in lines:
                 pass

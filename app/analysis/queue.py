@@ -209,29 +209,38 @@ async def promote_due(pool: Redis, weights: LaneWeights) -> tuple[int, int]:
 
 
 # KEYS: queue, V key, since-batch key, batch key. ARGV: in-progress key prefix, flow key
-# prefix, now (ms), most jobs to start, most attempts to start (-1: no bound), then per job
-# its id, its in-progress key's life (ms) and 1 if it is an attempt (else 0). A job is started
-# when no worker holds it (no in-progress key) and it is in the queue and due, as arq's own
-# claim checks under WATCH; its in-progress key is set and the fair order's clock moves on.
-# The jobs are tried in order until the most are started.
+# prefix, now (ms), most jobs to start, most attempts to start (-1: no bound), this pick's
+# token, then per job its id, its in-progress key's life (ms) and 1 if it is an attempt (else
+# 0). A job is started when no worker holds it (no in-progress key) and it is in the queue
+# and due, as arq's own claim checks under WATCH; its in-progress key is set (to the token)
+# and the fair order's clock moves on. The jobs are tried in order until the most are
+# started. A job whose key holds the token was started by this same pick, run again by the
+# client's retry after its answer was lost: it is answered as started again, not left held
+# by nobody until its key expires.
 _PICK = (
     ADVANCE
     + """
 local picked = {}
 local most = 2 * tonumber(ARGV[4])
 local attempts = tonumber(ARGV[5])
-for i = 6, #ARGV, 3 do
+local function take(id, score, attempt)
+    picked[#picked + 1] = id
+    picked[#picked + 1] = score
+    if attempt then attempts = attempts - 1 end
+end
+for i = 7, #ARGV, 3 do
     if #picked >= most then break end
     local id = ARGV[i]
     local attempt = ARGV[i + 2] == '1'
-    if not (attempt and attempts == 0) and redis.call('EXISTS', ARGV[1] .. id) == 0 then
+    local holder = redis.call('GET', ARGV[1] .. id)
+    if holder == ARGV[6] then  -- started by this very pick, sent again: its answer was lost
+        take(id, redis.call('ZSCORE', KEYS[1], id) or ARGV[3], attempt)
+    elseif not holder and not (attempt and attempts == 0) then
         local score = redis.call('ZSCORE', KEYS[1], id)
         if score and tonumber(score) <= tonumber(ARGV[3]) then
-            redis.call('PSETEX', ARGV[1] .. id, ARGV[i + 1], '1')
+            redis.call('PSETEX', ARGV[1] .. id, ARGV[i + 1], ARGV[6])
             advance(KEYS[2], KEYS[3], ARGV[2] .. id, KEYS[4], score, id)
-            picked[#picked + 1] = id
-            picked[#picked + 1] = score
-            if attempt then attempts = attempts - 1 end
+            take(id, score, attempt)
         end
     end
 end
@@ -246,6 +255,7 @@ async def pick(
     now_ms: int,
     most: int,
     most_attempts: int | None = None,
+    token: str | None = None,
 ) -> dict[str, float]:
     """Start at most `most` of the `jobs` (job id, in-progress key life in ms, in the order a
     worker read them from the queue), of them at most `most_attempts` attempts at tasks (None:
@@ -256,7 +266,8 @@ async def pick(
     count, or a worker would spend its room on the jobs another one runs. Raises redis'
     errors."""
     bound = -1 if most_attempts is None else max(most_attempts, 0)
-    args = [in_progress_key_prefix, FLOW_KEY_PREFIX, str(now_ms), str(most), str(bound)]
+    token = token or uuid.uuid4().hex  # given by tests only: a pick sent again
+    args = [in_progress_key_prefix, FLOW_KEY_PREFIX, str(now_ms), str(most), str(bound), token]
     for job_id, life_ms in jobs:
         args += [job_id, str(life_ms), "1" if is_attempt_job(job_id) else "0"]
     keys = [QUEUE_NAME, V_KEY, SINCE_BATCH_KEY, BATCH_KEY]

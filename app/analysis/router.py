@@ -33,10 +33,11 @@ IdempotencyKey = Annotated[
 
 @router.get("/{task_id}/status", response_model=TaskStatusOut, openapi_extra={"security": BEARER})
 async def task_status(task_id: uuid.UUID, request: Request) -> Response:
-    """The hottest read: its caller and state taken from the request in one call
-    (`caller_of`), not through FastAPI's dependency tree, and the document serialised once
-    by its own model and returned as is (`response_model` documents it), not validated and
-    serialised again by FastAPI."""
+    """The status of one of your analysis tasks."""
+    # The hottest read: its caller and state taken from the request in one call (`caller_of`),
+    # not through FastAPI's dependency tree, and the document serialised once by its own
+    # model and returned as is (`response_model` documents it), not validated and serialised
+    # again by FastAPI.
     state: AppState = request.app.state.vocalborn
     user = caller_of(request, state.settings)
     document = await service.read_status(state.pg, state.arq, state.estimator, user, task_id)
@@ -56,8 +57,10 @@ async def submit_analysis(
     user: SubmittingUserDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    """A submit; its answer serialised once by its own model (`response_model` documents
-    it), not validated and serialised again by FastAPI, as the status read's."""
+    """Submit one recording (`practice_record_id`) or every recording of a practice session
+    (`practice_session_id`) for analysis."""
+    # The answer is serialised once by its own model (`response_model` documents it), not
+    # validated and serialised again by FastAPI, as the status read's.
     state: AppState = request.app.state.vocalborn
     answer: SubmittedTask | SessionSubmitted
     if body.practice_record_id is not None:

@@ -99,6 +99,19 @@ async def test_a_pick_spends_its_room_only_on_the_jobs_it_starts(arq: ArqRedis) 
     assert list(await queue.pick(arq, jobs, timestamp_ms(), 5, most_attempts=0)) == [cron]
 
 
+async def test_a_pick_sent_again_answers_the_jobs_it_started(arq: ArqRedis) -> None:
+    """The worker's Redis client sends a command again when its answer was lost (a dropped
+    connection, a timeout): the pick that ran the first time must still hand its jobs to the
+    worker, or they stay held by nobody until their in-progress key expires."""
+    task = str(uuid.uuid4())
+    assert await queue.enqueue_analysis(arq, task, 0, flow=flow(Lane.INTERACTIVE, "ann"))
+    jobs = [(queue.job_id_for(task, 0), 4_000)]
+    first = await queue.pick(arq, jobs, timestamp_ms(), 1, token="pick-1")
+    again = await queue.pick(arq, jobs, timestamp_ms(), 1, token="pick-1")
+    assert list(again) == list(first) == [queue.job_id_for(task, 0)]
+    assert not await queue.pick(arq, jobs, timestamp_ms(), 1, token="pick-2")  # another's
+
+
 async def test_a_users_single_job_waits_for_no_other_users_backlog(arq: ArqRedis) -> None:
     alice = await enqueue(arq, flow(Lane.INTERACTIVE, "alice"), 200)
     assert await serve(arq, 10) == alice[:10]  # alone, first in first out

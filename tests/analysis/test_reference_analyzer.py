@@ -61,7 +61,7 @@ async def test_real_analysis_end_to_end(
     result = (
         await client.get(f"/api/v1/tasks/analysis/{task_id}/result", headers=alice.headers)
     ).json()
-    assert result["analysis_model_version"] == "reference-praat-1.0"
+    assert result["analysis_model_version"] == "reference-praat-1.1"
     assert 0 <= result["fluency_score"] <= 100 and 0 <= result["rhythm_score"] <= 100
     assert result["pronunciation_accuracy"] is None
     assert result["detailed_analysis"]["pronunciation_accuracy"]["reason"]

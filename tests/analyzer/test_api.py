@@ -172,7 +172,7 @@ async def test_unknown_route_uses_error_envelope(api: httpx.AsyncClient) -> None
 
 async def test_health_and_info(api: httpx.AsyncClient) -> None:
     health = (await api.get("/healthz")).json()
-    assert health["status"] == "ok" and health["model_version"] == "reference-praat-1.0"
+    assert health["status"] == "ok" and health["model_version"] == "reference-praat-1.1"
     assert {"praat", "parselmouth", "libsndfile", "pyav"} <= set(health["versions"])
     assert health["limits"]["max_bytes"] == 52_428_800
     info = (await api.get("/v1/info")).json()

@@ -123,11 +123,12 @@ async def test_worker_survives_redis_killed_and_restarted_empty(
     assert worker.returncode == 0, worker.output()
 
 
-async def test_a_claim_whose_pipeline_fails_gives_its_job_slot_back(
+async def test_a_pick_that_fails_gives_its_job_slots_back(
     worker_settings: Settings,
 ) -> None:
-    """arq takes a slot (semaphore and job counter) before the claim's WATCH pipeline and kept
-    it when that pipeline raised: after max_jobs such failures a worker never took a job
+    """A worker takes its slots (semaphore and job counter) before the pick's script, and
+    must give them back when that script raises (arq kept the slot when its claim's WATCH
+    pipeline raised): after max_jobs such failures a worker never took a job
     again. Redis here: a port nobody listens on, as while it is down."""
     down = worker_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     options = worker_options(down) | {"max_jobs": 2, "handle_signals": False}

@@ -1,12 +1,15 @@
 """Which asyncpg errors an outcome write tries again: a dead connection yes, a bad statement
-or bad input never (retried until the deadline, it would turn a failure into a crash loop)."""
+or bad input never (retried until the deadline, it would turn a failure into a crash loop);
+and an effect after the commit keeps to its budget."""
 
 from __future__ import annotations
+
+import time
 
 import asyncpg
 import pytest
 
-from worker.durable import is_transient
+from worker.durable import after_commit, durable, is_transient
 
 
 @pytest.mark.parametrize(
@@ -24,3 +27,45 @@ from worker.durable import is_transient
 )
 def test_only_a_dead_connection_is_tried_again(error: Exception, transient: bool) -> None:
     assert is_transient(error) is transient
+
+
+async def test_an_effect_after_the_commit_keeps_to_its_budget_first_try_included() -> None:
+    """after_commit's budget counts its first try: a first try that used it all is not
+    followed by another (a hung Redis doubled the stop's wait for each effect)."""
+    tries = 0
+
+    async def effect() -> None:
+        nonlocal tries
+        tries += 1
+        raise ConnectionError("redis does not answer")
+
+    assert await after_commit("publish", effect, within=0.0) is False
+    assert tries == 1
+
+
+async def test_a_transient_write_failure_is_tried_again_until_it_succeeds() -> None:
+    tries = 0
+
+    async def write() -> str:
+        nonlocal tries
+        tries += 1
+        if tries < 3:
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed")
+        return "written"
+
+    deadline = time.monotonic() + 30
+    assert await durable(write, "claim", deadline, max_wait=0.01) == "written"
+    assert tries == 3
+
+
+async def test_a_bad_write_is_not_tried_again() -> None:
+    tries = 0
+
+    async def write() -> str:
+        nonlocal tries
+        tries += 1
+        raise asyncpg.DataError("invalid input for query argument $1")
+
+    with pytest.raises(asyncpg.DataError):
+        await durable(write, "claim", time.monotonic() + 30, max_wait=0.01)
+    assert tries == 1

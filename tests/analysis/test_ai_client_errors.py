@@ -1,0 +1,60 @@
+"""What the AI client makes of a service that breaks the exchange (a raw TCP server stands
+in for it): every failure is one of our AnalysisError classes, by what happened. The
+transport's own mapping called a closed connection a connect timeout and let a malformed
+answer out as aiohttp's error, which the retry policy does not know."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from app.ai_client.client import AIClient
+from app.ai_client.errors import NetworkError
+from app.ai_client.wire import ProgressLine
+from app.settings import Settings
+
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _audio() -> AsyncIterator[bytes]:
+    yield b"RIFF" + bytes(64)
+
+
+async def _ignore(line: ProgressLine) -> None:
+    return None
+
+
+async def _close_before_answering(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+
+
+async def _answer_garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [(_close_before_answering, "unreachable"), (_answer_garbage, "unreachable")],
+    ids=["closed before answering", "not HTTP"],
+)
+async def test_a_broken_exchange_is_a_network_error(
+    settings: Settings, answer: Answer, words: str
+) -> None:
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = AIClient(settings.model_copy(update={"ai_service_url": f"http://127.0.0.1:{port}"}))
+    try:
+        with pytest.raises(NetworkError, match=words):
+            await client.analyze(_audio(), "audio/wav", {}, "t1:1", _ignore)
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
