@@ -22,9 +22,14 @@ from app.storage import Storage
 _bearer = HTTPBearer(auto_error=False)
 
 
-async def get_state(request: Request) -> AppState:
+def state_of(request: Request) -> AppState:
+    """The application's state (app.main's lifespan sets it)."""
     state: AppState = request.app.state.vocalborn
     return state
+
+
+async def get_state(request: Request) -> AppState:
+    return state_of(request)
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
@@ -75,7 +80,7 @@ async def submitting_user(request: Request) -> Principal:
     hottest write), counted against SUBMIT_RATE_LIMIT (429 with Retry-After past it); only
     after authentication, so anonymous requests never spend a user's quota. It runs before
     the body is validated, as every route's caller does."""
-    state: AppState = request.app.state.vocalborn
+    state = state_of(request)
     user = caller_of(request, state.settings)
     await state.submit_limit.check(user.user_id)
     return user

@@ -146,13 +146,14 @@ class HealingWorker(Worker):
         # Set when a stop has cancelled main: the next poll ends it, should the cancel be lost.
         self._main_stopped = False
 
-    def _pick_ttl_ms(self, job_id: str) -> int:
-        """The in-progress key's life at a pick: one lease for an attempt at a task (its claim
-        then renews it), arq's whole job timeout for a cron job (nothing renews that: a
-        shorter one let another worker run the same cron job again)."""
+    def _pick_job(self, job_id: str) -> queue.PickedJob:
+        """The job as a pick offers it, its id parsed once: its in-progress key's life is one
+        lease for an attempt at a task (its claim then renews it), arq's whole job timeout for
+        a cron job (nothing renews that: a shorter one let another worker run the same cron
+        job again)."""
         if queue.is_attempt_job(job_id):
-            return self._attempt_pick_ttl_ms
-        return int(self.in_progress_timeout_s * 1000)
+            return queue.PickedJob(job_id, self._attempt_pick_ttl_ms, attempt=True)
+        return queue.PickedJob(job_id, int(self.in_progress_timeout_s * 1000), attempt=False)
 
     async def main(self) -> None:
         """arq's main once Redis answers: its pool is created here unless given (arq tries
@@ -289,7 +290,7 @@ class HealingWorker(Worker):
                 await self.sem.acquire()
                 self.job_counter = self.job_counter + 1
                 held += 1
-            jobs = [(job_id, self._pick_ttl_ms(job_id)) for job_id in map(bytes.decode, job_ids)]
+            jobs = [self._pick_job(job_id) for job_id in map(bytes.decode, job_ids)]
             # Attempts no more than the AI slots free (`_ai_room`); what waits for the AI
             # service waits in the queue, in its fair place, not in this worker.
             started = await queue.pick(self.pool, jobs, timestamp_ms(), room, self._ai_room)

@@ -4,7 +4,7 @@ the NDJSON answer is read line by line. Errors come out as `AnalysisError` subcl
 The connections are aiohttp's (httpx-aiohttp's transport, by httpx's maintainer) behind
 httpx's API: one call through httpx's own transport (httpcore, h11, anyio) cost about 2.0-2.4 ms
 of CPU against 0.6 ms through aiohttp's, whose HTTP parser is compiled (64 kB streamed, five
-NDJSON lines read; /tmp micro-benchmark in bench/PROFILES.md), and httpcore's pool scanned
+NDJSON lines read; the micro-benchmark in bench/PROFILES.md), and httpcore's pool scanned
 every connection it held at each request and response end (about 2 ms per call in one pool of
 500)."""
 
@@ -80,20 +80,7 @@ class AIClient:
         time): when the caller's own timeout ends, so that reading past the result line never
         runs into it. Raises an `AnalysisError` subclass: the service's error by its status,
         a timeout or a network error."""
-        return await self._analyze(
-            self._http, audio, content_type, parameters, request_id, on_progress, deadline
-        )
-
-    @staticmethod
-    async def _analyze(
-        http: httpx.AsyncClient,
-        audio: AsyncIterable[bytes],
-        content_type: str,
-        parameters: Mapping[str, Any],
-        request_id: str,
-        on_progress: ProgressCallback,
-        deadline: float | None,
-    ) -> AIResult:
+        http = self._http
         request = http.build_request(
             "POST",
             "/v1/analyze",

@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
@@ -249,17 +249,26 @@ return picked
 )
 
 
+class PickedJob(NamedTuple):
+    """A job a pick offers to start: its id, its in-progress key's life (ms) once started,
+    and whether it is an attempt at a task (`is_attempt_job`) rather than a cron job."""
+
+    job_id: str
+    life_ms: int
+    attempt: bool
+
+
 async def pick(
     pool: Redis,
-    jobs: Sequence[tuple[str, int]],
+    jobs: Sequence[PickedJob],
     now_ms: int,
     most: int,
     most_attempts: int | None = None,
     token: str | None = None,
 ) -> dict[str, float]:
-    """Start at most `most` of the `jobs` (job id, in-progress key life in ms, in the order a
-    worker read them from the queue), of them at most `most_attempts` attempts at tasks (None:
-    no bound), in one script: the first that no worker holds and that are due at `now_ms`.
+    """Start at most `most` of the `jobs` (in the order a worker read them from the queue),
+    of them at most `most_attempts` attempts at tasks (None: no bound), in one script: the
+    first that no worker holds and that are due at `now_ms`.
     Returns the started ones, job id -> queue score. arq's claim sends WATCH, EXISTS, ZSCORE
     and a MULTI per job (four round trips); this is one per poll. A running job stays in the
     queue, at its head in the fair order: the whole read is offered, and only the jobs started
@@ -268,8 +277,8 @@ async def pick(
     bound = -1 if most_attempts is None else max(most_attempts, 0)
     token = token or uuid.uuid4().hex  # given by tests only: a pick sent again
     args = [in_progress_key_prefix, FLOW_KEY_PREFIX, str(now_ms), str(most), str(bound), token]
-    for job_id, life_ms in jobs:
-        args += [job_id, str(life_ms), "1" if is_attempt_job(job_id) else "0"]
+    for job in jobs:
+        args += [job.job_id, str(job.life_ms), "1" if job.attempt else "0"]
     keys = [QUEUE_NAME, V_KEY, SINCE_BATCH_KEY, BATCH_KEY]
     flat = await _run_script(pool, _PICK, keys, args)
     return {flat[i].decode(): float(flat[i + 1]) for i in range(0, len(flat), 2)}

@@ -14,9 +14,8 @@ from app.analysis.schemas import (
     SubmittedTask,
     TaskStatusOut,
 )
-from app.deps import SessionDep, StateDep, SubmittingUserDep, UserDep, caller_of
+from app.deps import SessionDep, StateDep, SubmittingUserDep, UserDep, caller_of, state_of
 from app.errors import error_responses
-from app.state import AppState
 
 router = APIRouter(
     prefix="/tasks/analysis", tags=["analysis"], responses=error_responses(401, 404, 422)
@@ -38,7 +37,7 @@ async def task_status(task_id: uuid.UUID, request: Request) -> Response:
     # not through FastAPI's dependency tree, and the document serialised once by its own
     # model and returned as is (`response_model` documents it), not validated and serialised
     # again by FastAPI.
-    state: AppState = request.app.state.vocalborn
+    state = state_of(request)
     user = caller_of(request, state.settings)
     document = await service.read_status(state.pg, state.arq, state.estimator, user, task_id)
     return Response(document.model_dump_json(), media_type="application/json")
@@ -61,10 +60,9 @@ async def submit_analysis(
     (`practice_session_id`) for analysis."""
     # The answer is serialised once by its own model (`response_model` documents it), not
     # validated and serialised again by FastAPI, as the status read's.
-    state: AppState = request.app.state.vocalborn
-    answer: SubmittedTask | SessionSubmitted
+    state = state_of(request)
     if body.practice_record_id is not None:
-        answer = await submit.submit_record(
+        task = await submit.submit_record(
             state.pg,
             state.submitter,
             user,
@@ -73,7 +71,7 @@ async def submit_analysis(
             idempotency_key,
             fresh=body.fresh,
         )
-        return _accepted(answer)
+        return _accepted(task)
     assert body.practice_session_id is not None
     async with state.sessions() as session:
         tasks = await submit.submit_session(
@@ -85,8 +83,7 @@ async def submit_analysis(
             idempotency_key,
             fresh=body.fresh,
         )
-    answer = SessionSubmitted(practice_session_id=body.practice_session_id, tasks=tasks)
-    return _accepted(answer)
+    return _accepted(SessionSubmitted(practice_session_id=body.practice_session_id, tasks=tasks))
 
 
 def _accepted(answer: SubmittedTask | SessionSubmitted) -> Response:

@@ -49,6 +49,11 @@ async def enqueue(arq: ArqRedis, owner: Flow, count: int) -> list[str]:
     return jobs
 
 
+def offered(job_id: str, life_ms: int = 4_000) -> queue.PickedJob:
+    """`job_id` as a worker offers it to a pick."""
+    return queue.PickedJob(job_id, life_ms, queue.is_attempt_job(job_id))
+
+
 async def serve(arq: ArqRedis, count: int) -> list[str]:
     """Start (and finish) up to `count` jobs as workers do; their ids in start order."""
     started = []
@@ -58,7 +63,7 @@ async def serve(arq: ArqRedis, count: int) -> list[str]:
         if not head:
             break
         job_id = head[0].decode()
-        assert job_id in await queue.pick(arq, [(job_id, 60_000)], timestamp_ms(), 1)
+        assert job_id in await queue.pick(arq, [offered(job_id, 60_000)], timestamp_ms(), 1)
         await arq.zrem(queue.QUEUE_NAME, job_id)  # as its job's end does
         started.append(job_id)
     return started
@@ -71,8 +76,8 @@ async def test_a_pick_starts_only_the_due_jobs_no_worker_holds(arq: ArqRedis) ->
     later = datetime.now(UTC) + timedelta(minutes=5)
     assert await queue.enqueue_analysis(arq, deferred, 1, defer_until=later)
     await arq.set(in_progress_key_prefix + queue.job_id_for(held, 0), b"1")  # another worker's
-    jobs = [(queue.job_id_for(due, 0), 4_000), (queue.job_id_for(deferred, 1), 4_000)]
-    jobs += [(queue.job_id_for(held, 0), 4_000), (queue.job_id_for(gone, 0), 4_000)]
+    jobs = [offered(queue.job_id_for(due, 0)), offered(queue.job_id_for(deferred, 1))]
+    jobs += [offered(queue.job_id_for(held, 0)), offered(queue.job_id_for(gone, 0))]
     started = await queue.pick(arq, jobs, timestamp_ms(), 10)
     assert list(started) == [queue.job_id_for(due, 0)]
     assert 0 < await arq.pttl(in_progress_key_prefix + queue.job_id_for(due, 0)) <= 4_000
@@ -90,12 +95,12 @@ async def test_a_pick_spends_its_room_only_on_the_jobs_it_starts(arq: ArqRedis) 
         assert await queue.enqueue_analysis(arq, task, 0, flow=flow(Lane.INTERACTIVE, "ann"))
     for task in running:
         await arq.set(in_progress_key_prefix + queue.job_id_for(task, 0), b"1")
-    jobs = [(queue.job_id_for(task, 0), 4_000) for task in running + waiting]
+    jobs = [offered(queue.job_id_for(task, 0)) for task in running + waiting]
     started = await queue.pick(arq, jobs, timestamp_ms(), 2)
     assert list(started) == [queue.job_id_for(task, 0) for task in waiting[:2]]
     cron = "cron:cleanup_expired:1764460620123"
     await arq.zadd(queue.QUEUE_NAME, {cron: timestamp_ms() - 1})
-    jobs = [(queue.job_id_for(waiting[2], 0), 4_000), (cron, 4_000)]
+    jobs = [offered(queue.job_id_for(waiting[2], 0)), offered(cron)]
     assert list(await queue.pick(arq, jobs, timestamp_ms(), 5, most_attempts=0)) == [cron]
 
 
@@ -105,7 +110,7 @@ async def test_a_pick_sent_again_answers_the_jobs_it_started(arq: ArqRedis) -> N
     worker, or they stay held by nobody until their in-progress key expires."""
     task = str(uuid.uuid4())
     assert await queue.enqueue_analysis(arq, task, 0, flow=flow(Lane.INTERACTIVE, "ann"))
-    jobs = [(queue.job_id_for(task, 0), 4_000)]
+    jobs = [offered(queue.job_id_for(task, 0))]
     first = await queue.pick(arq, jobs, timestamp_ms(), 1, token="pick-1")
     again = await queue.pick(arq, jobs, timestamp_ms(), 1, token="pick-1")
     assert list(again) == list(first) == [queue.job_id_for(task, 0)]

@@ -301,7 +301,7 @@ async def test_a_picked_job_is_held_for_one_lease_until_its_claim(
         assert 0 < ttl_ms <= worker_settings.lease_seconds * 1000, ttl_ms
         # A cron job has no lease to renew its key: it keeps arq's whole timeout, or another
         # worker would run the same reconcile or cleanup again after one lease.
-        cron_ttl_ms = worker._pick_ttl_ms("cron:cleanup_expired:1764460620123")
+        cron_ttl_ms = worker._pick_job("cron:cleanup_expired:1764460620123").life_ms
         assert cron_ttl_ms == int(worker.in_progress_timeout_s * 1000) > ttl_ms
     finally:
         for running in worker.tasks.values():

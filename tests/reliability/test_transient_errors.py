@@ -43,29 +43,30 @@ async def test_an_effect_after_the_commit_keeps_to_its_budget_first_try_included
     assert tries == 1
 
 
-async def test_a_transient_write_failure_is_tried_again_until_it_succeeds() -> None:
-    tries = 0
+@pytest.mark.parametrize(
+    ("error", "tries"),
+    [
+        (asyncpg.ConnectionDoesNotExistError("connection was closed"), 3),
+        (asyncpg.DataError("invalid input for query argument $1"), 1),
+    ],
+    ids=["a dead connection: tried again until written", "bad input: raised at once"],
+)
+async def test_an_outcome_write_is_tried_again_only_after_a_transient_error(
+    error: Exception, tries: int
+) -> None:
+    calls = 0
 
     async def write() -> str:
-        nonlocal tries
-        tries += 1
-        if tries < 3:
-            raise asyncpg.ConnectionDoesNotExistError("connection was closed")
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise error
         return "written"
 
     deadline = time.monotonic() + 30
-    assert await durable(write, "claim", deadline, max_wait=0.01) == "written"
-    assert tries == 3
-
-
-async def test_a_bad_write_is_not_tried_again() -> None:
-    tries = 0
-
-    async def write() -> str:
-        nonlocal tries
-        tries += 1
-        raise asyncpg.DataError("invalid input for query argument $1")
-
-    with pytest.raises(asyncpg.DataError):
-        await durable(write, "claim", time.monotonic() + 30, max_wait=0.01)
-    assert tries == 1
+    if is_transient(error):
+        assert await durable(write, "claim", deadline, max_wait=0.01) == "written"
+    else:
+        with pytest.raises(type(error)):
+            await durable(write, "claim", deadline, max_wait=0.01)
+    assert calls == tries
