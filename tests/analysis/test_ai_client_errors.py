@@ -1,7 +1,8 @@
-"""What the AI client makes of a service that breaks the exchange (a raw TCP server stands
-in for it): every failure is one of our AnalysisError classes, by what happened. The
-transport's own mapping called a closed connection a connect timeout and let a malformed
-answer out as aiohttp's error, which the retry policy does not know."""
+"""What the AI client makes of the network between it and the service (a raw TCP server stands
+in for the service or a proxy): every failure is one of our AnalysisError classes, by what
+happened (the transport's own mapping called a closed connection a connect timeout and let a
+malformed answer out as aiohttp's error, which the retry policy does not know); a proxy named
+by the environment is used, as httpx would, unless `no_proxy` covers the service."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from app.ai_client.client import AIClient
-from app.ai_client.errors import NetworkError
+from app.ai_client.errors import AIServiceError, NetworkError
 from app.ai_client.wire import ProgressLine
 from app.settings import Settings
 
@@ -58,3 +59,34 @@ async def test_a_broken_exchange_is_a_network_error(
         await client.aclose()
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("bypassed", [False, True], ids=["through the proxy", "no_proxy"])
+async def test_the_environment_proxy_carries_the_calls(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, bypassed: bool
+) -> None:
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readline())
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", f"127.0.0.1:{port}")  # no scheme: http://, as httpx
+    monkeypatch.setenv("no_proxy", "ai.invalid" if bypassed else "localhost")
+    # A host that does not resolve: only the proxy can carry the call.
+    client = AIClient(settings.model_copy(update={"ai_service_url": "http://ai.invalid:9"}))
+    try:
+        with pytest.raises(NetworkError if bypassed else AIServiceError):
+            await client.analyze(_audio(), "audio/wav", {}, "t1:1", _ignore)
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+    assert seen == ([] if bypassed else [b"POST http://ai.invalid:9/v1/analyze HTTP/1.1\r\n"])
