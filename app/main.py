@@ -20,6 +20,7 @@ from app.analysis.hub import Hub
 from app.analysis.lanes import LaneWeights
 from app.analysis.live import LiveSource, StreamTiming
 from app.analysis.progress import Publisher, publish_settings
+from app.analysis.router import BODY_MODELS
 from app.analysis.router import router as analysis_router
 from app.analysis.stream_auth import StreamLimiter
 from app.analysis.submit import Submitter
@@ -29,6 +30,7 @@ from app.fault_hooks import exit_after_commit
 from app.health import readiness
 from app.logs import configure_logging
 from app.metrics import OLDEST_WAITING_TASK
+from app.openapi_models import document_models
 from app.practice.router import router as practice_router
 from app.ratelimit import SubmitRateLimit
 from app.redis_client import RedisTarget
@@ -118,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.mount("/metrics", make_asgi_app())
     access_log.install()
     app.include_router(admin_router, prefix="/api/v1")
+    document_models(app, *BODY_MODELS)  # the bodies routes read themselves
     install_web_page(app)  # GET / and /web/*: the web page (issue 13)
 
     @app.get("/readyz", include_in_schema=False)
