@@ -43,7 +43,7 @@ AI_STEPS = ("decoding", "feature_extraction", "syllable_detection", "scoring", "
 
 @dataclass(frozen=True)
 class Mode:
-    kind: str  # ok | status | hang | malformed | truncated
+    kind: str  # ok | status | hang | malformed | truncated | a kind of UNSTORABLE
     latency: float = 0.0
     status: int = 200
     retry_after: str | None = None
@@ -62,7 +62,13 @@ def status(code: int, retry_after: str | None = None, latency: float = 0.0) -> M
 
 HANG = Mode("hang")
 MALFORMED = Mode("malformed")
-NAN = Mode("nan")
+# Results valid for Python's json module that PostgreSQL's jsonb refuses, by mode.
+UNSTORABLE: dict[str, dict[str, object]] = {
+    "nan": {"jitter": float("nan")},
+    "nul": {"note": "a\x00b"},  # sent as the \u0000 escape
+    "surrogate": {"note \ud800": 1},  # an unpaired surrogate escape, in a key
+}
+NAN, NUL, SURROGATE = (Mode(kind) for kind in UNSTORABLE)
 
 
 @dataclass
@@ -169,8 +175,8 @@ class FakeAI:
             return JSONResponse(body, mode.status, headers=headers)
         if mode.kind == "malformed":
             return Response(b'{"overall_score": 250', media_type="application/json")
-        if mode.kind == "nan":  # valid for Python's json module, refused by jsonb
-            body = json.dumps(AI_RESULT | {"detailed_analysis": {"jitter": float("nan")}})
+        if mode.kind in UNSTORABLE:  # valid for Python's json module, refused by jsonb
+            body = json.dumps(AI_RESULT | {"detailed_analysis": UNSTORABLE[mode.kind]})
             return Response(body.encode(), media_type="application/json")
         return StreamingResponse(self._stream(mode, call), media_type="application/x-ndjson")
 

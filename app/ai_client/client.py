@@ -34,6 +34,7 @@ from app.ai_client.errors import (
 from app.ai_client.providers import AIProvider
 from app.ai_client.wire import AIResult, ErrorLine, Line, ProgressLine, ResultLine
 from app.settings import Settings
+from app.text import storable_json
 
 NDJSON = "application/x-ndjson"
 ProgressCallback = Callable[[ProgressLine], Awaitable[None]]
@@ -211,12 +212,13 @@ async def _read_to_the_end(lines: AsyncIterator[str], deadline: float | None) ->
 
 
 def _strict_json(raw: str | bytes) -> Any:
-    """JSON without NaN or Infinity, which PostgreSQL's jsonb would refuse later."""
+    """JSON without what PostgreSQL's jsonb would refuse later (raises ValueError): NaN or
+    Infinity, a NUL character or an unpaired surrogate in a string (`storable_json`)."""
 
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not valid in a result")
 
-    return json.loads(raw, parse_constant=refuse)
+    return storable_json(json.loads(raw, parse_constant=refuse))
 
 
 def _parse_line(raw: str) -> ProgressLine | ResultLine | ErrorLine:

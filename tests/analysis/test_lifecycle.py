@@ -19,7 +19,7 @@ from tests.analysis.conftest import (
     wait_for_status,
 )
 from tests.conftest import ApiUser
-from tests.fake_ai import HANG, MALFORMED, NAN, FakeAI, Mode, ok, status
+from tests.fake_ai import HANG, MALFORMED, NAN, NUL, SURROGATE, FakeAI, Mode, ok, status
 
 
 async def test_happy_path(
@@ -139,7 +139,11 @@ async def test_rate_limit_honours_retry_after(
     assert second.at - first.at >= 2.0  # not before Retry-After, whatever the jitter drew
 
 
-@pytest.mark.parametrize("answer", [MALFORMED, NAN], ids=["truncated-json", "nan-in-result"])
+@pytest.mark.parametrize(
+    "answer",
+    [MALFORMED, NAN, NUL, SURROGATE],
+    ids=["truncated-json", "nan-in-result", "nul-in-result", "surrogate-in-result"],
+)
 async def test_malformed_answer_is_an_ai_service_error(
     client: httpx.AsyncClient,
     alice: ApiUser,

@@ -199,15 +199,24 @@ async def test_malformed_multipart_is_400_and_leaves_nothing(
     assert _stored_files(settings) == [] and await _record_count(engine) == 0
 
 
-async def test_nul_in_text_is_a_validation_error(client: httpx.AsyncClient, alice: ApiUser) -> None:
-    response = await client.post(
-        "/api/v1/practice/sessions", json={"title": "a\u0000b"}, headers=alice.headers
-    )
-    assert response.status_code == 422
-    assert response.json()["error"]["code"] == "validation_error"
-    response = await client.post(
-        "/api/v1/tasks/analysis/submit",
-        json={"practice_record_id": str(uuid.uuid4()), "parameters": {"target_text": "a\u0000"}},
-        headers=alice.headers,
-    )
-    assert response.status_code == 422
+@pytest.mark.parametrize(
+    "escape", [r"\u0000", r"\ud800", r"\udc00x\ud800"], ids=["NUL", "lone high", "reversed pair"]
+)
+async def test_text_postgres_refuses_is_a_validation_error(
+    client: httpx.AsyncClient, alice: ApiUser, escape: str
+) -> None:
+    """A NUL character or an unpaired surrogate (valid JSON escapes; PostgreSQL refuses both
+    in text and jsonb, and the surrogate has no UTF-8 form) is a 422, not a 500."""
+    record = uuid.uuid4()
+    bodies = {
+        "/api/v1/practice/sessions": f'{{"title": "a{escape}b"}}',
+        "/api/v1/tasks/analysis/submit": (
+            f'{{"practice_record_id": "{record}", "parameters": {{"target_text": "a{escape}"}}}}'
+        ),
+    }
+    for path, body in bodies.items():
+        response = await client.post(
+            path, content=body, headers=alice.headers | {"Content-Type": "application/json"}
+        )
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["error"]["code"] == "validation_error"
