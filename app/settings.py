@@ -170,6 +170,9 @@ class Settings(BaseSettings):
     breaker_cooldown_seconds: float = Field(30.0, gt=0)
     # Failures count towards the threshold while each comes within this long of the last.
     breaker_failure_window_seconds: float = Field(60.0, gt=0)
+    # How long a worker's clean read of the breaker (closed, no failure counted) lets its calls
+    # through without reading it again; a breaker another worker opened is seen within it.
+    breaker_read_seconds: float = Field(0.1, ge=0)
     worker_max_jobs: int = Field(50, ge=1)
     worker_poll_delay_seconds: float = Field(0.2, gt=0)
     worker_name: str | None = None

@@ -18,6 +18,12 @@ Each AI provider has its own breaker (`name`, app/ai_client/providers.py): its k
 providers came; its state is exported per provider (`vocalborn_ai_provider_circuit_open`), the
 first provider's also as `vocalborn_ai_circuit_open`.
 
+A clean read (closed, no failure counted) holds for `read_every` seconds
+(BREAKER_READ_SECONDS) in the worker that made it: its calls in that time go through without
+a round trip, as BullMQ renews all of a worker's locks in one call instead of one per job. A
+breaker opened by another worker is therefore seen within that time; this worker's own failure
+at once (it forgets the clean read).
+
 Hand-written (about 70 lines) because the maintained breakers (pybreaker, aiobreaker) keep
 their state in process memory or in a synchronous Redis client.
 """
@@ -25,6 +31,7 @@ their state in process memory or in a synchronous Redis client.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import cast
@@ -104,10 +111,12 @@ class CircuitBreaker:
         *,
         name: str = DEFAULT_PROVIDER,
         first: bool = True,
+        read_every: float = 0.0,
     ) -> None:
         """`threshold` failures, each within `window` seconds of the next, open the breaker for
         `cooldown` seconds. `name`: the provider's; `first`: the preferred provider, whose
-        state is also `vocalborn_ai_circuit_open`."""
+        state is also `vocalborn_ai_circuit_open`; `read_every`: how long (seconds) a clean
+        read lets this worker's calls through without reading again (0: read at every call)."""
         self.name = name
         self.keys = Keys.of(name)
         self._gauges = [PROVIDER_CIRCUIT_OPEN.labels(name)] + ([CIRCUIT_OPEN] if first else [])
@@ -115,12 +124,17 @@ class CircuitBreaker:
         self._threshold = threshold
         self._cooldown_ms = int(cooldown * 1000)
         self._window_ms = int(window * 1000)
+        self._read_every = read_every
+        self._clean: Decision | None = None  # the last clean read, while it holds
+        self._clean_until = 0.0  # time.monotonic() until which it holds
 
     async def before_call(self) -> Decision:
-        """Whether to call the AI service now (one round trip). Never raises: a breaker whose
-        state cannot be read (Redis down) lets the call through, logged and counted
-        (`vocalborn_breaker_unreadable`): a Redis blip must not turn into a retry of work that
-        has not failed."""
+        """Whether to call the AI service now: one round trip, none while a clean read holds
+        (`read_every`). Never raises: a breaker whose state cannot be read (Redis down) lets
+        the call through, logged and counted (`vocalborn_breaker_unreadable`): a Redis blip
+        must not turn into a retry of work that has not failed."""
+        if self._clean is not None and time.monotonic() < self._clean_until:
+            return self._clean
         try:
             return await self._decide()
         except Exception as exc:
@@ -147,8 +161,12 @@ class CircuitBreaker:
         elif failures < self._threshold:
             self._gauge(0)
         if not allowed:
+            self._clean = None
             return Decision(False, int(retry_in_ms) / 1000)
-        return Decision(True, 0.0, int(failures), int(ever))
+        decision = Decision(True, 0.0, int(failures), int(ever))
+        self._clean = decision if decision.failures == 0 and self._read_every > 0 else None
+        self._clean_until = time.monotonic() + self._read_every
+        return decision
 
     async def record_success(self, admitted: Decision) -> None:
         """A call let through by `admitted` succeeded: close the breaker (failures, probe and
@@ -172,7 +190,9 @@ class CircuitBreaker:
 
     async def record_failure(self) -> None:
         """Count a failure of the AI service; open the breaker at the threshold, in the same
-        step as the probe slot is freed (one round trip). Raises on a Redis error."""
+        step as the probe slot is freed (one round trip); this worker's next call reads the
+        breaker again. Raises on a Redis error."""
+        self._clean = None
         keys = self.keys
         script = self._redis.eval(
             _FAIL,

@@ -92,6 +92,7 @@ class Providers:
                 settings.breaker_failure_window_seconds,
                 name=config.name,
                 first=index == 0,
+                read_every=settings.breaker_read_seconds,
             )
             cap = cap_of(config, settings.ai_max_concurrency)
             pool = None if cap is None else SlotPool(redis, config.name, cap, breaker.keys.open)

@@ -96,3 +96,41 @@ async def _until_gone(redis: Redis, key: str) -> None:
     while await redis.exists(key):
         assert asyncio.get_running_loop().time() < deadline, f"{key} never expired"
         await asyncio.sleep(0.01)
+
+
+async def test_a_clean_read_holds_for_read_every_in_its_worker(redis: Redis, clean: None) -> None:
+    """BREAKER_READ_SECONDS: after a clean read (closed, nothing counted) a worker's calls go
+    through without a round trip while it holds; a breaker opened by another worker is seen
+    once it lapses, this worker's own failure at its next call."""
+    ours = CircuitBreaker(redis, 2, 60.0, read_every=60.0)
+    theirs = CircuitBreaker(redis, 2, 60.0)
+    first = await ours.before_call()
+    assert first.allowed and first.failures == 0
+    evals = await _calls(redis, "eval")
+    for _ in range(3):
+        assert await ours.before_call() == first
+    assert await _calls(redis, "eval") == evals  # no round trip while the read holds
+
+    for _ in range(2):
+        await theirs.record_failure()  # opened elsewhere: not seen while the read holds
+    assert (await ours.before_call()).allowed
+    await ours.record_failure()  # our own failure: the next call reads again
+    assert not (await ours.before_call()).allowed
+
+    await redis.delete(OPEN, FAILURES)
+    lapsing = CircuitBreaker(redis, 2, 60.0, read_every=0.05)
+    assert (await lapsing.before_call()).allowed
+    for _ in range(2):
+        await theirs.record_failure()
+    deadline = asyncio.get_running_loop().time() + 5
+    while (await lapsing.before_call()).allowed:  # seen once the read lapses
+        assert asyncio.get_running_loop().time() < deadline, "the clean read never lapsed"
+        await asyncio.sleep(0.01)
+
+
+async def test_read_every_zero_reads_at_every_call(redis: Redis, clean: None) -> None:
+    breaker = CircuitBreaker(redis, 2, 60.0)
+    await breaker.before_call()
+    evals = await _calls(redis, "eval")
+    await breaker.before_call()
+    assert await _calls(redis, "eval") == evals + 1
