@@ -54,6 +54,7 @@ class Batch:
     timed_out: bool = False
     redis_commands: int = 0
     pg_transactions: int = 0
+    stale_messages: int = 0  # Celery: restored messages of an earlier batch, dropped first
 
     @property
     def per_second(self) -> float:
@@ -266,7 +267,9 @@ async def run_celery(
 ) -> Batch:
     stack = ctx.stack
     celery = await ctx.celery()
-    await celery.publish(tasks)
+    stale = await celery.publish(tasks)
+    if stale:
+        ctx.log(f"celery: dropped {stale} stale message(s) of an earlier batch")
     await stack.ai.configure(latency)
     await stack.ai.reset()
     counters = Counters(ctx)
@@ -302,7 +305,19 @@ async def run_celery(
         timed_out=not finished,
         redis_commands=counters.redis,
         pg_transactions=counters.pg,
+        stale_messages=stale,
     )
+
+
+def stale_note(batches: Sequence[Batch]) -> list[str]:
+    """The note for Celery batches that found messages of an earlier batch (dropped)."""
+    stale = sum(b.stale_messages for b in batches)
+    if not stale:
+        return []
+    return [
+        f"Celery: {stale} message(s) of earlier batches, restored by kombu into the staging "
+        "list, were dropped before a batch (bench/celery_baseline/control.py `drop_stale`)."
+    ]
 
 
 async def warm_up(ctx: Context, ours: Child | None, bare: Child | None, celery: bool) -> None:

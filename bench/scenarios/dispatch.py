@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 from bench.context import Context
 from bench.report import Goal, Row, Section
-from bench.scenarios.batches import Batch, run_bare, run_celery, run_ours, seed, warm_up
+from bench.scenarios.batches import (
+    Batch,
+    run_bare,
+    run_celery,
+    run_ours,
+    seed,
+    stale_note,
+    warm_up,
+)
 
 NAME = "dispatch"
 TITLE = "(c) Dispatch: the AI answering at once, one worker, max_jobs 100"
@@ -162,6 +170,7 @@ async def run(ctx: Context) -> Section:
         "none): the servers' own counts over the batch, all clients (the idle workers' "
         "polling included, the observer's own polls left out).",
     ]
+    notes += stale_note(celery)
     timeouts = sum(b.timed_out for b in [*ours, *bare, *celery])
     if timeouts:
         notes.append(f"{timeouts} batch(es) did not finish within {timeout:.0f} s (shown n/a).")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from bench.context import Context
 from bench.report import Goal, Row, Section
-from bench.scenarios.batches import Batch, run_celery, run_ours, seed, warm_up
+from bench.scenarios.batches import Batch, run_celery, run_ours, seed, stale_note, warm_up
 
 NAME = "iobound"
 TITLE = "(d) IO-bound: the AI taking 10 s, one worker, max_jobs 500 (quick: 2 s, 50)"
@@ -144,5 +144,6 @@ async def run(ctx: Context) -> Section:
         f"Ideal: ceil({sizes.tasks} / {sizes.max_jobs}) × {sizes.latency:g} s = {ideal:g} s. "
         f"Celery (concurrency {CELERY_CONCURRENCY}) gets {sizes.celery_tasks} tasks (ideal "
         f"{celery_ideal:g} s); the throughput ratio compares tasks/s.",
+        *stale_note(celery),
     ]
     return Section(NAME, TITLE, rows, notes)
