@@ -127,6 +127,7 @@ class CircuitBreaker:
         self._read_every = read_every
         self._clean: Decision | None = None  # the last clean read, while it holds
         self._clean_until = 0.0  # time.monotonic() until which it holds
+        self._failures_here = 0  # failures this worker counted: a read sent before one is stale
 
     async def before_call(self) -> Decision:
         """Whether to call the AI service now: one round trip, none while a clean read holds
@@ -144,6 +145,7 @@ class CircuitBreaker:
 
     async def _decide(self) -> Decision:
         keys = self.keys
+        counted = self._failures_here
         script = self._redis.eval(
             _DECIDE,
             4,
@@ -164,7 +166,10 @@ class CircuitBreaker:
             self._clean = None
             return Decision(False, int(retry_in_ms) / 1000)
         decision = Decision(True, 0.0, int(failures), int(ever))
-        self._clean = decision if decision.failures == 0 and self._read_every > 0 else None
+        # A read sent before this worker counted a failure (its answer came after) does not
+        # hold: it may not have seen that failure.
+        holds = decision.failures == 0 and self._read_every > 0 and counted == self._failures_here
+        self._clean = decision if holds else None
         self._clean_until = time.monotonic() + self._read_every
         return decision
 
@@ -191,8 +196,9 @@ class CircuitBreaker:
     async def record_failure(self) -> None:
         """Count a failure of the AI service; open the breaker at the threshold, in the same
         step as the probe slot is freed (one round trip); this worker's next call reads the
-        breaker again. Raises on a Redis error."""
+        breaker again (a read still on its way does not hold either). Raises on a Redis error."""
         self._clean = None
+        self._failures_here += 1
         keys = self.keys
         script = self._redis.eval(
             _FAIL,

@@ -134,3 +134,19 @@ async def test_read_every_zero_reads_at_every_call(redis: Redis, clean: None) ->
     evals = await _calls(redis, "eval")
     await breaker.before_call()
     assert await _calls(redis, "eval") == evals + 1
+
+
+async def test_a_read_made_before_the_workers_own_failure_does_not_hold(
+    redis: Redis, clean: None
+) -> None:
+    """A clean read whose answer comes back after this worker counted a failure (read before
+    it, on another connection) says nothing about the breaker now: the next call reads again,
+    and sees the breaker that failure opened."""
+    ours = CircuitBreaker(redis, 1, 60.0, read_every=60.0)
+    await redis.ping()  # a connection ready for the read, so that it is sent first
+    reading = asyncio.create_task(ours.before_call())
+    await asyncio.sleep(0)  # the read is on its way (read by Redis before the failure)
+    await ours.record_failure()  # the threshold: open
+    read = await reading
+    assert read.allowed and read.failures == 0  # the read was made before the failure
+    assert not (await ours.before_call()).allowed
