@@ -126,7 +126,9 @@ def environment_proxy(url: str) -> httpx.Proxy | None:
     `https_proxy` or `all_proxy` (by the URL's scheme; a value without a scheme is taken as
     http://), none when `no_proxy` covers the host. Read once per client: a worker's
     environment does not change while it runs. Raises ValueError for a proxy URL httpx does
-    not accept (a configuration error, not a reason to call the service directly)."""
+    not accept, or a SOCKS proxy (aiohttp speaks HTTP to any proxy it is given: a SOCKS one
+    would fail every call): a configuration error, not a reason to call the service
+    directly."""
     target = httpx.URL(url)
     if urllib.request.proxy_bypass(target.host):
         return None
@@ -134,7 +136,10 @@ def environment_proxy(url: str) -> httpx.Proxy | None:
     value = proxies.get(target.scheme) or proxies.get("all")
     if not value:
         return None
-    return httpx.Proxy(value if "://" in value else f"http://{value}")
+    proxy = httpx.Proxy(value if "://" in value else f"http://{value}")
+    if proxy.url.scheme not in ("http", "https"):
+        raise ValueError(f"{proxy.url.scheme} proxies are not supported (proxy {proxy.url})")
+    return proxy
 
 
 def _transport_error(exc: Exception) -> AnalysisError:

@@ -90,3 +90,17 @@ async def test_the_environment_proxy_carries_the_calls(
         server.close()
         await server.wait_closed()
     assert seen == ([] if bypassed else [b"POST http://ai.invalid:9/v1/analyze HTTP/1.1\r\n"])
+
+
+@pytest.mark.parametrize("name", ["all_proxy", "https_proxy"])
+def test_a_socks_proxy_is_refused_at_start(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """aiohttp speaks HTTP to any proxy it is given: a SOCKS proxy from the environment would
+    fail every call (and send the request to it in clear); it is a configuration error when
+    the client is made, as httpx's was."""
+    for other in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "no_proxy"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(name, "socks5h://127.0.0.1:1080")
+    with pytest.raises(ValueError, match="socks5h proxies are not supported"):
+        AIClient(settings.model_copy(update={"ai_service_url": "https://ai.invalid"}))
