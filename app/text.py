@@ -26,6 +26,14 @@ def storable_text(value: str) -> str:
 CleanText = Annotated[str, AfterValidator(storable_text)]
 
 
+def storable_words(value: str) -> str:
+    """`value`, words from outside kept for people (an error message of the AI service), as
+    text PostgreSQL stores: a NUL character written as the escape `\\x00`, an unpaired
+    surrogate as `\\ud800`; anything else unchanged."""
+    escaped = value.replace("\x00", "\\x00")
+    return escaped.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def storable_json(value: Any) -> Any:
     """`value` (parsed JSON: dicts, lists, strings, numbers) if every string in it, keys
     included, is `storable_text`; raises ValueError naming the first that is not."""

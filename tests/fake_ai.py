@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.servers import UvicornThread
@@ -47,6 +47,7 @@ class Mode:
     latency: float = 0.0
     status: int = 200
     retry_after: str | None = None
+    message: str = "fake failure"  # a status answer's error message
 
 
 OK = Mode("ok")
@@ -56,8 +57,10 @@ def ok(latency: float = 0.0) -> Mode:
     return Mode("ok", latency=latency)
 
 
-def status(code: int, retry_after: str | None = None, latency: float = 0.0) -> Mode:
-    return Mode("status", latency=latency, status=code, retry_after=retry_after)
+def status(
+    code: int, retry_after: str | None = None, latency: float = 0.0, message: str = "fake failure"
+) -> Mode:
+    return Mode("status", latency=latency, status=code, retry_after=retry_after, message=message)
 
 
 HANG = Mode("hang")
@@ -170,9 +173,10 @@ class FakeAI:
         if mode.kind == "status":
             await asyncio.sleep(mode.latency)
             headers = {"Retry-After": mode.retry_after} if mode.retry_after else None
-            body = {"error": {"code": f"http_{mode.status}", "message": "fake failure"}}
+            body = {"error": {"code": f"http_{mode.status}", "message": mode.message}}
             call.answered_at = time.monotonic()
-            return JSONResponse(body, mode.status, headers=headers)
+            content = json.dumps(body).encode()  # ASCII: any unpaired surrogate as its escape
+            return Response(content, mode.status, headers, media_type="application/json")
         if mode.kind == "malformed":
             return Response(b'{"overall_score": 250', media_type="application/json")
         if mode.kind in UNSTORABLE:  # valid for Python's json module, refused by jsonb

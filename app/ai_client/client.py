@@ -34,7 +34,7 @@ from app.ai_client.errors import (
 from app.ai_client.providers import AIProvider
 from app.ai_client.wire import AIResult, ErrorLine, Line, ProgressLine, ResultLine
 from app.settings import Settings
-from app.text import storable_json
+from app.text import storable_json, storable_words
 
 NDJSON = "application/x-ndjson"
 ProgressCallback = Callable[[ProgressLine], Awaitable[None]]
@@ -241,12 +241,14 @@ def _parse_result(body: bytes) -> AIResult:
 
 
 def _error_message(response: httpx.Response) -> str:
+    """The service's error answer in words, storable as the task's error_message (the
+    service's own words may hold a NUL or an unpaired surrogate: `storable_words`)."""
     try:
         error = response.json().get("error", {})
         message = f"{error.get('code', 'error')}: {error.get('message', '')}"
     except (ValueError, AttributeError):
         message = response.text[:200]
-    return f"AI service answered {response.status_code} ({message})"
+    return storable_words(f"AI service answered {response.status_code} ({message})")
 
 
 def _retry_after(response: httpx.Response) -> float | None:

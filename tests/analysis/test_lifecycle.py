@@ -85,6 +85,26 @@ async def test_503_twice_then_ok(
     assert fake_ai.call_count() == 3
 
 
+@pytest.mark.parametrize("message", ["a\x00b", "a\ud800b"], ids=["NUL", "lone surrogate"])
+async def test_an_error_message_postgres_refuses_is_kept_in_words(
+    client: httpx.AsyncClient,
+    alice: ApiUser,
+    fake_ai: FakeAI,
+    start_worker: StartWorker,
+    message: str,
+) -> None:
+    """The AI service's error message goes into the task's error_message (text): a NUL or an
+    unpaired surrogate in it (valid JSON escapes) is written escaped (`storable_words`), and
+    the task is retried as after any 503."""
+    fake_ai.then(status(503, message=message))
+    task_id = await new_task(client, alice)
+    await start_worker()
+    final = await wait_for_status(client, alice, task_id)
+    # The retry was recorded (the write of a raw NUL failed: the attempt went unrecorded, its
+    # retry budget unspent, and the reconciler ran it again).
+    assert final["status"] == "success" and final["retry_count"] == 1
+
+
 async def test_422_fails_at_once(
     client: httpx.AsyncClient,
     alice: ApiUser,
