@@ -124,7 +124,10 @@ def _sessions(settings: Settings) -> Callable[[], aiohttp.ClientSession]:
 def environment_proxy(url: str) -> httpx.Proxy | None:
     """The proxy the environment names for calls to `url`, as httpx reads it: `http_proxy`,
     `https_proxy` or `all_proxy` (by the URL's scheme; a value without a scheme is taken as
-    http://), none when `no_proxy` covers the host. Read once per client: a worker's
+    http://), none when `no_proxy` covers the host (as urllib reads it, and aiohttp's
+    trust_env did: `*`, host names and domain suffixes, ".example.com" covering example.com
+    too; an entry with a port or a scheme, which httpx honours, covers nothing, nor does a
+    CIDR range, as in httpx). Read once per client: a worker's
     environment does not change while it runs. Raises ValueError for a proxy URL httpx does
     not accept, or a SOCKS proxy (aiohttp speaks HTTP to any proxy it is given: a SOCKS one
     would fail every call): a configuration error, not a reason to call the service
