@@ -9,8 +9,11 @@ import asyncio
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from app.settings import Settings
 from tests.analysis.test_enqueue_script import _calls
 from worker.breaker import FAILURES, OPEN, CircuitBreaker
+from worker.providers import Providers
+from worker.slots import Slots
 
 
 async def test_a_success_resets_what_was_counted_before_its_call_and_nothing_more(
@@ -150,3 +153,21 @@ async def test_a_read_made_before_the_workers_own_failure_does_not_hold(
     read = await reading
     assert read.allowed and read.failures == 0  # the read was made before the failure
     assert not (await ours.before_call()).allowed
+
+
+async def test_a_workers_breakers_hold_their_reads_for_breaker_read_seconds(
+    redis: Redis, clean: None, settings: Settings
+) -> None:
+    """The worker builds its providers' breakers with BREAKER_READ_SECONDS (not the
+    constructor's default 0, which would read Redis at every call)."""
+    held = Providers(
+        settings.model_copy(update={"breaker_read_seconds": 60.0}), redis, Slots(redis, 1.0)
+    )
+    try:
+        breaker = held.first.breaker
+        await breaker.before_call()
+        evals = await _calls(redis, "eval")
+        await breaker.before_call()
+        assert await _calls(redis, "eval") == evals
+    finally:
+        await held.aclose()
