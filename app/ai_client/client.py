@@ -221,12 +221,16 @@ async def _read_to_the_end(lines: AsyncIterator[str], deadline: float | None) ->
 
 def _strict_json(raw: str | bytes) -> Any:
     """JSON without what PostgreSQL's jsonb would refuse later (raises ValueError): NaN or
-    Infinity, a NUL character or an unpaired surrogate in a string (`storable_json`)."""
+    Infinity, a NUL character or an unpaired surrogate in a string (`storable_json`); and
+    nested no deeper than Python's recursion limit lets it be read (about 1,000 levels)."""
 
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not valid in a result")
 
-    return storable_json(json.loads(raw, parse_constant=refuse))
+    try:
+        return storable_json(json.loads(raw, parse_constant=refuse))
+    except RecursionError as exc:
+        raise ValueError("nested too deeply to read") from exc
 
 
 def _parse_line(raw: str) -> ProgressLine | ResultLine | ErrorLine:
@@ -249,7 +253,7 @@ def _error_message(response: httpx.Response) -> str:
     try:
         error = response.json().get("error", {})
         message = f"{error.get('code', 'error')}: {error.get('message', '')}"
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         message = response.text[:200]
     return storable_words(f"AI service answered {response.status_code} ({message})")
 

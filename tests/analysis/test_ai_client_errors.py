@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import httpx
 import pytest
 
-from app.ai_client.client import AIClient
+from app.ai_client.client import NDJSON, AIClient
 from app.ai_client.errors import AIServiceError, NetworkError
 from app.ai_client.wire import ProgressLine
 from app.settings import Settings
@@ -104,3 +105,32 @@ def test_a_socks_proxy_is_refused_at_start(
     monkeypatch.setenv(name, "socks5h://127.0.0.1:1080")
     with pytest.raises(ValueError, match="socks5h proxies are not supported"):
         AIClient(settings.model_copy(update={"ai_service_url": "https://ai.invalid"}))
+
+
+DEEP = b"[" * 5000 + b"]" * 5000  # valid JSON, nested past Python's recursion limit
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body", "words"),
+    [
+        (200, "application/json", DEEP, "Malformed result"),
+        (200, NDJSON, b'{"event": "result", "result": ' + DEEP + b"}\n", "Malformed line"),
+        (500, "application/json", DEEP, "AI service answered 500"),
+    ],
+    ids=["result", "ndjson line", "error answer"],
+)
+async def test_an_answer_nested_too_deeply_is_the_services_error_in_words(
+    settings: Settings, status: int, content_type: str, body: bytes, words: str
+) -> None:
+    """An answer nested deeper than Python can read is the service's fault, said as such (it
+    was a RecursionError, classified with the words "Unexpected error")."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, content=body, headers={"Content-Type": content_type})
+
+    client = AIClient(settings, transport=httpx.MockTransport(answer))
+    try:
+        with pytest.raises(AIServiceError, match=words):
+            await client.analyze(_audio(), "audio/wav", {}, "t1:1", _ignore)
+    finally:
+        await client.aclose()
