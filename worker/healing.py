@@ -280,7 +280,14 @@ class HealingWorker(Worker):
         is given back exactly once on every path: arq kept the slot of a claim whose pipeline
         raised, and after max_jobs such failures never took a job again."""
         room = self.max_jobs - self.job_counter
-        if not job_ids or room <= 0:
+        # A job this worker still runs is never started beside itself: its in-progress key
+        # lives one lease from the pick until its claim renews it, and a claim that waits
+        # longer under load (500 jobs at once, the database pool busy) let the next poll
+        # pick it again here; the two runs then shared arq's job_tasks entry and the lease
+        # bookkeeping of one job id (KeyError at the end, a lease left unrenewed, the AI
+        # called twice).
+        offered = [job_id for job_id in map(bytes.decode, job_ids) if not self._runs_here(job_id)]
+        if not offered or room <= 0:
             return
         # The room's slots are taken before the pick (never waited for: the semaphore holds
         # max_jobs + 1, this poll one, each running job one) and those not started given back.
@@ -290,7 +297,7 @@ class HealingWorker(Worker):
                 await self.sem.acquire()
                 self.job_counter = self.job_counter + 1
                 held += 1
-            jobs = [self._pick_job(job_id) for job_id in map(bytes.decode, job_ids)]
+            jobs = [self._pick_job(job_id) for job_id in offered]
             # Attempts no more than the AI slots free (`_ai_room`); what waits for the AI
             # service waits in the queue, in its fair place, not in this worker.
             started = await queue.pick(self.pool, jobs, timestamp_ms(), room, self._ai_room)
@@ -306,6 +313,11 @@ class HealingWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, due))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    def _runs_here(self, job_id: str) -> bool:
+        """Whether this worker is running `job_id` now (arq's run_job task, not yet done)."""
+        task = self.tasks.get(job_id)
+        return task is not None and not task.done()
 
     def _give_back(self, count: int) -> None:
         """`count` job slots (semaphore and job counter) back, as a job's end gives its own."""

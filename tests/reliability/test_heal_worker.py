@@ -340,3 +340,31 @@ async def test_a_poll_after_the_stop_ends_main_even_if_its_cancel_was_lost(
     finally:
         await worker.close()
         await asyncio.wait({running}, timeout=10)
+
+
+async def test_a_job_this_worker_runs_is_not_started_beside_itself(
+    worker_settings: Settings, redis: Redis
+) -> None:
+    """A job whose in-progress key lapsed while its run here waited for its claim (one lease
+    from the pick, under load) is still in the queue: the next poll must not start it again in
+    this worker (two runs of one job id shared arq's job_tasks entry and the lease
+    bookkeeping: a KeyError at the end, the AI called twice)."""
+    job_id = "some-task:1"
+    await redis.zadd(queue.QUEUE_NAME, {job_id: 1})  # due; no in-progress key any more
+    options = worker_options(worker_settings) | {"max_jobs": 2, "handle_signals": False}
+    worker = HealingWorker(**options)
+    running = asyncio.get_running_loop().create_future()  # the run still going on here
+    worker.tasks[job_id] = asyncio.ensure_future(running)
+    try:
+        await worker.start_jobs([job_id.encode()])
+        assert worker.job_counter == 0 and worker.tasks[job_id] is not None
+        assert not await redis.exists(in_progress_key_prefix + job_id)  # not picked
+        running.set_result(None)
+        await worker.tasks.pop(job_id)  # the run ended: the job may be picked again
+        await worker.start_jobs([job_id.encode()])
+        assert await redis.exists(in_progress_key_prefix + job_id)
+    finally:
+        for task in worker.tasks.values():
+            task.cancel()
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        await worker.pool.aclose()
