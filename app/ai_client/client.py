@@ -150,17 +150,19 @@ def _transport_error(exc: Exception) -> AnalysisError:
     the transport mapped one (httpx-aiohttp maps every closed connection to ConnectTimeout,
     and lets a malformed answer through as aiohttp's), else httpx's."""
     cause = exc.__cause__ if isinstance(exc, httpx.TransportError) else exc
-    if isinstance(cause, aiohttp.ConnectionTimeoutError):
-        return NetworkError(f"AI service connect timeout: {cause!r}")
-    if isinstance(cause, aiohttp.ServerTimeoutError):
-        return AnalysisTimeout(f"AI service timed out: {cause!r}")
     if isinstance(cause, aiohttp.ClientError):
-        return NetworkError(f"AI service unreachable: {cause!r}")
-    if isinstance(exc, httpx.ConnectTimeout):
-        return NetworkError(f"AI service connect timeout: {exc!r}")
-    if isinstance(exc, httpx.TimeoutException):
-        return AnalysisTimeout(f"AI service timed out: {exc!r}")
-    return NetworkError(f"AI service unreachable: {exc!r}")
+        shown: BaseException = cause
+        connect = isinstance(cause, aiohttp.ConnectionTimeoutError)
+        timeout = isinstance(cause, aiohttp.ServerTimeoutError)
+    else:
+        shown = exc
+        connect = isinstance(exc, httpx.ConnectTimeout)
+        timeout = isinstance(exc, httpx.TimeoutException)
+    if connect:
+        return NetworkError(f"AI service connect timeout: {shown!r}")
+    if timeout:
+        return AnalysisTimeout(f"AI service timed out: {shown!r}")
+    return NetworkError(f"AI service unreachable: {shown!r}")
 
 
 def _query(parameters: Mapping[str, Any]) -> dict[str, str]:

@@ -5,6 +5,7 @@ through."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
@@ -139,17 +140,35 @@ async def test_read_every_zero_reads_at_every_call(redis: Redis, clean: None) ->
     assert await _calls(redis, "eval") == evals + 1
 
 
+class FirstAnswerHeld(Redis):
+    """The real Redis, the answer to its first EVAL held back until `release` is set: a read
+    Redis has made whose answer is still on its way (`answered` is set once it is made)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.answered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        result = await super().execute_command(*args, **options)
+        if args[0] == "EVAL" and not self.answered.is_set():
+            self.answered.set()
+            await self.release.wait()
+        return result
+
+
 async def test_a_read_made_before_the_workers_own_failure_does_not_hold(
     redis: Redis, clean: None
 ) -> None:
     """A clean read whose answer comes back after this worker counted a failure (read before
-    it, on another connection) says nothing about the breaker now: the next call reads again,
-    and sees the breaker that failure opened."""
-    ours = CircuitBreaker(redis, 1, 60.0, read_every=60.0)
-    await redis.ping()  # a connection ready for the read, so that it is sent first
+    it) says nothing about the breaker now: the next call reads again, and sees the breaker
+    that failure opened."""
+    held = FirstAnswerHeld(connection_pool=redis.connection_pool)
+    ours = CircuitBreaker(held, 1, 60.0, read_every=60.0)
     reading = asyncio.create_task(ours.before_call())
-    await asyncio.sleep(0)  # the read is on its way (read by Redis before the failure)
+    await held.answered.wait()  # Redis made the read; its answer is on its way
     await ours.record_failure()  # the threshold: open
+    held.release.set()
     read = await reading
     assert read.allowed and read.failures == 0  # the read was made before the failure
     assert not (await ours.before_call()).allowed
