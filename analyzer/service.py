@@ -3,7 +3,8 @@
 A pool process that dies (an OOM kill, a crash in a native decoder) breaks the whole
 ProcessPoolExecutor: every analysis running in it fails and no later one can start. The
 service then heals: the broken pool is replaced by a new one (its processes warmed up again),
-the analyses it failed answer a retryable 503 `worker_crashed`, and `pool_state()` says
+each stage that was in the pool beside others runs once more alone (isolation.py), the one
+that crashes it alone answers a retryable 503 `worker_crashed`, and `pool_state()` says
 "broken" or "rebuilding" until the new pool is ready (GET /readyz). Pool processes die with
 the analyzer process (Linux: a parent-death signal), so none goes on computing as an orphan.
 """
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 
 from analyzer import faults, pipeline
 from analyzer.errors import AnalyzerError
+from analyzer.isolation import InPool, PoolGate
 from analyzer.schemas import AnalyzeParams
 from analyzer.settings import Settings
 
@@ -121,6 +123,7 @@ class Counts:
     failed: int = 0  # ended with an error (undecodable, a crashed process, ...) or abandoned
     refused_busy: int = 0  # answered 503 `busy` by admission
     peak_running: int = 0  # the most analyses that ran at once
+    rerun_alone: int = 0  # stages in the pool with others at a crash, run again alone
 
 
 class AnalyzerService:
@@ -138,6 +141,7 @@ class AnalyzerService:
         self._slots = asyncio.Semaphore(settings.workers)
         self._pool: ProcessPoolExecutor | None = None
         self._warming: list[Future[str]] = []
+        self._gate = PoolGate()
 
     def start(self) -> None:
         self._pool = self._new_pool()
@@ -198,26 +202,54 @@ class AnalyzerService:
         self.active = max(0, self.active - 1)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` in a pool process. AnalyzerError 503 `worker_crashed` (retryable) when
-        the pool process died meanwhile; a pool found broken before is replaced first."""
+        """`fn(*args)` in a pool process. When a pool process dies meanwhile, a stage that was
+        in the pool with others runs once more alone (isolation.py), and AnalyzerError 503
+        `worker_crashed` (retryable) says that this stage crashed the pool alone. A pool
+        found broken before is replaced first."""
+        async with self._gate.together() as stage:
+            try:
+                return await self._in_pool(stage, fn, *args)
+            except BrokenProcessPool as exc:
+                if not stage.company:
+                    raise AnalyzerError(503, "worker_crashed", CRASHED) from exc
+        # Out of the pool first: running alone waits until the pool is empty.
+        self.counts.rerun_alone += 1
+        async with self._gate.alone() as stage:
+            try:
+                result = await self._in_pool(stage, fn, *args)
+            except BrokenProcessPool as exc:
+                log.warning("a stage crashed the pool again alone: its analysis answers 503")
+                raise AnalyzerError(503, "worker_crashed", CRASHED) from exc
+        log.info("a stage in the pool at a crash ran again alone and ended: it was innocent")
+        return result
+
+    async def _in_pool(self, stage: InPool, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in the current pool; BrokenProcessPool when the pool broke meanwhile
+        (it is replaced). A stage the broken pool refused never ran: it counts as in company,
+        not as the one that crashed it."""
         self.heal()
         pool = self._pool
         if pool is None:
             raise AnalyzerError(503, "busy", "the analyzer is not running")
-        stage = asyncio.get_running_loop().run_in_executor(pool, fn, *args)
         try:
-            return await asyncio.shield(stage)
+            running = asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        except BrokenProcessPool:
+            stage.company = True
+            self._replace(pool)
+            raise
+        try:
+            return await asyncio.shield(running)
         except asyncio.CancelledError:
             # The request was given up (its client left, or its deadline ran out), but the
             # pool process goes on with this stage: the analysis keeps its run slot and its
             # admission until the stage ends, or the next one admitted would queue for the
             # process inside the executor, its client's deadline running.
             with contextlib.suppress(BaseException):
-                await stage
+                await running
             raise
-        except BrokenProcessPool as exc:
+        except BrokenProcessPool:
             self._replace(pool)
-            raise AnalyzerError(503, "worker_crashed", CRASHED) from exc
+            raise
 
     async def _noop(self) -> None:
         return None

@@ -58,8 +58,8 @@ SCENARIOS: dict[str, str] = {
     "the circuit opens within 5 failures; at most one probe per cool-down; all complete after "
     "recovery",
     "R7": "a poison recording kills the analyzer's pool process every time: the other tasks "
-    "succeed, the analyzer heals each time, the poison task ends as failure after its retry "
-    "budget with a readable message",
+    "succeed without spending a retry, the analyzer heals each time, the poison task ends as "
+    "failure after its retry budget with a readable message",
     "R8": "5,000 tasks through 2 workers with a 1 s AI: 5,000 success, 0 duplicates, 0 lost",
     "R9": "vocalborn up: each child killed in turn is restarted and a task submitted afterwards "
     "completes; Ctrl-C during a long analysis leaves no process (by PID and process group)",

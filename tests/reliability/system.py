@@ -257,7 +257,7 @@ class System:
             rows = await connection.execute(
                 text(
                     "SELECT task_id, status, attempt, worker_name, crash_count, retry_count,"
-                    " retry_counts, error_code FROM ai_analysis_tasks"
+                    " retry_counts, error_code, error_message FROM ai_analysis_tasks"
                     " WHERE task_id = ANY(CAST(:ids AS uuid[]))"
                 ),
                 {"ids": list(task_ids)},
