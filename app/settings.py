@@ -155,6 +155,10 @@ class Settings(BaseSettings):
     # service's own idle timeout (uvicorn's 5 s), so that no call goes out on a connection the
     # service is closing at that moment (a ReadError, a retry spent: R8 showed it under load).
     ai_keepalive_seconds: float = Field(2.0, gt=0)
+    # The most the worker reads of one answer of the AI service: a JSON result, an error body
+    # or one NDJSON line (bytes). Past it the answer is malformed (retried as `ai_service`), so
+    # that one answer can never take the worker's memory, and every task it runs with it.
+    ai_max_answer_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     reconcile_interval_seconds: int = Field(30, ge=1)
     reconcile_pending_grace_seconds: float = Field(5.0, ge=0)
     crash_loop_limit: int = Field(3, ge=1)

@@ -56,6 +56,7 @@ class AIClient:
         headers = {"Accept": NDJSON}
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        self._limit = settings.ai_max_answer_bytes
         self._http = httpx.AsyncClient(
             base_url=url,
             headers=headers,
@@ -94,7 +95,7 @@ class AIClient:
         try:
             response = await http.send(request, stream=True)
             try:
-                return await _read(response, on_progress, deadline)
+                return await _read(response, on_progress, deadline, self._limit)
             finally:
                 await response.aclose()
         except (httpx.TransportError, aiohttp.ClientError) as exc:
@@ -176,16 +177,21 @@ def _query(parameters: Mapping[str, Any]) -> dict[str, str]:
 
 
 async def _read(
-    response: httpx.Response, on_progress: ProgressCallback, deadline: float | None
+    response: httpx.Response, on_progress: ProgressCallback, deadline: float | None, limit: int
 ) -> AIResult:
+    """The result of an answer whose head has come, none of its parts read past `limit`
+    bytes (AI_MAX_ANSWER_BYTES)."""
     if response.status_code >= 400:
-        await response.aread()
+        body, whole = await _body(response, limit)
         raise error_for_status(
-            response.status_code, _error_message(response), _retry_after(response)
+            response.status_code, _error_message(response, body, whole), _retry_after(response)
         )
     if not response.headers.get("content-type", "").startswith(NDJSON):
-        return _parse_result(await response.aread())
-    lines = response.aiter_lines()
+        body, whole = await _body(response, limit)
+        if not whole:
+            raise AIServiceError(f"The AI service's result is longer than {limit} bytes")
+        return _parse_result(body)
+    lines = _lines(response, limit)
     async for raw in lines:
         if not raw.strip():
             continue
@@ -200,6 +206,35 @@ async def _read(
     raise AIServiceError("AI service stream ended without a result")
 
 
+async def _body(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """The answer's body, read up to `limit` bytes, and whether that is all of it (the rest
+    is left unread: closing the answer then closes its connection)."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            return bytes(body[:limit]), False
+    return bytes(body), True
+
+
+async def _lines(response: httpx.Response, limit: int) -> AsyncIterator[str]:
+    """The answer's lines (NDJSON: UTF-8, each ended by a newline, a carriage return before it
+    dropped), as httpx's `aiter_lines` reads them but with a bound: AIServiceError once a
+    line runs past `limit` bytes without its end (httpx's would hold it all in memory)."""
+    pending = bytearray()
+    async for chunk in response.aiter_bytes():
+        start, searched = 0, len(pending)
+        pending += chunk
+        while (end := pending.find(b"\n", searched)) >= 0:
+            yield pending[start:end].rstrip(b"\r").decode(errors="replace")
+            start = searched = end + 1
+        del pending[:start]
+        if len(pending) > limit:
+            raise AIServiceError(f"A line of the AI service's answer is longer than {limit} bytes")
+    if pending:
+        yield pending.decode(errors="replace")
+
+
 # How long the end of the stream is waited for once the result line has come; it stops this
 # long before the caller's deadline at the latest.
 DRAIN_SECONDS = 1.0
@@ -210,12 +245,12 @@ async def _read_to_the_end(lines: AsyncIterator[str], deadline: float | None) ->
     """Read the answer to its end (what follows the result line: its chunked terminator, any
     line), so that its connection goes back to the pool: closed before its end, the
     connection is closed, and the next call opens a new one. A service that does not end
-    its answer within DRAIN_SECONDS (or before the caller's `deadline`) costs its connection,
-    never the result."""
+    its answer within DRAIN_SECONDS (or before the caller's `deadline`), or that sends a line
+    past AI_MAX_ANSWER_BYTES after it, costs its connection, never the result."""
     until = asyncio.get_running_loop().time() + DRAIN_SECONDS
     if deadline is not None:
         until = min(until, deadline - DRAIN_MARGIN_SECONDS)
-    with contextlib.suppress(TimeoutError, httpx.HTTPError, aiohttp.ClientError):
+    with contextlib.suppress(TimeoutError, httpx.HTTPError, aiohttp.ClientError, AIServiceError):
         async with asyncio.timeout_at(until):
             async for _ in lines:
                 pass
@@ -249,14 +284,17 @@ def _parse_result(body: bytes) -> AIResult:
         raise AIServiceError(f"Malformed result from the AI service: {exc}") from exc
 
 
-def _error_message(response: httpx.Response) -> str:
-    """The service's error answer in words, storable as the task's error_message (the
-    service's own words may hold a NUL or an unpaired surrogate: `storable_words`)."""
+def _error_message(response: httpx.Response, body: bytes, whole: bool) -> str:
+    """The service's error answer (`body`, all of it when `whole`) in words, storable as the
+    task's error_message (the service's own words may hold a NUL or an unpaired surrogate:
+    `storable_words`)."""
     try:
-        error = response.json().get("error", {})
+        if not whole:
+            raise ValueError("cut short")
+        error = json.loads(body).get("error", {})
         message = f"{error.get('code', 'error')}: {error.get('message', '')}"
     except (ValueError, AttributeError, RecursionError):
-        message = response.text[:200]
+        message = body[:200].decode(response.encoding or "utf-8", errors="replace")
     return storable_words(f"AI service answered {response.status_code} ({message})")
 
 

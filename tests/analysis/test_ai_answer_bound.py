@@ -1,0 +1,107 @@
+"""The worker reads at most AI_MAX_ANSWER_BYTES of one answer of the AI service (a JSON result,
+an error body, one NDJSON line): it read every answer whole, so one endless or huge answer
+could take the worker's memory, and with it every task the worker ran. Past the bound the
+answer is the service's malformed answer (retried as `ai_service`); an error answer keeps its
+status and its first words. The lines are read in chunks of any size (httpx's MockTransport
+streams the answer's chunks as given)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterable
+
+import httpx
+import pytest
+
+from app.ai_client.client import NDJSON, AIClient
+from app.ai_client.errors import AIServiceError, InvalidInput
+from app.ai_client.wire import ProgressLine
+from app.settings import Settings
+
+LIMIT = 4096
+WITHIN = 10.0  # seconds: an unbounded read of an endless answer never ends
+RESULT = {"overall_score": 80.0, "detailed_analysis": {}}
+
+
+async def _audio() -> AsyncIterator[bytes]:
+    yield b"RIFF" + bytes(64)
+
+
+async def _stream(chunks: Iterable[bytes], endless: bytes | None = None) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+    while endless is not None:  # the answer never ends
+        yield endless
+        await asyncio.sleep(0)  # a network's pace: the read's timeout can run out
+
+
+async def _analyze(
+    settings: Settings, answer: httpx.Response, seen: list[ProgressLine] | None = None
+) -> object:
+    async def progress(line: ProgressLine) -> None:
+        if seen is not None:
+            seen.append(line)
+
+    client = AIClient(
+        settings.model_copy(update={"ai_max_answer_bytes": LIMIT}),
+        transport=httpx.MockTransport(lambda request: answer),
+    )
+    try:
+        async with asyncio.timeout(WITHIN):
+            return await client.analyze(_audio(), "audio/wav", {}, "t1:1", progress)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "endless", "words"),
+    [
+        ("application/json", b"[1," * 1000, "result is longer than 4096 bytes"),
+        (NDJSON, b'{"event": "progress", "progress": 1, "message": "' + b"a" * 1000, "A line"),
+    ],
+    ids=["result", "ndjson line"],
+)
+async def test_an_endless_answer_is_the_services_error_once_past_the_bound(
+    settings: Settings, content_type: str, endless: bytes, words: str
+) -> None:
+    answer = httpx.Response(
+        200, content=_stream([], endless=endless), headers={"Content-Type": content_type}
+    )
+    with pytest.raises(AIServiceError, match=words):
+        await _analyze(settings, answer)
+
+
+async def test_an_endless_error_answer_keeps_its_status_and_its_first_words(
+    settings: Settings,
+) -> None:
+    answer = httpx.Response(
+        422, content=_stream([b'{"error": '], endless=b"x" * 1000), headers={"Content-Type": NDJSON}
+    )
+    with pytest.raises(InvalidInput) as refused:
+        await _analyze(settings, answer)
+    message = refused.value.message
+    assert message.startswith('AI service answered 422 ({"error": xxx'), message
+    assert len(message) < 300, len(message)
+
+
+async def test_lines_cut_anywhere_are_read_whole_and_a_long_line_after_the_result_is_ignored(
+    settings: Settings,
+) -> None:
+    lines = [
+        {"event": "progress", "progress": 10, "step": "decoding", "message": "é" * 100},
+        {"event": "progress", "progress": 50, "step": "scoring", "message": "中" * 100},
+        {"event": "result", "result": RESULT},
+    ]
+    body = b"".join(json.dumps(line, ensure_ascii=False).encode() + b"\r\n" for line in lines)
+    # Seven-byte chunks cut lines, their \r\n and the characters' UTF-8 bytes; after the
+    # result, a line past the bound (only the connection is lost, never the result).
+    chunks = [body[i : i + 7] for i in range(0, len(body), 7)] + [b"{" + b"a" * (2 * LIMIT)]
+    answer = httpx.Response(200, content=_stream(chunks), headers={"Content-Type": NDJSON})
+    seen: list[ProgressLine] = []
+    result = await _analyze(settings, answer, seen)
+    assert [(line.progress, line.message) for line in seen] == [
+        (10, "é" * 100),
+        (50, "中" * 100),
+    ]
+    assert getattr(result, "overall_score", None) == 80.0
