@@ -13,6 +13,7 @@ import multiprocessing
 from collections.abc import AsyncIterator, Iterator
 from multiprocessing.managers import SyncManager
 
+import anyio
 import pytest
 
 from analyzer.errors import AnalyzerError
@@ -21,6 +22,7 @@ from tests.analyzer import pool_hooks
 from tests.analyzer.conftest import make_settings
 
 STARTED = 30.0  # seconds to wait for a stage to start (a new pool warms up first)
+GIVE = 1.0  # seconds a cancelled request is given to end early (a wrong end, never a sync)
 
 
 @pytest.fixture
@@ -69,3 +71,32 @@ async def test_a_stage_that_crashes_the_pool_alone_answers_503_at_once(
         await service._call(pool_hooks.die)
     assert (crashed.value.status, crashed.value.code) == (503, "worker_crashed")
     assert service.counts.rerun_alone == 0 and service.rebuilds == 1
+
+
+async def test_a_stage_given_up_under_an_anyio_cancel_scope_stays_in_the_pool_until_it_ends(
+    service: AnalyzerService, manager: SyncManager
+) -> None:
+    """Starlette's streaming response stops the request of a client that left through an
+    anyio cancel scope, which cancels once more at every await: the wait for the given-up
+    stage was cut short, and the stage left the pool gate (and its run slot) while its
+    process still ran it. A stage run alone next was then not alone (an innocent one beside a
+    given-up poison answered 503), and the next analysis queued inside the executor."""
+    starts = manager.Queue()
+    go = manager.Event()
+    request = anyio.CancelScope()
+
+    async def analyse() -> None:
+        with request:
+            await service._call(pool_hooks.held, starts, go)
+
+    given_up = asyncio.create_task(analyse())
+    await asyncio.to_thread(starts.get, timeout=STARTED)  # in the pool, held
+    request.cancel()
+    # It cannot end before its stage does (held until `go`): one that ends here is wrong.
+    ended, _ = await asyncio.wait({given_up}, timeout=GIVE)
+    assert not ended, "the given-up request ended while its stage still ran"
+    assert len(service._gate.in_pool) == 1
+
+    go.set()
+    await asyncio.wait_for(given_up, timeout=STARTED)  # the scope takes its own cancel
+    assert not service._gate.in_pool
