@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
+
 from analyzer import faults, pipeline
 from analyzer.errors import AnalyzerError
 from analyzer.isolation import InPool, PoolGate
@@ -54,6 +56,17 @@ def _die_with_parent(parent: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # it died before the call above: nobody will signal us
         os._exit(1)
+
+
+async def _until_done(running: asyncio.Future[Any]) -> None:
+    """Returns once `running` is done, however often the waiting task is cancelled meanwhile:
+    Starlette stops the streamed request of a client that left through an anyio cancel scope,
+    which cancels again at every await (a shielded scope holds it off); a plain asyncio
+    cancel is taken and the wait goes on. `running` itself is never cancelled."""
+    with anyio.CancelScope(shield=True):
+        while not running.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({running})
 
 
 def _is_broken(pool: ProcessPoolExecutor) -> bool:
@@ -241,11 +254,11 @@ class AnalyzerService:
             return await asyncio.shield(running)
         except asyncio.CancelledError:
             # The request was given up (its client left, or its deadline ran out), but the
-            # pool process goes on with this stage: the analysis keeps its run slot and its
-            # admission until the stage ends, or the next one admitted would queue for the
-            # process inside the executor, its client's deadline running.
-            with contextlib.suppress(BaseException):
-                await running
+            # pool process goes on with this stage: the analysis keeps its run slot, its
+            # admission and its place in the pool gate until the stage ends, or the next one
+            # admitted would queue for the process inside the executor, its client's deadline
+            # running, and a stage run alone would not be alone.
+            await _until_done(running)
             raise
         except BrokenProcessPool:
             self._replace(pool)
