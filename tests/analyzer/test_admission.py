@@ -17,6 +17,7 @@ import httpx
 
 from analyzer.settings import Settings
 from tests.analyzer.conftest import NDJSON, fixture_bytes, live_server, make_settings
+from tests.reliability.system import poll
 
 WAV = {"content-type": "audio/wav"}
 LARGE = 40 * 1024 * 1024  # what the refused request declares
@@ -86,7 +87,13 @@ async def test_the_analysis_beyond_the_pool_is_refused_at_once_before_its_upload
                 counts = (await _health(client))["analyses"]
                 assert counts["refused_busy"] == 2 and counts["started"] == 2
                 assert len(held) == 2
-            # Both held analyses closed early by the client: their processes are free again.
+
+            # Both held analyses closed early by the client: their admissions end once their
+            # pool processes have finished the stage each was in; then they are free again.
+            async def freed() -> bool:
+                return bool((await _health(client))["admission"]["admitted"] == 0)
+
+            await poll(freed, 30, "the given-up analyses' admissions")
             after = await client.post("/v1/analyze", content=body, headers=WAV)
             assert after.status_code == 200, after.text
 
