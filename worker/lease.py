@@ -13,6 +13,9 @@ transaction holds locked is skipped for that round, never waited on.
 The same round renews the AI concurrency slots the worker holds (worker/slots.py), in one more
 round trip, whether or not the row renewal went through.
 
+A job picked here whose claim has not answered yet (`claiming`) has its in-progress key
+extended in the same rounds: the pick holds it for one lease, and a claim that waited longer
+(the database pool busy under load) let it lapse, so that another worker could pick the job.
 arq's in-progress key of a new attempt is cut to a lease span at once (arq sets it to the job
 timeout), and a closing attempt's key is held for what the attempt still has to do (commit its
 outcome, then its effects) so that arq does not start the job again meanwhile; extensions that
@@ -115,6 +118,10 @@ class Leases:
         # In-progress keys to extend, by job id: until when (time.monotonic()) for a closing
         # attempt's hold, None for a lease span.
         self._keys: dict[str, float | None] = {}
+        # Jobs picked here whose claim has not answered yet: their in-progress keys are
+        # extended with the leases, so that a claim waiting longer than a lease (the database
+        # pool busy) never lets another worker pick its job meanwhile.
+        self._claiming: set[str] = set()
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop: asyncio.Task[None] | None = None
@@ -169,6 +176,16 @@ class Leases:
     def forget_key(self, job_id: str) -> None:
         self._keys.pop(job_id, None)
 
+    def claiming(self, job_id: str) -> None:
+        """The job `job_id`, picked here, waits for its claim: its in-progress key is extended
+        at every renewal round until `claim_answered(job_id)`."""
+        self._claiming.add(job_id)
+
+    def claim_answered(self, job_id: str) -> None:
+        """The claim of `job_id` answered (or failed): a claimed attempt's key follows its
+        lease from now on (`hold`)."""
+        self._claiming.discard(job_id)
+
     # -- the loop -------------------------------------------------------------------------
     async def _renew_until_stopped(self) -> None:
         renewal_due = time.monotonic() + self.lease * RENEW_SHARE
@@ -210,7 +227,10 @@ class Leases:
             log.warning("renewing %d AI slot(s) failed: %r", self._slots.held, exc)
 
     async def _renew(self) -> bool:
-        """Extend every held lease in the rows; False when that failed (tried again soon)."""
+        """Extend every held lease in the rows; False when that failed (tried again soon).
+        The in-progress keys of the jobs still waiting for their claim are extended too."""
+        for job_id in self._claiming:
+            self._keys.setdefault(job_id, None)
         leases = list(self._held.values())
         if not leases:
             return True

@@ -12,12 +12,14 @@ from typing import Any
 
 import asyncpg
 import httpx
+from arq.constants import in_progress_key_prefix
+from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import redis_client
-from app.analysis import lifecycle
+from app.analysis import lifecycle, queue
 from app.analysis.lifecycle import Claim
 from app.analysis.progress import _PUBLISH_LUA
 from app.db import create_pg_pool
@@ -179,3 +181,44 @@ async def test_the_lease_is_renewed_from_the_claim_on(
         _PublishHeld.released.set()
     assert (await wait_for_status(client, alice, task_id))["status"] == "success"
     assert fake_ai.call_count() == 1
+
+
+async def test_a_job_waiting_for_its_claim_keeps_its_in_progress_key(
+    client: httpx.AsyncClient,
+    alice: ApiUser,
+    engine: AsyncEngine,
+    fake_ai: FakeAI,
+    start_worker: StartWorker,
+    redis: Redis,
+) -> None:
+    """A pick holds its job's in-progress key for one lease, and the lease loop took the key
+    over only once the claim had answered: a claim that waited longer (the database pool
+    busy under load) let the key lapse, and another worker could pick the job meanwhile.
+    Held here by a lock on the task's row: the key is extended past the pick's one lease
+    while the claim waits, and the analysis ends with one AI call once the lock is gone."""
+    fake_ai.reset(default=ok())
+    task_id = await new_task(client, alice)
+    key = in_progress_key_prefix + queue.job_id_for(task_id, 0)
+    pick_ttl_ms = 1000  # the pick's: one lease
+
+    async def extended() -> bool:  # a PTTL above the pick's: extended since the pick
+        return bool(await redis.pttl(key) > pick_ttl_ms)
+
+    async with engine.connect() as locker:
+        await locker.execute(
+            text("SELECT 1 FROM ai_analysis_tasks WHERE task_id = :t FOR UPDATE"),
+            {"t": task_id},
+        )
+        await start_worker(lease_seconds=pick_ttl_ms / 1000)
+        await wait_for(_picked(redis, key), within=10)
+        await wait_for(extended, within=10)  # a renewal round every quarter lease
+        await locker.rollback()
+    assert (await wait_for_status(client, alice, task_id))["status"] == "success"
+    assert fake_ai.call_count() == 1
+
+
+def _picked(redis: Redis, key: str) -> Callable[[], Awaitable[bool]]:
+    async def exists() -> bool:
+        return bool(await redis.exists(key))
+
+    return exists
