@@ -156,8 +156,9 @@ class Settings(BaseSettings):
     # service is closing at that moment (a ReadError, a retry spent: R8 showed it under load).
     ai_keepalive_seconds: float = Field(2.0, gt=0)
     # The most the worker reads of one answer of the AI service: a JSON result, an error body
-    # or one NDJSON line (bytes). Past it the answer is malformed (retried as `ai_service`), so
-    # that one answer can never take the worker's memory, and every task it runs with it.
+    # or one NDJSON line (bytes). A longer result or line is a malformed answer (retried as
+    # `ai_service`; an error answer keeps its status and first words), so that one answer can
+    # never take the worker's memory, and every task it runs with it.
     ai_max_answer_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     reconcile_interval_seconds: int = Field(30, ge=1)
     reconcile_pending_grace_seconds: float = Field(5.0, ge=0)

@@ -294,8 +294,19 @@ def _error_message(response: httpx.Response, body: bytes, whole: bool) -> str:
         error = json.loads(body).get("error", {})
         message = f"{error.get('code', 'error')}: {error.get('message', '')}"
     except (ValueError, AttributeError, RecursionError):
-        message = body[:200].decode(response.encoding or "utf-8", errors="replace")
+        message = _first_words(body[:200], response.encoding)
     return storable_words(f"AI service answered {response.status_code} ({message})")
+
+
+def _first_words(body: bytes, encoding: str | None) -> str:
+    """`body` decoded by the charset its answer names (`encoding`, httpx's reading of it),
+    UTF-8 when that is none or no text encoding ("base64": LookupError) or one that cannot
+    replace what it cannot read ("idna", "undefined": UnicodeError): the service's words,
+    never an error of their own (which would lose the answer's status)."""
+    try:
+        return body.decode(encoding or "utf-8", errors="replace")
+    except (LookupError, UnicodeError):
+        return body.decode("utf-8", errors="replace")
 
 
 def _retry_after(response: httpx.Response) -> float | None:

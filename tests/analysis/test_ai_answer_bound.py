@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from app.ai_client.client import NDJSON, AIClient
-from app.ai_client.errors import AIServiceError, InvalidInput
+from app.ai_client.errors import AIServiceError, InvalidInput, ServiceBusy
 from app.ai_client.wire import ProgressLine
 from app.settings import Settings
 
@@ -105,3 +105,22 @@ async def test_lines_cut_anywhere_are_read_whole_and_a_long_line_after_the_resul
         (50, "中" * 100),
     ]
     assert getattr(result, "overall_score", None) == 80.0
+
+
+@pytest.mark.parametrize("charset", ["base64", "idna", "undefined", "latin-1", "no-such-codec"])
+async def test_an_error_answer_in_an_odd_charset_keeps_its_status_and_its_first_words(
+    settings: Settings, charset: str
+) -> None:
+    """The first words of an error answer that is not our JSON are decoded by the charset the
+    answer names: one that is no text encoding (base64) or that cannot replace what it cannot
+    read (idna, undefined) raised LookupError or UnicodeError, which lost the answer's status
+    (a busy service's 503 and its Retry-After became an unexpected error)."""
+    answer = httpx.Response(
+        503,
+        content=_stream([b"busy: try later"]),
+        headers={"Content-Type": f"text/plain; charset={charset}", "Retry-After": "7"},
+    )
+    with pytest.raises(ServiceBusy) as busy:
+        await _analyze(settings, answer)
+    assert busy.value.message == "AI service answered 503 (busy: try later)", busy.value.message
+    assert busy.value.retry_after == 7.0
