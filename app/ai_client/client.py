@@ -219,13 +219,18 @@ async def _body(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
 
 async def _lines(response: httpx.Response, limit: int) -> AsyncIterator[str]:
     """The answer's lines (NDJSON: UTF-8, each ended by a newline, a carriage return before it
-    dropped), as httpx's `aiter_lines` reads them but with a bound: AIServiceError once a
-    line runs past `limit` bytes without its end (httpx's would hold it all in memory)."""
+    dropped), as httpx's `aiter_lines` reads them but with a bound: AIServiceError for a line
+    longer than `limit` bytes, however the answer comes in chunks, and once one runs past it
+    without its end (httpx's would hold it all in memory). Only a newline ends a line
+    (httpx's also split at a lone carriage return and at U+0085, U+2028 and U+2029, which a
+    JSON string may hold as they are)."""
     pending = bytearray()
     async for chunk in response.aiter_bytes():
         start, searched = 0, len(pending)
         pending += chunk
         while (end := pending.find(b"\n", searched)) >= 0:
+            if end - start > limit:
+                break
             yield pending[start:end].rstrip(b"\r").decode(errors="replace")
             start = searched = end + 1
         del pending[:start]

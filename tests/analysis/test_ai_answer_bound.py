@@ -89,19 +89,20 @@ async def test_lines_cut_anywhere_are_read_whole_and_a_long_line_after_the_resul
     settings: Settings,
 ) -> None:
     lines = [
-        {"event": "progress", "progress": 10, "step": "decoding", "message": "é" * 100},
+        {"event": "progress", "progress": 10, "step": "decoding", "message": "é\u2028\x85" * 50},
         {"event": "progress", "progress": 50, "step": "scoring", "message": "中" * 100},
         {"event": "result", "result": RESULT},
     ]
     body = b"".join(json.dumps(line, ensure_ascii=False).encode() + b"\r\n" for line in lines)
-    # Seven-byte chunks cut lines, their \r\n and the characters' UTF-8 bytes; after the
+    # Seven-byte chunks cut lines, their \r\n and the characters' UTF-8 bytes (U+0085 and
+    # U+2028, which a JSON string holds as they are, end no line); after the
     # result, a line past the bound (only the connection is lost, never the result).
     chunks = [body[i : i + 7] for i in range(0, len(body), 7)] + [b"{" + b"a" * (2 * LIMIT)]
     answer = httpx.Response(200, content=_stream(chunks), headers={"Content-Type": NDJSON})
     seen: list[ProgressLine] = []
     result = await _analyze(settings, answer, seen)
     assert [(line.progress, line.message) for line in seen] == [
-        (10, "é" * 100),
+        (10, "é\u2028\x85" * 50),
         (50, "中" * 100),
     ]
     assert getattr(result, "overall_score", None) == 80.0
@@ -124,3 +125,20 @@ async def test_an_error_answer_in_an_odd_charset_keeps_its_status_and_its_first_
         await _analyze(settings, answer)
     assert busy.value.message == "AI service answered 503 (busy: try later)", busy.value.message
     assert busy.value.retry_after == 7.0
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20], ids=["7-byte chunks", "one chunk"])
+async def test_a_line_past_the_bound_is_refused_however_it_is_cut(
+    settings: Settings, chunk: int
+) -> None:
+    """A line longer than the bound is the service's error whether its end comes in the chunk
+    that takes it past the bound or not: one whose end came in that chunk was read whole."""
+    long_line = {"event": "progress", "progress": 10, "message": "a" * LIMIT}
+    body = b"".join(
+        json.dumps(line).encode() + b"\n"
+        for line in (long_line, {"event": "result", "result": RESULT})
+    )
+    chunks = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+    answer = httpx.Response(200, content=_stream(chunks), headers={"Content-Type": NDJSON})
+    with pytest.raises(AIServiceError, match="A line of the AI service's answer is longer"):
+        await _analyze(settings, answer)
