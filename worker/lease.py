@@ -14,8 +14,9 @@ The same round renews the AI concurrency slots the worker holds (worker/slots.py
 round trip, whether or not the row renewal went through.
 
 A job picked here whose claim has not answered yet (`claiming`) has its in-progress key
-extended in the same rounds: the pick holds it for one lease, and a claim that waited longer
-(the database pool busy under load) let it lapse, so that another worker could pick the job.
+extended in the same rounds, beside the rows' renewal (which may wait half a lease for a
+connection): the pick holds it for one lease, and a claim that waited longer (the database
+pool busy under load) let it lapse, so that another worker could pick the job.
 arq's in-progress key of a new attempt is cut to a lease span at once (arq sets it to the job
 timeout), and a closing attempt's key is held for what the attempt still has to do (commit its
 outcome, then its effects) so that arq does not start the job again meanwhile; extensions that
@@ -198,7 +199,10 @@ class Leases:
                 continue
             try:
                 if now >= renewal_due:
-                    renewed = await self._renew()
+                    if self._claiming:  # beside the rows: their renewal may wait half a lease
+                        _, renewed = await asyncio.gather(self._extend_claiming(), self._renew())
+                    else:
+                        renewed = await self._renew()
                     await self._renew_slots()  # after the rows: a stuck Redis never delays them
                     share = RENEW_SHARE if renewed else RETRY_SHARE
                     renewal_due = time.monotonic() + self.lease * share
@@ -226,11 +230,25 @@ class Leases:
         except Exception as exc:
             log.warning("renewing %d AI slot(s) failed: %r", self._slots.held, exc)
 
+    async def _extend_claiming(self) -> None:
+        """Extend the in-progress keys of the jobs still waiting for their claim, beside the
+        rows' renewal, not after it: that may wait half a lease for a connection
+        (`renewal_timeout`), and a pick's key lives one lease only, so that a job picked just
+        after a round began lost its key before the next round's extension. Nor before it:
+        a stuck Redis never delays the rows. Keys not extended are tried again soon with
+        the other pending extensions."""
+        claiming = list(self._claiming)
+        try:  # one pipeline: redis-py's own timeouts bound it
+            ttl_ms = int(lease_span(self.lease) * 1000)
+            await queue.extend_in_progress(self._arq, dict.fromkeys(claiming, ttl_ms))
+        except Exception as exc:
+            log.warning("extending %d in-progress key(s) failed: %r", len(claiming), exc)
+            for job_id in claiming:
+                if job_id in self._claiming:
+                    self._keys.setdefault(job_id, None)
+
     async def _renew(self) -> bool:
-        """Extend every held lease in the rows; False when that failed (tried again soon).
-        The in-progress keys of the jobs still waiting for their claim are extended too."""
-        for job_id in self._claiming:
-            self._keys.setdefault(job_id, None)
+        """Extend every held lease in the rows; False when that failed (tried again soon)."""
         leases = list(self._held.values())
         if not leases:
             return True

@@ -222,3 +222,55 @@ def _picked(redis: Redis, key: str) -> Callable[[], Awaitable[bool]]:
         return bool(await redis.exists(key))
 
     return exists
+
+
+async def test_a_claiming_jobs_key_is_extended_before_the_rows_renewal_answers(
+    client: httpx.AsyncClient,
+    alice: ApiUser,
+    pg: asyncpg.Pool,
+    worker_settings: Settings,
+) -> None:
+    """A job waiting for its claim has only its pick's one lease on its in-progress key, and
+    the round extended it only once the rows' renewal had answered, which may wait half a
+    lease for a connection (the pool busy: what makes a claim wait too): a pick just after
+    a round began got its first extension up to a lease and a quarter later, the key gone
+    meanwhile. Here the renewal statement waits until the round's timeout ends it: the
+    claiming job's key is extended while it still waits."""
+    lease = 6.0  # a round every 1.5 s; a renewal given up after 3 s
+    renewed = asyncio.Event()
+
+    class Busy(asyncpg.Connection):
+        async def fetch(self, query: str, *args: Any, **kwargs: Any) -> list[Any]:
+            if "lease_expires_at = now()" in query:
+                try:
+                    await asyncio.Event().wait()  # ended by the round's own timeout
+                finally:
+                    renewed.set()
+            return await super().fetch(query, *args, **kwargs)
+
+    busy = await create_pg_pool(worker_settings, connection_class=Busy)
+    arq = redis_client.connect(worker_settings.redis_url)
+    leases = Leases(lease, busy, arq)
+    claimed = await _claimed(client, alice, pg)
+    picked = "picked:0"  # a job of another task, waiting for its claim
+    key = in_progress_key_prefix + picked
+    held: Lease | None = None
+    try:
+        await arq.set(key, b"token", px=int(lease * 1000))  # the pick's: one lease
+        leases.claiming(picked)
+        leases.start()
+        held = leases.hold(claimed, f"{claimed.task_id}:{claimed.attempt}", time.monotonic())
+
+        async def extended() -> bool:
+            return bool(await arq.pttl(key) > lease * 1000)
+
+        await wait_for(extended, within=lease)
+        assert not renewed.is_set(), "extended only once the rows' renewal had answered"
+    finally:
+        if held is not None:
+            held.close()
+        leases.claim_answered(picked)
+        await leases.stop()
+        await arq.delete(key)
+        await arq.aclose(close_connection_pool=True)
+        await busy.close()
