@@ -42,7 +42,7 @@ RECONCILE_PAGE = 1000  # rows read from PostgreSQL at a time
 # many there are). Urgent first: retry rows that are due, processing rows whose lease expired
 # (their worker died); then pending rows past the grace (their enqueue may have failed).
 _PAGE = """
-    SELECT task_id, attempt, created_at, lane, user_id FROM ai_analysis_tasks
+    SELECT task_id, attempt, status, created_at, lane, user_id FROM ai_analysis_tasks
     WHERE {ACTIVE_STATUS_SQL} AND ({due})
       AND (created_at, task_id) > (:after_created, :after_task)
     ORDER BY created_at, task_id
@@ -154,9 +154,23 @@ async def _due_rows(deps: WorkerDeps, statement: TextClause) -> AsyncIterator[Ro
 
 
 async def _enqueue_missing(deps: WorkerDeps, rows: Sequence[Row[Any]]) -> int:
-    """Enqueue the jobs of due rows that arq does not hold; how many."""
+    """Enqueue the jobs of due rows that arq does not hold; how many.
+
+    A processing row whose lease ran out is left to its attempt while arq holds the job that
+    claimed it (`{task}:{attempt - 1}`): its in-progress key follows the lease and is held
+    through the outcome's commit, which may come after the lease's end (a busy database
+    pool), and a new attempt claimed then fenced that outcome out and called the AI service a
+    second time. A dead worker's job is still queued: arq starts it again once its key lapses.
+    Only a job Redis lost too is enqueued again here. One round trip checks both."""
     by_job = {queue.job_id_for(row.task_id, row.attempt): row for row in rows}
-    missing = await queue.missing_jobs(deps.arq, list(by_job))
+    claimed_by = {
+        queue.job_id_for(row.task_id, row.attempt - 1): job_id
+        for job_id, row in by_job.items()
+        if row.status == "processing" and row.attempt > 0
+    }
+    gone = set(await queue.missing_jobs(deps.arq, [*by_job, *claimed_by]))
+    alive = {job_id for claiming, job_id in claimed_by.items() if claiming not in gone}
+    missing = [job_id for job_id in by_job if job_id in gone and job_id not in alive]
     if not missing:
         return 0
     lanes = LaneWeights.of(deps.settings)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.jobs import deserialize_job_raw, serialize_job
 from arq.utils import timestamp_ms
 from prometheus_client import REGISTRY
@@ -198,3 +198,26 @@ async def test_more_due_rows_than_a_page_all_enqueued_in_one_tick(
 def _repairs(kind: str) -> float:
     value = REGISTRY.get_sample_value("vocalborn_reconcile_repairs_total", {"kind": kind})
     return value or 0.0
+
+
+async def test_an_expired_lease_whose_claiming_job_arq_still_runs_is_left_to_its_attempt(
+    worker_ctx: dict[str, Any], engine: AsyncEngine, redis: Redis, make_user: MakeUser
+) -> None:
+    """An attempt commits its outcome after its lease's end when the database pool is busy
+    (its in-progress key is held for that); the reconciler enqueued the next attempt's job
+    meanwhile, whose claim fenced the outcome out: the AI service was called twice
+    (test_attempts_settle, 500 tasks at once, failed so in CI). While arq holds the job that
+    claimed the row, the row is its attempt's; once Redis has lost that job, it is enqueued."""
+    user = await make_user()
+    [(task_id, attempt)] = await insert_tasks(
+        engine, user.user_id, 1, status="processing", attempt=1, age=0.0
+    )
+    claiming = in_progress_key_prefix + queue.job_id_for(task_id, attempt - 1)
+    await redis.set(claiming, b"1", px=60_000)  # its attempt still runs: it holds the key
+
+    assert await cron.reconcile(worker_ctx) == {"due": 1, "enqueued": 0}
+    assert await redis.zscore(queue.QUEUE_NAME, queue.job_id_for(task_id, attempt)) is None
+
+    await redis.delete(claiming)  # Redis lost it (its worker gone, or Redis restarted empty)
+    assert await cron.reconcile(worker_ctx) == {"due": 1, "enqueued": 1}
+    await assert_queued(redis, [(task_id, attempt)])
