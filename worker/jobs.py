@@ -35,14 +35,12 @@ async def analyze_recording(ctx: dict[str, Any], task_id: str) -> str:
         )
         return "rejected: the task id is not the job's"
     deps = deps_of(ctx)
-    deps.leases.claiming(job_id)
     try:
-        claimed, lease_deadline = await claim(deps, task_id, job_id)
+        with deps.leases.claiming(job_id):
+            claimed, lease_deadline = await claim(deps, task_id, job_id)
     except Exception as exc:  # the reconciler offers the job again
         log.warning("task %s: claim failed: %r", task_id, exc)
         return f"not claimed: {exc!r}"
-    finally:
-        deps.leases.claim_answered(job_id)
     if claimed is None:
         return "not claimed: finished, cancelled, not due or owned by a live attempt"
     enqueued_at = claimed.row["enqueued_at"]

@@ -34,6 +34,7 @@ import contextlib
 import enum
 import logging
 import time
+from collections.abc import Iterator
 
 import asyncpg
 from arq.connections import ArqRedis
@@ -177,15 +178,16 @@ class Leases:
     def forget_key(self, job_id: str) -> None:
         self._keys.pop(job_id, None)
 
-    def claiming(self, job_id: str) -> None:
-        """The job `job_id`, picked here, waits for its claim: its in-progress key is extended
-        at every renewal round until `claim_answered(job_id)`."""
+    @contextlib.contextmanager
+    def claiming(self, job_id: str) -> Iterator[None]:
+        """While the job `job_id`, picked here, waits for its claim, its in-progress key is
+        extended at every renewal round; once the claim has answered (or failed), a claimed
+        attempt's key follows its lease (`hold`)."""
         self._claiming.add(job_id)
-
-    def claim_answered(self, job_id: str) -> None:
-        """The claim of `job_id` answered (or failed): a claimed attempt's key follows its
-        lease from now on (`hold`)."""
-        self._claiming.discard(job_id)
+        try:
+            yield
+        finally:
+            self._claiming.discard(job_id)
 
     # -- the loop -------------------------------------------------------------------------
     async def _renew_until_stopped(self) -> None:
@@ -199,10 +201,8 @@ class Leases:
                 continue
             try:
                 if now >= renewal_due:
-                    if self._claiming:  # beside the rows: their renewal may wait half a lease
-                        _, renewed = await asyncio.gather(self._extend_claiming(), self._renew())
-                    else:
-                        renewed = await self._renew()
+                    # The claiming jobs' keys beside the rows: their renewal may wait half a lease.
+                    _, renewed = await asyncio.gather(self._extend_claiming(), self._renew())
                     await self._renew_slots()  # after the rows: a stuck Redis never delays them
                     share = RENEW_SHARE if renewed else RETRY_SHARE
                     renewal_due = time.monotonic() + self.lease * share
@@ -238,6 +238,8 @@ class Leases:
         a stuck Redis never delays the rows. Keys not extended are tried again soon with
         the other pending extensions."""
         claiming = list(self._claiming)
+        if not claiming:
+            return
         try:  # one pipeline: redis-py's own timeouts bound it
             ttl_ms = int(lease_span(self.lease) * 1000)
             await queue.extend_in_progress(self._arq, dict.fromkeys(claiming, ttl_ms))

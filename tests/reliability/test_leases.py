@@ -257,19 +257,18 @@ async def test_a_claiming_jobs_key_is_extended_before_the_rows_renewal_answers(
     held: Lease | None = None
     try:
         await arq.set(key, b"token", px=int(lease * 1000))  # the pick's: one lease
-        leases.claiming(picked)
-        leases.start()
-        held = leases.hold(claimed, f"{claimed.task_id}:{claimed.attempt}", time.monotonic())
+        with leases.claiming(picked):
+            leases.start()
+            held = leases.hold(claimed, f"{claimed.task_id}:{claimed.attempt}", time.monotonic())
 
-        async def extended() -> bool:
-            return bool(await arq.pttl(key) > lease * 1000)
+            async def extended() -> bool:
+                return bool(await arq.pttl(key) > lease * 1000)
 
-        await wait_for(extended, within=lease)
-        assert not renewed.is_set(), "extended only once the rows' renewal had answered"
+            await wait_for(extended, within=lease)
+            assert not renewed.is_set(), "extended only once the rows' renewal had answered"
     finally:
         if held is not None:
             held.close()
-        leases.claim_answered(picked)
         await leases.stop()
         await arq.delete(key)
         await arq.aclose(close_connection_pool=True)
