@@ -20,8 +20,9 @@ changes, each at one of arq's own methods:
   pick.
 - with an AI concurrency cap, a poll picks no more attempts than there are AI slots free
   (AI_PICK_WITHIN_CAP), so that what waits for the AI service waits in the fair queue; and a
-  picked attempt is held (its in-progress key) for one lease until its claim renews it, not
-  for the job's whole timeout, so that a worker killed in between gives it back soon.
+  picked attempt is held (its in-progress key) for one lease, extended by the lease loop while
+  its claim waits (worker/lease.py `claiming`), not for the job's whole timeout, so that a
+  worker killed in between gives it back soon.
 - a stop waits for main to end before on_shutdown (a lost cancel let a start-up finish after
   it), and a stop overdue by STOP_OVERDUE_SECONDS logs where every task waits.
 - at start, Redis is waited for the same way (arq tries once), and a stop runs on_shutdown
@@ -280,12 +281,12 @@ class HealingWorker(Worker):
         is given back exactly once on every path: arq kept the slot of a claim whose pipeline
         raised, and after max_jobs such failures never took a job again."""
         room = self.max_jobs - self.job_counter
-        # A job this worker still runs is never started beside itself: its in-progress key
-        # lives one lease from the pick until its claim renews it, and a claim that waits
-        # longer under load (500 jobs at once, the database pool busy) let the next poll
-        # pick it again here; the two runs then shared arq's job_tasks entry and the lease
-        # bookkeeping of one job id (KeyError at the end, a lease left unrenewed, the AI
-        # called twice).
+        # A job this worker still runs is never started beside itself. Its in-progress key is
+        # extended while its claim waits (`Leases.claiming`); before that, a claim that waited
+        # longer than a lease under load (500 jobs at once, the database pool busy) let the
+        # next poll pick it again here, and the two runs shared arq's job_tasks entry and the
+        # lease bookkeeping of one job id (KeyError at the end, a lease left unrenewed, the AI
+        # called twice). Kept for a key that lapses anyway (its extension failed).
         offered = [job_id for job_id in map(bytes.decode, job_ids) if not self._runs_here(job_id)]
         if not offered or room <= 0:
             return
