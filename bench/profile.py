@@ -18,9 +18,8 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 OWN, WORKER = "(app/", "(worker/"
 # Libraries by the path in py-spy's frame names; a sample counts for each one on its stack.
 LIBRARIES = {
-    "httpx/aiohttp (AI client)": (
+    "aiohttp (AI client)": (
         "(httpx/",
-        "(httpx_aiohttp/",
         "(aiohttp/",
         "(yarl/",
         "(multidict/",

@@ -1,7 +1,7 @@
-"""Fault injection at the seams of our I/O: the engine, the Redis client, the AI transport.
+"""Fault injection at the seams of our I/O: the engine, the Redis client, the AI connector.
 
 A `FaultPlan` is attached where a worker takes its dependencies (its ctx: `engine`,
-`pg_connection_class`, `redis_connection_class`, `ai_transport`), never by patching our
+`pg_connection_class`, `redis_connection_class`, `ai_connector`), never by patching our
 functions. It records every call an analysis attempt makes, by kind ("sql:success",
 "redis:PEXPIRE", "ai"), and fails the Nth call of one kind the way the real thing fails:
 
@@ -9,7 +9,7 @@ functions. It records every call an analysis attempt makes, by kind ("sql:succes
   driver raises what a dropped connection raises;
 - a Redis command: the connection is closed and redis-py's ConnectionError raised, as on a
   reset; while the layer is down, new connections are refused as by a stopped server;
-- the AI call: httpx's ConnectError, as when the service refuses connections.
+- the AI call: aiohttp's ClientConnectorError, as when the service refuses connections.
 
 With `reply_lost`, a database statement runs (and commits: each outcome is one statement) and
 its connection is then reset before the caller sees the answer: the case where only a re-read
@@ -33,8 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import aiohttp
 import asyncpg
-import httpx
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -210,23 +210,27 @@ class FaultPlan:
 
         return FaultyConnection
 
-    def ai_transport(self) -> httpx.AsyncBaseTransport:
-        """An httpx transport to the real (fake) AI server that consults this plan."""
-        return _FaultyTransport(self)
+    def ai_connector(self) -> aiohttp.BaseConnector:
+        """An aiohttp connector to the real (fake) AI server that consults this plan (the AI
+        client's `connector`: called on the running loop)."""
+        return _FaultyConnector(self)
 
 
-class _FaultyTransport(httpx.AsyncBaseTransport):
+class _FaultyConnector(aiohttp.TCPConnector):
     def __init__(self, plan: FaultPlan) -> None:
+        super().__init__()
         self._plan = plan
-        self._inner = httpx.AsyncHTTPTransport()
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def connect(
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Any],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's signature)
+    ) -> Any:
         if self._plan.strikes("ai"):
-            raise httpx.ConnectError("[Errno 111] Connection refused (injected)", request=request)
-        return await self._inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+            refused = ConnectionRefusedError(111, "Connection refused (injected)")
+            raise aiohttp.ClientConnectorError(req.connection_key, refused)
+        return await super().connect(req, traces, timeout)
 
 
 def _command_names(command: Any) -> str:

@@ -57,7 +57,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get("settings") or get_settings()
     configure_logging(settings)
     # The ctx may bring test seams: a Redis connection class, an engine, an asyncpg
-    # connection class, an AI transport.
+    # connection class, an AI connector (a callable making an aiohttp connector).
     arq = redis_client.connect(
         RedisTarget.of(settings), connection_class=ctx.get("redis_connection_class")
     )
@@ -71,7 +71,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         pg=pg,
         arq=arq,
         storage=storage.from_settings(settings),
-        providers=Providers(settings, arq, slots, transport=ctx.get("ai_transport")),
+        providers=Providers(settings, arq, slots, connector=ctx.get("ai_connector")),
         policy=RetryPolicy(settings),
         publisher=Publisher(arq, estimator, publish_settings(settings)),
         worker_name=settings.worker_name or default_worker_name(),

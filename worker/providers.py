@@ -22,10 +22,9 @@ import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-import httpx
 from redis.asyncio import Redis
 
-from app.ai_client.client import AIClient
+from app.ai_client.client import AIClient, Connector
 from app.ai_client.providers import AIProvider, cap_of
 from app.metrics import AI_SLOT_WAIT
 from app.settings import Settings
@@ -79,7 +78,7 @@ class Providers:
         settings: Settings,
         redis: Redis,
         slots: Slots,
-        transport: httpx.AsyncBaseTransport | None = None,
+        connector: Connector | None = None,
     ) -> None:
         self.slots = slots
         self._poll = settings.ai_slot_poll_seconds
@@ -96,7 +95,7 @@ class Providers:
             )
             cap = cap_of(config, settings.ai_max_concurrency)
             pool = None if cap is None else SlotPool(redis, config.name, cap, breaker.keys.open)
-            ai = AIClient(settings, transport=transport, provider=config)
+            ai = AIClient(settings, provider=config, connector=connector)
             self.all.append(Provider(config, ai, breaker, pool))
 
     @property

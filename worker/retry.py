@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.ai_client.errors import (
@@ -71,13 +71,13 @@ def classify(exc: BaseException) -> AnalysisError:
     for cause in causes(exc):
         if isinstance(cause, AnalysisError):
             return cause
-        # TimeoutError is an OSError: test it first.
-        if isinstance(cause, TimeoutError | httpx.TimeoutException):
+        # TimeoutError is an OSError: test it first (aiohttp's timeouts are TimeoutErrors).
+        if isinstance(cause, TimeoutError):
             return AnalysisTimeout(f"Timed out: {cause!r}")
         if isinstance(cause, FileNotFoundError):
             return InvalidInput("The recording is missing from storage")
+        if isinstance(cause, aiohttp.ClientError):  # some are OSErrors: test them first
+            return NetworkError(f"Network error: {cause!r}")
         if isinstance(cause, StorageUnavailable | OperationalError | DBAPIError | OSError):
             return ResourceError(f"Storage or database unavailable: {cause!r}")
-        if isinstance(cause, httpx.TransportError):
-            return NetworkError(f"Network error: {cause!r}")
     return AnalysisError(f"Unexpected error: {exc!r}")

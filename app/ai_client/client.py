@@ -1,12 +1,12 @@
-"""httpx client for the AI analysis service: the recording is streamed as the request body and
+"""aiohttp client for the AI analysis service: the recording is streamed as the request body and
 the NDJSON answer is read line by line. Errors come out as `AnalysisError` subclasses.
 
-The connections are aiohttp's (httpx-aiohttp's transport, by httpx's maintainer) behind
-httpx's API: one call through httpx's own transport (httpcore, h11, anyio) cost about 2.0-2.4 ms
-of CPU against 0.6 ms through aiohttp's, whose HTTP parser is compiled (64 kB streamed, five
-NDJSON lines read; the micro-benchmark in bench/PROFILES.md), and httpcore's pool scanned
-every connection it held at each request and response end (about 2 ms per call in one pool of
-500)."""
+aiohttp's own API, not httpx's: httpx's models around aiohttp's connections (the URL built and
+merged with its query, cookies, the stream wrappers) cost as much CPU as aiohttp itself (0.58
+against 0.24 ms per call, 64 kB streamed, five NDJSON lines read, 50 at once against
+bench/fake_ai.py), and httpx's own transport (httpcore, h11, anyio) 2.0-2.4 ms, its pool
+scanning every connection it held at each request and response end. The test seam is
+aiohttp's: a connector (`connector`) and, for answers, a real HTTP server."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
+import yarl
 from pydantic import ValidationError
 
 from app.ai_client.errors import (
@@ -38,37 +38,62 @@ from app.text import storable_json, storable_words
 
 NDJSON = "application/x-ndjson"
 ProgressCallback = Callable[[ProgressLine], Awaitable[None]]
+Connector = Callable[[], aiohttp.BaseConnector]
 QUERY_KEYS = ("language", "target_text", "analysis_type", "include_suggestions", "model_version")
+# The size of the answer's chunks handed to the line reader (bytes): what has come, up to this.
+READ_CHUNK_BYTES = 64 * 1024
 
 
 class AIClient:
     def __init__(
         self,
         settings: Settings,
-        transport: httpx.AsyncBaseTransport | None = None,
         provider: AIProvider | None = None,
+        connector: Connector | None = None,
     ) -> None:
         """A client of `provider` (its URL and key), else of AI_SERVICE_URL and
-        AI_SERVICE_API_KEY. `transport`: a test seam (httpx.ASGITransport, MockTransport);
-        by default aiohttp's connections."""
+        AI_SERVICE_API_KEY. `connector`: makes the aiohttp connector of the client's session
+        at its first call (a test seam: a connector that fails on cue); by default
+        `ai_connector`. Raises ValueError for a proxy the environment names that aiohttp
+        cannot use (`environment_proxy`)."""
         url = provider.url if provider is not None else settings.ai_service_url
         key = provider.key if provider is not None else settings.ai_service_api_key
         headers = {"Accept": NDJSON}
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        self._headers = headers
+        self._endpoint = yarl.URL(url.rstrip("/") + "/v1/analyze")
         self._limit = settings.ai_max_answer_bytes
-        self._http = httpx.AsyncClient(
-            base_url=url,
-            headers=headers,
-            transport=transport
-            or AiohttpTransport(client=_sessions(settings), proxy=environment_proxy(url)),
-            timeout=httpx.Timeout(
-                settings.ai_deadline_seconds, connect=settings.ai_connect_timeout_seconds
-            ),
+        self._connector = connector or (lambda: ai_connector(settings))
+        self._session: aiohttp.ClientSession | None = None
+        # As httpx's Timeout(deadline, connect=...) was: a connection made within the connect
+        # timeout, taken from the pool or made within the deadline, each read within it.
+        self._timeout = aiohttp.ClientTimeout(
+            sock_connect=settings.ai_connect_timeout_seconds,
+            sock_read=settings.ai_deadline_seconds,
+            connect=settings.ai_deadline_seconds,
         )
+        proxy = environment_proxy(url)
+        self._proxy: dict[str, Any] = {}
+        if proxy is not None:
+            self._proxy = {
+                "proxy": str(proxy.url),
+                "proxy_auth": aiohttp.BasicAuth(*proxy.auth) if proxy.auth else None,
+                "proxy_headers": dict(proxy.headers) or None,
+            }
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+
+    def _open(self) -> aiohttp.ClientSession:
+        """The client's session, made at the first call (it needs the running loop); no
+        cookies kept between calls."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=self._connector(), cookie_jar=aiohttp.DummyCookieJar()
+            )
+        return self._session
 
     async def analyze(
         self,
@@ -84,42 +109,60 @@ class AIClient:
         time): when the caller's own timeout ends, so that reading past the result line never
         runs into it. Raises an `AnalysisError` subclass: the service's error by its status,
         a timeout or a network error."""
-        http = self._http
-        request = http.build_request(
-            "POST",
-            "/v1/analyze",
-            content=audio,
-            params=_query(parameters),
-            headers={"Content-Type": content_type, "X-Request-ID": request_id},
-        )
+        headers = {**self._headers, "Content-Type": content_type, "X-Request-ID": request_id}
+        body = _Body(audio)
         try:
-            response = await http.send(request, stream=True)
-            try:
+            async with self._open().post(
+                self._endpoint,
+                data=body,
+                params=_query(parameters),
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                **self._proxy,
+            ) as response:
                 return await _read(response, on_progress, deadline, self._limit)
-            finally:
-                await response.aclose()
-        except (httpx.TransportError, aiohttp.ClientError) as exc:
-            raise _transport_error(exc) from exc
+        except aiohttp.ClientError as exc:
+            if body.error is None:
+                raise _transport_error(exc) from exc
+        # The recording's own read failed, not the service: its error as it was raised
+        # (raised here, outside the handler, it does not chain aiohttp's wrapper).
+        raise body.error
 
 
-def _sessions(settings: Settings) -> Callable[[], aiohttp.ClientSession]:
-    """The aiohttp session of the transport, made at the first call (it needs the running
-    loop): one connection per job the worker may run at once, all kept alive for
-    AI_KEEPALIVE_SECONDS (httpx's default pool, 100 with 20 kept, capped the AI calls in
+class _Body:
+    """The request body: the recording's chunks as `audio` yields them. aiohttp wraps an
+    error raised while it writes them into its own connection error (ClientOSError for an
+    OSError, such as a recording missing from storage): the error is kept here, so that the
+    recording's fault is not taken for the service's (a retry as a network error, counted
+    on the circuit breaker)."""
+
+    def __init__(self, audio: AsyncIterable[bytes]) -> None:
+        self._audio = audio
+        self.error: Exception | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._audio:
+                yield chunk
+        except Exception as exc:
+            self.error = exc
+            raise
+
+
+def ai_connector(settings: Settings) -> aiohttp.BaseConnector:
+    """The AI client's connections: one per job the worker may run at once, all kept alive
+    for AI_KEEPALIVE_SECONDS (httpx's default pool, 100 with 20 kept, capped the AI calls in
     flight at 100 whatever WORKER_MAX_JOBS said, and churned connections beyond 20); httpx's
-    TLS context. Not `trust_env`: the proxy is read once (`environment_proxy`), where aiohttp
-    read the environment and looked for ~/.netrc in a thread at every request (0.35 of 0.88
-    ms of CPU per call, 50 calls at once against bench/fake_ai.py)."""
-
-    def session() -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=settings.worker_max_jobs,
-            keepalive_timeout=settings.ai_keepalive_seconds,
-            ssl=httpx.create_ssl_context(),
-        )
-        return aiohttp.ClientSession(connector=connector)
-
-    return session
+    TLS context (certifi's roots). Not `trust_env`: the proxy is read once
+    (`environment_proxy`), where aiohttp read the environment and looked for ~/.netrc in a
+    thread at every request (0.35 of 0.88 ms of CPU per call, 50 calls at once against
+    bench/fake_ai.py). Call it on the running loop."""
+    return aiohttp.TCPConnector(
+        limit=settings.worker_max_jobs,
+        keepalive_timeout=settings.ai_keepalive_seconds,
+        ssl=httpx.create_ssl_context(),
+    )
 
 
 def environment_proxy(url: str) -> httpx.Proxy | None:
@@ -146,24 +189,16 @@ def environment_proxy(url: str) -> httpx.Proxy | None:
     return proxy
 
 
-def _transport_error(exc: Exception) -> AnalysisError:
-    """What a failed exchange with the service is, by its cause: aiohttp's own error where
-    the transport mapped one (httpx-aiohttp maps every closed connection to ConnectTimeout,
-    and lets a malformed answer through as aiohttp's), else httpx's."""
-    cause = exc.__cause__ if isinstance(exc, httpx.TransportError) else exc
-    if isinstance(cause, aiohttp.ClientError):
-        shown: BaseException = cause
-        connect = isinstance(cause, aiohttp.ConnectionTimeoutError)
-        timeout = isinstance(cause, aiohttp.ServerTimeoutError)
-    else:
-        shown = exc
-        connect = isinstance(exc, httpx.ConnectTimeout)
-        timeout = isinstance(exc, httpx.TimeoutException)
-    if connect:
-        return NetworkError(f"AI service connect timeout: {shown!r}")
-    if timeout:
-        return AnalysisTimeout(f"AI service timed out: {shown!r}")
-    return NetworkError(f"AI service unreachable: {shown!r}")
+def _transport_error(exc: aiohttp.ClientError) -> AnalysisError:
+    """What a failed exchange with the service is, by aiohttp's error: a connect timeout
+    (no connection within AI_CONNECT_TIMEOUT_SECONDS, or none from the pool within the
+    deadline), a read timeout, else an unreachable service (refused, reset, closed before
+    its answer, not HTTP)."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return NetworkError(f"AI service connect timeout: {exc!r}")
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return AnalysisTimeout(f"AI service timed out: {exc!r}")
+    return NetworkError(f"AI service unreachable: {exc!r}")
 
 
 def _query(parameters: Mapping[str, Any]) -> dict[str, str]:
@@ -177,21 +212,25 @@ def _query(parameters: Mapping[str, Any]) -> dict[str, str]:
 
 
 async def _read(
-    response: httpx.Response, on_progress: ProgressCallback, deadline: float | None, limit: int
+    response: aiohttp.ClientResponse,
+    on_progress: ProgressCallback,
+    deadline: float | None,
+    limit: int,
 ) -> AIResult:
     """The result of an answer whose head has come, none of its parts read past `limit`
     bytes (AI_MAX_ANSWER_BYTES)."""
-    if response.status_code >= 400:
-        body, whole = await _body(response, limit)
+    chunks = response.content.iter_chunked(READ_CHUNK_BYTES)
+    if response.status >= 400:
+        body, whole = await _body(chunks, limit)
         raise error_for_status(
-            response.status_code, _error_message(response, body, whole), _retry_after(response)
+            response.status, _error_message(response, body, whole), _retry_after(response)
         )
     if not response.headers.get("content-type", "").startswith(NDJSON):
-        body, whole = await _body(response, limit)
+        body, whole = await _body(chunks, limit)
         if not whole:
             raise AIServiceError(f"The AI service's result is longer than {limit} bytes")
         return _parse_result(body)
-    lines = _lines(response, limit)
+    lines = _lines(chunks, limit)
     async for raw in lines:
         if not raw.strip():
             continue
@@ -206,26 +245,27 @@ async def _read(
     raise AIServiceError("AI service stream ended without a result")
 
 
-async def _body(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
-    """The answer's body, read up to `limit` bytes, and whether that is all of it (the rest
-    is left unread: closing the answer then closes its connection)."""
+async def _body(chunks: AsyncIterable[bytes], limit: int) -> tuple[bytes, bool]:
+    """The answer's body (its `chunks`), read up to `limit` bytes, and whether that is all
+    of it (the rest is left unread: closing the answer then closes its connection)."""
     body = bytearray()
-    async for chunk in response.aiter_bytes():
+    async for chunk in chunks:
         body += chunk
         if len(body) > limit:
             return bytes(body[:limit]), False
     return bytes(body), True
 
 
-async def _lines(response: httpx.Response, limit: int) -> AsyncIterator[str]:
-    """The answer's lines (NDJSON: UTF-8, each ended by a newline, a carriage return before it
-    dropped), as httpx's `aiter_lines` reads them but with a bound: AIServiceError for a line
-    longer than `limit` bytes, however the answer comes in chunks, and once one runs past it
-    without its end (httpx's would hold it all in memory). Only a newline ends a line
+async def _lines(chunks: AsyncIterable[bytes], limit: int) -> AsyncIterator[str]:
+    """The lines of an answer that comes in `chunks` (NDJSON: UTF-8, each ended by a newline,
+    a carriage return before it dropped), with a bound: AIServiceError for a line longer
+    than `limit` bytes, however the answer is cut into chunks, and once one runs past it
+    without its end (httpx's `aiter_lines` held it all in memory; aiohttp's `readline`
+    refuses lines past its buffer's size, whatever the bound). Only a newline ends a line
     (httpx's also split at a lone carriage return and at U+0085, U+2028 and U+2029, which a
     JSON string may hold as they are)."""
     pending = bytearray()
-    async for chunk in response.aiter_bytes():
+    async for chunk in chunks:
         start, searched = 0, len(pending)
         pending += chunk
         while (end := pending.find(b"\n", searched)) >= 0:
@@ -255,7 +295,7 @@ async def _read_to_the_end(lines: AsyncIterator[str], deadline: float | None) ->
     until = asyncio.get_running_loop().time() + DRAIN_SECONDS
     if deadline is not None:
         until = min(until, deadline - DRAIN_MARGIN_SECONDS)
-    with contextlib.suppress(TimeoutError, httpx.HTTPError, aiohttp.ClientError, AIServiceError):
+    with contextlib.suppress(TimeoutError, aiohttp.ClientError, AIServiceError):
         async with asyncio.timeout_at(until):
             async for _ in lines:
                 pass
@@ -289,7 +329,7 @@ def _parse_result(body: bytes) -> AIResult:
         raise AIServiceError(f"Malformed result from the AI service: {exc}") from exc
 
 
-def _error_message(response: httpx.Response, body: bytes, whole: bool) -> str:
+def _error_message(response: aiohttp.ClientResponse, body: bytes, whole: bool) -> str:
     """The service's error answer (`body`, all of it when `whole`) in words, storable as the
     task's error_message (the service's own words may hold a NUL or an unpaired surrogate:
     `storable_words`)."""
@@ -299,12 +339,12 @@ def _error_message(response: httpx.Response, body: bytes, whole: bool) -> str:
         error = json.loads(body).get("error", {})
         message = f"{error.get('code', 'error')}: {error.get('message', '')}"
     except (ValueError, AttributeError, RecursionError):
-        message = _first_words(body[:200], response.encoding)
-    return storable_words(f"AI service answered {response.status_code} ({message})")
+        message = _first_words(body[:200], response.charset)
+    return storable_words(f"AI service answered {response.status} ({message})")
 
 
 def _first_words(body: bytes, encoding: str | None) -> str:
-    """`body` decoded by the charset its answer names (`encoding`, httpx's reading of it),
+    """`body` decoded by the charset its answer names (`encoding`, from its Content-Type),
     UTF-8 when that is none or no text encoding ("base64": LookupError) or one that cannot
     replace what it cannot read ("idna", "undefined": UnicodeError): the service's words,
     never an error of their own (which would lose the answer's status)."""
@@ -314,7 +354,7 @@ def _first_words(body: bytes, encoding: str | None) -> str:
         return body.decode("utf-8", errors="replace")
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
     value = response.headers.get("retry-after")
     if not value:
         return None

@@ -70,7 +70,7 @@ async def start_worker(worker_settings: Settings, clean: None) -> AsyncIterator[
 
     async def start(ctx: dict[str, Any] | None = None, **overrides: Any) -> Worker:
         """A worker with these settings overridden; `ctx` adds to its context (test seams
-        such as `ai_transport`)."""
+        such as `ai_connector`)."""
         settings = worker_settings.model_copy(update=overrides)
         context = {"settings": settings} | (ctx or {})
         worker = healing_worker(settings, handle_signals=False, ctx=context)

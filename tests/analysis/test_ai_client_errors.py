@@ -1,21 +1,24 @@
 """What the AI client makes of the network between it and the service (a raw TCP server stands
 in for the service or a proxy): every failure is one of our AnalysisError classes, by what
-happened (the transport's own mapping called a closed connection a connect timeout and let a
-malformed answer out as aiohttp's error, which the retry policy does not know); a proxy named
-by the environment is used, as httpx would, unless `no_proxy` covers the service."""
+happened (httpx-aiohttp's mapping, used before, called a closed connection a connect timeout
+and let a malformed answer out as aiohttp's error, which the retry policy does not know); a
+proxy named by the environment is used, as httpx would, unless `no_proxy` covers the
+service."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import httpx
 import pytest
 
 from app.ai_client.client import NDJSON, AIClient
-from app.ai_client.errors import AIServiceError, NetworkError
+from app.ai_client.errors import AIServiceError, ErrorClass, NetworkError
 from app.ai_client.wire import ProgressLine
 from app.settings import Settings
+from app.storage import StorageUnavailable
+from tests.ai_server import serving
+from worker.retry import classify
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -125,12 +128,44 @@ async def test_an_answer_nested_too_deeply_is_the_services_error_in_words(
     """An answer nested deeper than Python can read is the service's fault, said as such (it
     was a RecursionError, classified with the words "Unexpected error")."""
 
-    def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(status, content=body, headers={"Content-Type": content_type})
+    async with serving(status, [body], {"Content-Type": content_type}) as url:
+        client = AIClient(settings.model_copy(update={"ai_service_url": url}))
+        try:
+            with pytest.raises(AIServiceError, match=words):
+                await client.analyze(_audio(), "audio/wav", {}, "t1:1", _ignore)
+        finally:
+            await client.aclose()
 
-    client = AIClient(settings, transport=httpx.MockTransport(answer))
-    try:
-        with pytest.raises(AIServiceError, match=words):
-            await client.analyze(_audio(), "audio/wav", {}, "t1:1", _ignore)
-    finally:
-        await client.aclose()
+
+@pytest.mark.parametrize(
+    ("error", "error_class"),
+    [
+        (FileNotFoundError(2, "No such file or directory"), ErrorClass.VALIDATION),
+        (StorageUnavailable("the object store is down"), ErrorClass.RESOURCE),
+    ],
+    ids=["missing", "storage down"],
+)
+@pytest.mark.parametrize("sent", [0, 1], ids=["before the first chunk", "after one chunk"])
+async def test_a_recording_whose_read_fails_while_it_is_sent_is_not_the_services_error(
+    settings: Settings, error: Exception, error_class: ErrorClass, sent: int
+) -> None:
+    """aiohttp wraps an error of the request body into its own connection error (a missing
+    recording, an OSError, came out as ClientOSError): the attempt took it for the service
+    unreachable, retried it as `network` and counted it on the service's circuit breaker.
+    The recording's own error comes out, and is classified as such."""
+
+    async def recording() -> AsyncIterator[bytes]:
+        for _ in range(sent):
+            yield b"RIFF" + bytes(64)
+        raise error
+
+    result = b'{"event": "result", "result": {"overall_score": 1.0}}\n'
+    async with serving(200, [result], {"Content-Type": NDJSON}) as url:
+        client = AIClient(settings.model_copy(update={"ai_service_url": url}))
+        try:
+            with pytest.raises(type(error)) as raised:
+                await client.analyze(recording(), "audio/wav", {}, "t1:1", _ignore)
+        finally:
+            await client.aclose()
+    assert raised.value is error
+    assert classify(raised.value).error_class is error_class

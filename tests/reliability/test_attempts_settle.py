@@ -73,17 +73,13 @@ async def test_no_task_stays_processing_after_its_ai_call_ended(
     start_worker: StartWorker,
     worker_settings: Settings,
 ) -> None:
-    """500 analyses at once on one worker, the AI client's pool unlimited, five runs: once
+    """500 analyses at once on one worker, one AI connection per job, five runs: once
     every AI call has ended, every task leaves `processing` within the attempt's bounded
     close (before: 4 of 7 runs left 4-11 tasks stuck at progress 78, their lease renewed
     forever by a renewal loop whose cancellation redis-py had swallowed)."""
     fake_ai.reset(default=ok(latency=2.0))
-    unlimited = httpx.AsyncHTTPTransport(
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    )
-    await start_worker(
-        ctx={"ai_transport": unlimited}, worker_max_jobs=TASKS, ai_deadline_seconds=15.0
-    )
+    # The AI client keeps one connection per job the worker may run: all TASKS at once.
+    await start_worker(worker_max_jobs=TASKS, ai_deadline_seconds=15.0)
     for run in range(RUNS):
         fake_ai.reset(default=ok(latency=2.0))
         session_id, record_id, _ = await upload_recording(client, alice)

@@ -109,7 +109,7 @@ async def _analyse(
     fake_ai: FakeAI,
     answers: tuple[Mode, ...],
 ) -> Outcome:
-    """One analysis on a worker of its own whose engine, Redis client and AI transport go
+    """One analysis on a worker of its own whose engine, Redis client and AI connector go
     through `plan`; the AI service gives `answers` first, then results."""
     fake_ai.reset(default=ok(latency=AI_LATENCY))
     fake_ai.then(*answers)
@@ -120,7 +120,7 @@ async def _analyse(
         "engine": plan.attach(create_engine(settings)),
         "pg_connection_class": plan.pg_connection_class(),
         "redis_connection_class": plan.redis_connection_class(),
-        "ai_transport": plan.ai_transport(),
+        "ai_connector": plan.ai_connector,
     }
     worker = healing_worker(settings, on_job_start=_mark_attempt, handle_signals=False, ctx=ctx)
     running = asyncio.create_task(worker.async_run())
