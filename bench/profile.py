@@ -18,15 +18,7 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 OWN, WORKER = "(app/", "(worker/"
 # Libraries by the path in py-spy's frame names; a sample counts for each one on its stack.
 LIBRARIES = {
-    "aiohttp (AI client)": (
-        "(httpx/",
-        "(aiohttp/",
-        "(yarl/",
-        "(multidict/",
-        "(httpcore/",
-        "(anyio/",
-        "(h11/",
-    ),
+    "aiohttp (AI client)": ("(aiohttp/", "(yarl/", "(multidict/"),
     "sqlalchemy": ("(sqlalchemy/",),
     "asyncpg": ("(asyncpg/",),
     "redis-py": ("(redis/",),
