@@ -24,6 +24,14 @@ ARQ = Path(sys.executable).parent / "arq"
 # baseline's broker and result backend in their own (its queue list would collide with arq's
 # sorted set of the same name, `ai_analysis`).
 SERVICE_DB, CELERY_BROKER_DB, CELERY_BACKEND_DB = 0, 2, 3
+# The Celery baseline publishes a batch here, as its queue's list, then MOVEs it to its broker's
+# database at the release (bench/celery_baseline/control.py).
+CELERY_STAGING_DB = 4
+# PostgreSQL databases (one server, the same schema): ours, and the Celery baseline's own. Our
+# worker's reconciler adopts every pending row older than its grace (5 s) in the database it
+# serves; on a shared database it took the Celery batch's rows still waiting for Celery and ran
+# them itself (2026-11-30), so each system under test gets its own, as each deployment would.
+SERVICE_DATABASE, CELERY_DATABASE = "vocalborn_bench", "vocalborn_bench_celery"
 SERVER_START_SECONDS = 60.0
 TABLES = "ai_analysis_results, ai_analysis_tasks, practice_records, practice_sessions, users"
 
@@ -36,6 +44,7 @@ class Stack:
     postgres: Any = None  # app.embedded.EmbeddedPostgres
     redis_server: Any = None  # app.embedded.EmbeddedRedis
     pg_url: str = ""  # libpq URI (asyncpg, psycopg)
+    celery_pg_url: str = ""  # the Celery baseline's database (same schema), libpq URI
     database_url: str = ""  # SQLAlchemy's asyncpg URL, as the service reads it
     jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(48))
     fake_ai: FakeAIControl | None = None
@@ -73,9 +82,11 @@ class Stack:
         self.redis_server = EmbeddedRedis(self.workdir / "redis")
         await asyncio.to_thread(self.postgres.start)
         await asyncio.to_thread(self.redis_server.start)
-        self.pg_url = await ensure_database(self.postgres.url, "vocalborn_bench")
+        self.pg_url = await ensure_database(self.postgres.url, SERVICE_DATABASE)
         self.database_url = asyncpg_url(self.pg_url)
         await asyncio.to_thread(migrate.upgrade, self.database_url)
+        self.celery_pg_url = await ensure_database(self.postgres.url, CELERY_DATABASE)
+        await asyncio.to_thread(migrate.upgrade, asyncpg_url(self.celery_pg_url))
         self.redis = Redis.from_url(self.redis_url())
         port = free_port()
         argv = [sys.executable, "-m", "bench.fake_ai", "--port", str(port)]
@@ -174,16 +185,18 @@ class Stack:
 
     # -- between rounds ----------------------------------------------------------------------
     async def clean(self) -> None:
-        """Empty tables, the service's Redis database and the recordings."""
+        """Empty tables (ours and the Celery baseline's), the service's Redis database and the
+        recordings."""
         import shutil
 
         import asyncpg
 
-        connection = await asyncpg.connect(self.pg_url)
-        try:
-            await connection.execute(f"TRUNCATE {TABLES} CASCADE")
-        finally:
-            await connection.close()
+        for url in (self.pg_url, self.celery_pg_url):
+            connection = await asyncpg.connect(url)
+            try:
+                await connection.execute(f"TRUNCATE {TABLES} CASCADE")
+            finally:
+                await connection.close()
         await self.queue_redis.flushdb()
         recordings = self.storage_dir / "bench"
         await asyncio.to_thread(shutil.rmtree, recordings, True)

@@ -11,7 +11,8 @@ as a row update, then the result row, `success`, the record `ai_analyzed`, and t
 returned to the backend; on an error, failure and the record back to `recorded`, retried up to
 3 times after 60 s. Database writes are synchronous (psycopg 3, autocommit, one connection per
 pool process, each write its own transaction as the seed's `update_task_status` commits): the
-same tables and rows as ours.
+same tables and rows as ours, in its own database (BENCH_DATABASE_URL; bench/stack.py
+`CELERY_DATABASE`).
 """
 
 from __future__ import annotations

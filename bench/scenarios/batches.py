@@ -54,7 +54,7 @@ class Batch:
     timed_out: bool = False
     redis_commands: int = 0
     pg_transactions: int = 0
-    stale_messages: int = 0  # Celery: restored messages of an earlier batch, dropped first
+    stale_messages: int = 0  # Celery: messages of an earlier batch still there, dropped first
 
     @property
     def per_second(self) -> float:
@@ -91,15 +91,23 @@ def recording(ctx: Context, size: int = RECORDING_BYTES) -> Path:
 
 
 async def seed(
-    ctx: Context, count: int, size: int = RECORDING_BYTES, users: int = 10
+    ctx: Context,
+    count: int,
+    size: int = RECORDING_BYTES,
+    users: int = 10,
+    *,
+    celery: bool = False,
 ) -> list[Task]:
-    """A clean database and queue, then `count` pending tasks whose recordings exist."""
+    """Clean databases and queue, then `count` pending tasks whose recordings exist: in our
+    database, or in the Celery baseline's own (`celery`), where our worker's reconciler does not
+    see them (bench/stack.py `CELERY_DATABASE`)."""
     stack = ctx.stack
     await stack.clean()
-    made = await create_users(stack.pg_url, stack.settings(), min(users, count))
+    pg_url = stack.celery_pg_url if celery else stack.pg_url
+    made = await create_users(pg_url, stack.settings(), min(users, count))
     per_user = math.ceil(count / len(made))
     records = await create_records(
-        stack.pg_url,
+        pg_url,
         made,
         per_user,
         storage_dir=stack.storage_dir,
@@ -107,7 +115,7 @@ async def seed(
         size=size,
     )
     flat = [record for per in records for record in per][:count]
-    return await create_tasks(stack.pg_url, flat)
+    return await create_tasks(pg_url, flat)
 
 
 class Counters:
@@ -265,6 +273,7 @@ async def run_bare(ctx: Context, worker: Child, count: int, *, within: float) ->
 async def run_celery(
     ctx: Context, tasks: Sequence[Task], *, latency: float, within: float
 ) -> Batch:
+    """A Celery batch of `tasks`, seeded with `seed(..., celery=True)` (its own database)."""
     stack = ctx.stack
     celery = await ctx.celery()
     stale = await celery.publish(tasks)
@@ -275,7 +284,7 @@ async def run_celery(
     counters = Counters(ctx)
     await counters.start()
     sampler = RssSampler(celery.child.pid, tree=True).start()
-    connection = await asyncpg.connect(stack.pg_url)
+    connection = await asyncpg.connect(stack.celery_pg_url)
     try:
 
         async def all_finished() -> bool:
@@ -301,7 +310,7 @@ async def run_celery(
         peak_rss=peak,
         max_in_flight=int(stats["max_in_flight"]),
         ai_calls=int(stats["calls"]),
-        statuses=await task_counts(stack.pg_url),
+        statuses=await task_counts(stack.celery_pg_url),
         timed_out=not finished,
         redis_commands=counters.redis,
         pg_transactions=counters.pg,
@@ -315,8 +324,8 @@ def stale_note(batches: Sequence[Batch]) -> list[str]:
     if not stale:
         return []
     return [
-        f"Celery: {stale} message(s) of earlier batches, restored by kombu into the staging "
-        "list, were dropped before a batch (bench/celery_baseline/control.py `drop_stale`)."
+        f"Celery: {stale} message(s) of earlier batches (queued, staged or unacknowledged) "
+        "were dropped before a batch (bench/celery_baseline/control.py `drop_stale`)."
     ]
 
 
@@ -330,4 +339,4 @@ async def warm_up(ctx: Context, ours: Child | None, bare: Child | None, celery: 
         await ctx.stack.clean()
         await run_bare(ctx, bare, n, within=60.0)
     if celery:
-        await run_celery(ctx, await seed(ctx, n), latency=0.0, within=60.0)
+        await run_celery(ctx, await seed(ctx, n, celery=True), latency=0.0, within=60.0)

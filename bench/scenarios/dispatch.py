@@ -4,8 +4,9 @@ Ours: `python -m worker` (WORKER_MAX_JOBS=100, the default poll delay), the
 tasks seeded as pending rows, their jobs enqueued through `enqueue_analysis` and released
 together. Baselines, in the same rounds: bare arq no-op jobs with the same max_jobs and
 poll_delay (`arq bench.bare_arq.WorkerSettings`), and the seed's Celery design
-(bench/celery_baseline/) on the same rows and the same fake AI. Each worker is started once and
-idle between its batches; the three alternate within each round.
+(bench/celery_baseline/) on the same rows, seeded in its own database (our idle worker's
+reconciler would adopt them in ours), and the same fake AI. Each worker is started once and idle
+between its batches; the three alternate within each round.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ async def run(ctx: Context) -> Section:
                         )
                     )
                 else:
-                    tasks = await seed(ctx, n)
+                    tasks = await seed(ctx, n, celery=True)
                     celery.append(await run_celery(ctx, tasks, latency=0.0, within=timeout))
     finally:
         ctx.processes.stop(ours_worker)

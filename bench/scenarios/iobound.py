@@ -61,7 +61,7 @@ async def run(ctx: Context) -> Section:
                         )
                     )
                 else:
-                    tasks = await seed(ctx, sizes.celery_tasks)
+                    tasks = await seed(ctx, sizes.celery_tasks, celery=True)
                     celery.append(
                         await run_celery(
                             ctx, tasks, latency=sizes.latency, within=60 + 10 * celery_ideal
