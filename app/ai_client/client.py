@@ -55,7 +55,9 @@ class AIClient:
         AI_SERVICE_API_KEY. `connector`: makes the aiohttp connector of the client's session
         at its first call (a test seam: a connector that fails on cue); by default
         `ai_connector`. Raises ValueError for a proxy the environment names that aiohttp
-        cannot use (`environment_proxy`)."""
+        cannot use (`environment_proxy`), and for a URL naming credentials (sent as Basic
+        auth) with a key (a bearer key): both would be the Authorization header, which
+        aiohttp refuses at every call (httpx let the URL's silently replace the key)."""
         url = provider.url if provider is not None else settings.ai_service_url
         key = provider.key if provider is not None else settings.ai_service_api_key
         headers = {"Accept": NDJSON}
@@ -63,6 +65,11 @@ class AIClient:
             headers["Authorization"] = f"Bearer {key}"
         self._headers = headers
         self._endpoint = yarl.URL(url.rstrip("/") + "/v1/analyze")
+        if key and (self._endpoint.user is not None or self._endpoint.password is not None):
+            raise ValueError(
+                f"The AI service URL names credentials and a bearer key is set for it: one or "
+                f"the other (URL {self._endpoint.with_user(None)})"
+            )
         self._limit = settings.ai_max_answer_bytes
         self._connector = connector or (lambda: ai_connector(settings))
         self._session: aiohttp.ClientSession | None = None

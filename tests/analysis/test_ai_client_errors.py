@@ -110,6 +110,17 @@ def test_a_socks_proxy_is_refused_at_start(
         AIClient(settings.model_copy(update={"ai_service_url": "https://ai.invalid"}))
 
 
+def test_a_service_url_with_credentials_and_a_key_is_refused_at_start(settings: Settings) -> None:
+    """Credentials in the service's URL (Basic auth) and a bearer key both make the
+    Authorization header: aiohttp refused every call with a ValueError (each attempt an
+    unexpected error); httpx had let the URL's replace the key. A configuration error when
+    the client is made, without the password in its words."""
+    update = {"ai_service_url": "http://user:s3cret@ai.invalid", "ai_service_api_key": "k3y"}
+    with pytest.raises(ValueError, match="credentials and a bearer key") as refused:
+        AIClient(settings.model_copy(update=update))
+    assert "s3cret" not in str(refused.value)
+
+
 DEEP = b"[" * 5000 + b"]" * 5000  # valid JSON, nested past Python's recursion limit
 
 
