@@ -57,19 +57,25 @@ class AIClient:
         `ai_connector`. Raises ValueError for a proxy the environment names that aiohttp
         cannot use (`environment_proxy`), and for a URL naming credentials (sent as Basic
         auth) with a key (a bearer key): both would be the Authorization header, which
-        aiohttp refuses at every call (httpx let the URL's silently replace the key)."""
+        aiohttp refused at every call (httpx let the URL's silently replace the key)."""
         url = provider.url if provider is not None else settings.ai_service_url
         key = provider.key if provider is not None else settings.ai_service_api_key
         headers = {"Accept": NDJSON}
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        self._headers = headers
-        self._endpoint = yarl.URL(url.rstrip("/") + "/v1/analyze")
-        if key and (self._endpoint.user is not None or self._endpoint.password is not None):
-            raise ValueError(
-                f"The AI service URL names credentials and a bearer key is set for it: one or "
-                f"the other (URL {self._endpoint.with_user(None)})"
+        endpoint = yarl.URL(url.rstrip("/") + "/v1/analyze")
+        if endpoint.user is not None or endpoint.password is not None:
+            if key:
+                raise ValueError(
+                    "The AI service URL names credentials and a bearer key is set for it: one "
+                    f"or the other (URL {endpoint.with_user(None)})"
+                )
+            # Sent as httpx did (UTF-8); aiohttp's own reading of them is deprecated.
+            headers["Authorization"] = aiohttp.encode_basic_auth(
+                endpoint.user or "", endpoint.password or ""
             )
+            endpoint = endpoint.with_user(None)
+        self._endpoint = endpoint
         self._limit = settings.ai_max_answer_bytes
         self._connector = connector or (lambda: ai_connector(settings))
         self._session: aiohttp.ClientSession | None = None
@@ -83,11 +89,18 @@ class AIClient:
         proxy = environment_proxy(url)
         self._proxy: dict[str, Any] = {}
         if proxy is not None:
-            self._proxy = {
-                "proxy": str(proxy.url),
-                "proxy_auth": aiohttp.BasicAuth(*proxy.auth) if proxy.auth else None,
-                "proxy_headers": dict(proxy.headers) or None,
-            }
+            # The proxy's own headers, its credentials among them (as httpx sent them: UTF-8;
+            # aiohttp's proxy_auth is deprecated): on the CONNECT that opens a tunnel to an
+            # https service, else on the request itself, which goes to the proxy.
+            to_proxy = dict(proxy.headers)
+            if proxy.auth:
+                to_proxy["Proxy-Authorization"] = aiohttp.encode_basic_auth(*proxy.auth)
+            self._proxy["proxy"] = str(proxy.url)
+            if endpoint.scheme == "https":
+                self._proxy["proxy_headers"] = to_proxy or None
+            else:
+                headers.update(to_proxy)
+        self._headers = headers
 
     async def aclose(self) -> None:
         if self._session is not None:

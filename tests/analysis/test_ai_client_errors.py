@@ -8,6 +8,8 @@ service."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -94,6 +96,84 @@ async def test_the_environment_proxy_carries_the_calls(
         server.close()
         await server.wait_closed()
     assert seen == ([] if bypassed else [b"POST http://ai.invalid:9/v1/analyze HTTP/1.1\r\n"])
+
+
+@pytest.mark.parametrize(
+    ("service", "request_line", "error"),
+    [
+        ("http://ai.invalid:9", b"POST http://ai.invalid:9/v1/analyze HTTP/1.1", AIServiceError),
+        ("https://ai.invalid", b"CONNECT ai.invalid:443 HTTP/1.1", NetworkError),
+    ],
+    ids=["http service", "https service (a tunnel)"],
+)
+async def test_the_environment_proxys_credentials_are_sent_to_it(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    service: str,
+    request_line: bytes,
+    error: type[Exception],
+) -> None:
+    """A proxy URL's credentials (percent-encoded in the URL, UTF-8 as httpx sends them) go
+    to the proxy as Basic auth in Proxy-Authorization: on the request for an http service,
+    on the CONNECT for an https one; never in the request line, without aiohttp's deprecated
+    BasicAuth (a warning at every call)."""
+    heads: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("all_proxy", f"http://us%40er:p%3Ass%C3%A9@127.0.0.1:{port}")
+    client = AIClient(settings.model_copy(update={"ai_service_url": service}))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            with pytest.raises(error):
+                await client.analyze(_audio(), "audio/wav", {}, "t1:1", _ignore)
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+    [head] = heads
+    assert head.startswith(request_line + b"\r\n"), head
+    credentials = base64.b64encode("us@er:p:ssé".encode())
+    assert b"\r\nProxy-Authorization: Basic " + credentials + b"\r\n" in head, head
+
+
+async def test_a_service_urls_credentials_are_sent_as_basic_auth(settings: Settings) -> None:
+    """Credentials in the service's URL (and no key) are sent as Basic auth (UTF-8, as httpx
+    sent them), never in the request line, without aiohttp's deprecated BasicAuth."""
+    heads: list[bytes] = []
+
+    async def service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(service, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"http://us%40er:p%C3%A9@127.0.0.1:{port}/prefix"
+    client = AIClient(settings.model_copy(update={"ai_service_url": url, "ai_service_api_key": ""}))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            with pytest.raises(AIServiceError):
+                await client.analyze(_audio(), "audio/wav", {}, "t1:1", _ignore)
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+    [head] = heads
+    assert head.startswith(b"POST /prefix/v1/analyze HTTP/1.1\r\n"), head
+    credentials = base64.b64encode("us@er:pé".encode())
+    assert b"\r\nAuthorization: Basic " + credentials + b"\r\n" in head, head
 
 
 @pytest.mark.parametrize("name", ["all_proxy", "https_proxy"])
