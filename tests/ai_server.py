@@ -20,11 +20,14 @@ async def serving(
     headers: Mapping[str, str],
     endless: bytes | None = None,
     *,
+    early: Iterable[bytes] = (),
     end_after: float = 0.0,
     peers: list[Any] | None = None,
 ) -> AsyncIterator[str]:
     """A real HTTP server answering every request with `status`, `headers` and `chunks`,
-    then `endless` over and over until the client goes; yields its base URL. `end_after`
+    then `endless` over and over until the client goes; yields its base URL. `early`: the
+    answer's head and these chunks are sent before the request's body is read (a service
+    that answers while it still receives), `chunks` after it. `end_after`
     (seconds): the answer's end (its chunked terminator) comes this long after its last
     chunk, as from a service that still works after its last line. `peers`: where each
     request's client address (host, port) is appended, one port per TCP connection."""
@@ -34,8 +37,12 @@ async def serving(
             peers.append(
                 request.transport.get_extra_info("peername") if request.transport else None
             )
-        await request.read()
         response = web.StreamResponse(status=status, headers=headers)
+        if early:
+            await response.prepare(request)
+            for chunk in early:
+                await response.write(chunk)
+        await request.read()
         await response.prepare(request)
         for chunk in chunks:
             await response.write(chunk)

@@ -141,6 +141,7 @@ class AIClient:
                 allow_redirects=False,
                 **self._proxy,
             ) as response:
+                body.answered(response)
                 return await _read(response, on_progress, deadline, self._limit)
         except aiohttp.ClientError as exc:
             if body.error is None:
@@ -155,11 +156,21 @@ class _Body:
     error raised while it writes them into its own connection error (ClientOSError for an
     OSError, such as a recording missing from storage): the error is kept here, so that the
     recording's fault is not taken for the service's (a retry as a network error, counted
-    on the circuit breaker)."""
+    on the circuit breaker). Once the service's answer has begun (a service may answer while
+    it still receives), aiohttp's error reaches no one (nor does its read timeout run on):
+    the answer is then closed, so that its reader stops at once."""
 
     def __init__(self, audio: AsyncIterable[bytes]) -> None:
         self._audio = audio
         self.error: Exception | None = None
+        self._response: aiohttp.ClientResponse | None = None
+
+    def answered(self, response: aiohttp.ClientResponse) -> None:
+        """The service's answer has begun: closed at once if the recording failed already,
+        else when it does."""
+        self._response = response
+        if self.error is not None:
+            response.close()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -167,6 +178,10 @@ class _Body:
                 yield chunk
         except Exception as exc:
             self.error = exc
+            if self._response is not None:
+                # Closed once aiohttp's writer, whose task this is, has ended (the close
+                # cancels it).
+                asyncio.get_running_loop().call_soon(self._response.close)
             raise
 
 

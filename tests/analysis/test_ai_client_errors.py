@@ -260,3 +260,36 @@ async def test_a_recording_whose_read_fails_while_it_is_sent_is_not_the_services
             await client.aclose()
     assert raised.value is error
     assert classify(raised.value).error_class is error_class
+
+
+async def test_a_recording_whose_read_fails_once_the_answer_has_begun_is_its_own_error(
+    settings: Settings,
+) -> None:
+    """A service may answer (its head, a progress line) while it still receives the
+    recording. A read of the recording failing then was seen by no one: aiohttp marks the
+    connection broken but neither wakes the answer's reader nor keeps its read timeout, so the
+    call waited for the service until the attempt's deadline, and came out as the service's
+    timeout. The recording's own error comes out at once."""
+    progress = b'{"event": "progress", "progress": 10}\n'
+    result = b'{"event": "result", "result": {"overall_score": 1.0, "detailed_analysis": {}}}\n'
+    answered = asyncio.Event()
+    error = StorageUnavailable("the object store is down")
+
+    async def recording() -> AsyncIterator[bytes]:
+        yield b"RIFF" + bytes(64)
+        await answered.wait()  # the service's progress line has come
+        raise error
+
+    async def seen(line: ProgressLine) -> None:
+        answered.set()
+
+    async with serving(200, [result], {"Content-Type": NDJSON}, early=[progress]) as url:
+        client = AIClient(settings.model_copy(update={"ai_service_url": url}))
+        try:
+            with pytest.raises(StorageUnavailable) as raised:
+                async with asyncio.timeout(10):  # the failure came out at the deadline only
+                    await client.analyze(recording(), "audio/wav", {}, "t1:1", seen)
+        finally:
+            await client.aclose()
+    assert raised.value is error
+    assert classify(raised.value).error_class is ErrorClass.RESOURCE
