@@ -45,8 +45,9 @@ def configure_logging(settings: Settings) -> None:
         handler.setFormatter(logging.Formatter(FIELDS))
     root.addHandler(handler)
     root.setLevel(settings.log_level)
-    # httpx logs every request at INFO ("HTTP Request: POST …"): one line per AI call that
-    # the worker's own line for the attempt already says (about 2% of a worker's CPU).
+    # httpx logs every request at INFO ("HTTP Request: POST …"): when the AI client called
+    # over httpx, a line per call (about 2% of a worker's CPU) that arq's line for the job
+    # already says. Kept for any call over httpx; aiohttp, the AI client's now, logs none.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     arq_logger = logging.getLogger("arq")
     if arq_logger.handlers:

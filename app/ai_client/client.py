@@ -55,14 +55,27 @@ class AIClient:
         AI_SERVICE_API_KEY. `connector`: makes the aiohttp connector of the client's session
         at its first call (a test seam: a connector that fails on cue); by default
         `ai_connector`. Raises ValueError for a proxy the environment names that aiohttp
-        cannot use (`environment_proxy`)."""
+        cannot use (`environment_proxy`), and for a URL naming credentials (sent as Basic
+        auth) with a key (a bearer key): both would be the Authorization header, which
+        aiohttp refused at every call (httpx let the URL's silently replace the key)."""
         url = provider.url if provider is not None else settings.ai_service_url
         key = provider.key if provider is not None else settings.ai_service_api_key
         headers = {"Accept": NDJSON}
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        self._headers = headers
-        self._endpoint = yarl.URL(url.rstrip("/") + "/v1/analyze")
+        endpoint = yarl.URL(url.rstrip("/") + "/v1/analyze")
+        if endpoint.user is not None or endpoint.password is not None:
+            if key:
+                raise ValueError(
+                    "The AI service URL names credentials and a bearer key is set for it: one "
+                    f"or the other (URL {endpoint.with_user(None)})"
+                )
+            # Sent as httpx did (UTF-8); aiohttp's own reading of them is deprecated.
+            headers["Authorization"] = aiohttp.encode_basic_auth(
+                endpoint.user or "", endpoint.password or ""
+            )
+            endpoint = endpoint.with_user(None)
+        self._endpoint = endpoint
         self._limit = settings.ai_max_answer_bytes
         self._connector = connector or (lambda: ai_connector(settings))
         self._session: aiohttp.ClientSession | None = None
@@ -76,11 +89,18 @@ class AIClient:
         proxy = environment_proxy(url)
         self._proxy: dict[str, Any] = {}
         if proxy is not None:
-            self._proxy = {
-                "proxy": str(proxy.url),
-                "proxy_auth": aiohttp.BasicAuth(*proxy.auth) if proxy.auth else None,
-                "proxy_headers": dict(proxy.headers) or None,
-            }
+            # The proxy's own headers, its credentials among them (as httpx sent them: UTF-8;
+            # aiohttp's proxy_auth is deprecated): on the CONNECT that opens a tunnel to an
+            # https service, else on the request itself, which goes to the proxy.
+            to_proxy = dict(proxy.headers)
+            if proxy.auth:
+                to_proxy["Proxy-Authorization"] = aiohttp.encode_basic_auth(*proxy.auth)
+            self._proxy["proxy"] = str(proxy.url)
+            if endpoint.scheme == "https":
+                self._proxy["proxy_headers"] = to_proxy or None
+            else:
+                headers.update(to_proxy)
+        self._headers = headers
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -121,6 +141,7 @@ class AIClient:
                 allow_redirects=False,
                 **self._proxy,
             ) as response:
+                body.answered(response)
                 return await _read(response, on_progress, deadline, self._limit)
         except aiohttp.ClientError as exc:
             if body.error is None:
@@ -135,11 +156,21 @@ class _Body:
     error raised while it writes them into its own connection error (ClientOSError for an
     OSError, such as a recording missing from storage): the error is kept here, so that the
     recording's fault is not taken for the service's (a retry as a network error, counted
-    on the circuit breaker)."""
+    on the circuit breaker). Once the service's answer has begun (a service may answer while
+    it still receives), aiohttp's error reaches no one (nor does its read timeout run on):
+    the answer is then closed, so that its reader stops at once."""
 
     def __init__(self, audio: AsyncIterable[bytes]) -> None:
         self._audio = audio
         self.error: Exception | None = None
+        self._response: aiohttp.ClientResponse | None = None
+
+    def answered(self, response: aiohttp.ClientResponse) -> None:
+        """The service's answer has begun: closed at once if the recording failed already,
+        else when it does."""
+        self._response = response
+        if self.error is not None:
+            response.close()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -147,6 +178,10 @@ class _Body:
                 yield chunk
         except Exception as exc:
             self.error = exc
+            if self._response is not None:
+                # Closed once aiohttp's writer, whose task this is, has ended (the close
+                # cancels it).
+                asyncio.get_running_loop().call_soon(self._response.close)
             raise
 
 

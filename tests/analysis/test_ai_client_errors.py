@@ -8,6 +8,8 @@ service."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -96,6 +98,84 @@ async def test_the_environment_proxy_carries_the_calls(
     assert seen == ([] if bypassed else [b"POST http://ai.invalid:9/v1/analyze HTTP/1.1\r\n"])
 
 
+@pytest.mark.parametrize(
+    ("service", "request_line", "error"),
+    [
+        ("http://ai.invalid:9", b"POST http://ai.invalid:9/v1/analyze HTTP/1.1", AIServiceError),
+        ("https://ai.invalid", b"CONNECT ai.invalid:443 HTTP/1.1", NetworkError),
+    ],
+    ids=["http service", "https service (a tunnel)"],
+)
+async def test_the_environment_proxys_credentials_are_sent_to_it(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    service: str,
+    request_line: bytes,
+    error: type[Exception],
+) -> None:
+    """A proxy URL's credentials (percent-encoded in the URL, UTF-8 as httpx sends them) go
+    to the proxy as Basic auth in Proxy-Authorization: on the request for an http service,
+    on the CONNECT for an https one; never in the request line, without aiohttp's deprecated
+    BasicAuth (a warning at every call)."""
+    heads: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("all_proxy", f"http://us%40er:p%3Ass%C3%A9@127.0.0.1:{port}")
+    client = AIClient(settings.model_copy(update={"ai_service_url": service}))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            with pytest.raises(error):
+                await client.analyze(_audio(), "audio/wav", {}, "t1:1", _ignore)
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+    [head] = heads
+    assert head.startswith(request_line + b"\r\n"), head
+    credentials = base64.b64encode("us@er:p:ssé".encode())
+    assert b"\r\nProxy-Authorization: Basic " + credentials + b"\r\n" in head, head
+
+
+async def test_a_service_urls_credentials_are_sent_as_basic_auth(settings: Settings) -> None:
+    """Credentials in the service's URL (and no key) are sent as Basic auth (UTF-8, as httpx
+    sent them), never in the request line, without aiohttp's deprecated BasicAuth."""
+    heads: list[bytes] = []
+
+    async def service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(service, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"http://us%40er:p%C3%A9@127.0.0.1:{port}/prefix"
+    client = AIClient(settings.model_copy(update={"ai_service_url": url, "ai_service_api_key": ""}))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            with pytest.raises(AIServiceError):
+                await client.analyze(_audio(), "audio/wav", {}, "t1:1", _ignore)
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+    [head] = heads
+    assert head.startswith(b"POST /prefix/v1/analyze HTTP/1.1\r\n"), head
+    credentials = base64.b64encode("us@er:pé".encode())
+    assert b"\r\nAuthorization: Basic " + credentials + b"\r\n" in head, head
+
+
 @pytest.mark.parametrize("name", ["all_proxy", "https_proxy"])
 def test_a_socks_proxy_is_refused_at_start(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, name: str
@@ -108,6 +188,17 @@ def test_a_socks_proxy_is_refused_at_start(
     monkeypatch.setenv(name, "socks5h://127.0.0.1:1080")
     with pytest.raises(ValueError, match="socks5h proxies are not supported"):
         AIClient(settings.model_copy(update={"ai_service_url": "https://ai.invalid"}))
+
+
+def test_a_service_url_with_credentials_and_a_key_is_refused_at_start(settings: Settings) -> None:
+    """Credentials in the service's URL (Basic auth) and a bearer key both make the
+    Authorization header: aiohttp refused every call with a ValueError (each attempt an
+    unexpected error); httpx had let the URL's replace the key. A configuration error when
+    the client is made, without the password in its words."""
+    update = {"ai_service_url": "http://user:s3cret@ai.invalid", "ai_service_api_key": "k3y"}
+    with pytest.raises(ValueError, match="credentials and a bearer key") as refused:
+        AIClient(settings.model_copy(update=update))
+    assert "s3cret" not in str(refused.value)
 
 
 DEEP = b"[" * 5000 + b"]" * 5000  # valid JSON, nested past Python's recursion limit
@@ -169,3 +260,36 @@ async def test_a_recording_whose_read_fails_while_it_is_sent_is_not_the_services
             await client.aclose()
     assert raised.value is error
     assert classify(raised.value).error_class is error_class
+
+
+async def test_a_recording_whose_read_fails_once_the_answer_has_begun_is_its_own_error(
+    settings: Settings,
+) -> None:
+    """A service may answer (its head, a progress line) while it still receives the
+    recording. A read of the recording failing then was seen by no one: aiohttp marks the
+    connection broken but neither wakes the answer's reader nor keeps its read timeout, so the
+    call waited for the service until the attempt's deadline, and came out as the service's
+    timeout. The recording's own error comes out at once."""
+    progress = b'{"event": "progress", "progress": 10}\n'
+    result = b'{"event": "result", "result": {"overall_score": 1.0, "detailed_analysis": {}}}\n'
+    answered = asyncio.Event()
+    error = StorageUnavailable("the object store is down")
+
+    async def recording() -> AsyncIterator[bytes]:
+        yield b"RIFF" + bytes(64)
+        await answered.wait()  # the service's progress line has come
+        raise error
+
+    async def seen(line: ProgressLine) -> None:
+        answered.set()
+
+    async with serving(200, [result], {"Content-Type": NDJSON}, early=[progress]) as url:
+        client = AIClient(settings.model_copy(update={"ai_service_url": url}))
+        try:
+            with pytest.raises(StorageUnavailable) as raised:
+                async with asyncio.timeout(10):  # the failure came out at the deadline only
+                    await client.analyze(recording(), "audio/wav", {}, "t1:1", seen)
+        finally:
+            await client.aclose()
+    assert raised.value is error
+    assert classify(raised.value).error_class is ErrorClass.RESOURCE

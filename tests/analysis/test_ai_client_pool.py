@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from app.ai_client.client import AIClient
+from app.ai_client.client import NDJSON, AIClient
 from app.ai_client.wire import ProgressLine
 from app.settings import Settings
+from tests.ai_server import serving
 from tests.analysis.conftest import wait_for
 from tests.fake_ai import HANG, FakeAI
 
@@ -63,6 +64,26 @@ async def test_a_call_read_to_its_end_leaves_its_connection_to_the_next(
     finally:
         await client.aclose()
     assert len({call.peer for call in fake_ai.calls}) == 1
+
+
+async def test_an_answer_that_ends_after_its_result_line_leaves_its_connection_to_the_next(
+    settings: Settings,
+) -> None:
+    """The same, for a service whose answer ends a moment after its result line (its chunked
+    terminator in a later packet): aiohttp parses an end that has already come whether it is
+    read or not, so only such an answer shows a response closed at the result line (its
+    connection then closed, a new one opened for every call)."""
+    result = b'{"event": "result", "result": {"overall_score": 1.0, "detailed_analysis": {}}}\n'
+    peers: list[object] = []
+    async with serving(200, [result], {"Content-Type": NDJSON}, end_after=0.2, peers=peers) as url:
+        client = AIClient(settings.model_copy(update={"ai_service_url": url}))
+        try:
+            for n in range(2):
+                answer = await client.analyze(_audio(), "audio/wav", {}, f"t{n}:1", _ignore)
+                assert answer.overall_score == 1.0
+        finally:
+            await client.aclose()
+    assert len(peers) == 2 and peers[0] == peers[1], peers
 
 
 async def test_an_idle_connection_is_not_reused_past_the_keepalive(
