@@ -7,20 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import logging.config
 
 import uvloop
-from arq.logs import default_log_config
 
+from app.logs import configure_logging
 from app.settings import get_settings
 from worker.main import healing_worker
 
 
 def main() -> None:
-    logging.config.dictConfig(default_log_config(verbose=False))
+    settings = get_settings()
+    # arq's own lines (a job's start and its end, "← {job id}:analyze_recording ● 'success'",
+    # the only line of a success) through our handler, as LOG_FORMAT says: arq's command line
+    # config wrote them as plain text among the JSON lines.
+    configure_logging(settings)
     # arq's Worker takes its loop from asyncio.get_event_loop(): the policy makes it uvloop's.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    healing_worker(get_settings()).run()
+    healing_worker(settings).run()
     # The last line of a stop: what follows is the interpreter's exit (its threads joined).
     logging.getLogger("worker").info("stopped")
 

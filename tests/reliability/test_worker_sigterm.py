@@ -4,6 +4,7 @@ outlasts it is handed back at once, with no crash and no retry counted."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -88,7 +89,7 @@ async def test_sigterm_lets_a_task_within_the_grace_finish_in_that_process(
     fake_ai.reset(default=ok(latency=analysis))
     worker, task_id = await _start_with_a_task_in_flight(
         client, alice, fake_ai, worker_settings, tmp_path,
-        WORKER_SHUTDOWN_GRACE_SECONDS=str(grace),
+        WORKER_SHUTDOWN_GRACE_SECONDS=str(grace), LOG_FORMAT="json",
     )  # fmt: skip
     try:
         signalled = time.monotonic()
@@ -109,6 +110,13 @@ async def test_sigterm_lets_a_task_within_the_grace_finish_in_that_process(
     assert (row.crash_count, row.retry_count, row.retry_counts) == (0, 0, {})
     assert await _results(engine, task_id) == 1
     assert _attempts_called(fake_ai, task_id) == [1]
+    # Every line is JSON (LOG_FORMAT), arq's own included: its line for the job is the only
+    # one that says a success (arq's command line config wrote its lines as plain text).
+    records = [json.loads(line) for line in worker.output().splitlines() if line.strip()]
+    said = [
+        r["message"] for r in records if r["logger"] == "arq.worker" and task_id in r["message"]
+    ]
+    assert any(f"{task_id}:0:analyze_recording ● 'success'" in m for m in said), said
 
 
 async def test_sigterm_hands_back_a_task_that_outlasts_the_grace(
