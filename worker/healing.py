@@ -18,6 +18,10 @@ changes, each at one of arq's own methods:
 - each poll first promotes the due wall-clock jobs (deferred retries, cron jobs) into the
   fair order (`queue.promote_due`), so that arq's read, lowest scores first, is the fair
   pick.
+- a poll that filled every free job slot (more jobs may be due) is followed by the next one
+  as soon as a share of the slots is free again (REFILL_SHARE), not only after the poll
+  delay: a backlog is taken at the pace its jobs end (BullMQ's worker fetches its next job as
+  it finishes one), and an idle queue is still polled every WORKER_POLL_DELAY_SECONDS.
 - with an AI concurrency cap, a poll picks no more attempts than there are AI slots free
   (AI_PICK_WITHIN_CAP), so that what waits for the AI service waits in the fair queue; and a
   picked attempt is held (its in-progress key) for one lease, extended by the lease loop while
@@ -42,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -74,6 +79,10 @@ BACKOFF_MAX_SECONDS = 5.0
 HEALTH_KEY_DELETE_SECONDS = 1.0
 # How long a stop waits for main to end after cancelling it, before cancelling it again.
 MAIN_CANCEL_SECONDS = 0.1
+# After a poll that filled every free job slot, the next comes once this share of max_jobs is
+# free again (or after the poll delay, whichever is first): each poll costs a few round trips
+# (promote, read, pick), so the slots are refilled in batches, not one poll per job's end.
+REFILL_SHARE = 0.25
 # A stop still running this long past its grace is overdue: what every task is waiting on is
 # logged (a stop takes well under a second past the grace when nothing hangs).
 STOP_OVERDUE_SECONDS = 5.0
@@ -146,6 +155,13 @@ class HealingWorker(Worker):
         self._ai_room: int | None = None
         # Set when a stop has cancelled main: the next poll ends it, should the cancel be lost.
         self._main_stopped = False
+        # arq's poll loop runs without a pause of its own: each poll waits first (`_next_poll`)
+        # for the poll delay, or for free slots while the last poll left a backlog.
+        self._poll_every, self.poll_delay_s = self.poll_delay_s, 0.0
+        self._refill_at = max(1, math.ceil(self.max_jobs * REFILL_SHARE))
+        self._backlog = False  # the last poll filled every free slot
+        self._refill: asyncio.Event | None = None  # set when `_refill_due` turns true
+        self._polled_at: float | None = None  # when the last poll began (the loop's time)
 
     def _pick_job(self, job_id: str) -> queue.PickedJob:
         """The job as a pick offers it, its id parsed once: its in-progress key's life is one
@@ -181,9 +197,36 @@ class HealingWorker(Worker):
         stop during an outage waits only for the jobs still running. A poll after the stop
         has cancelled main ends main: that cancel can be lost on its way (seen in R3: main
         polled on for ever after it, and the process never exited)."""
+        await self._next_poll()
         if self._main_stopped:
             raise asyncio.CancelledError("the worker is stopping")
+        self._polled_at = asyncio.get_running_loop().time()
         await until_redis_answers("queue poll", self._reap_then_poll)
+
+    async def _next_poll(self) -> None:
+        """Wait for the next poll: WORKER_POLL_DELAY_SECONDS after the last one began, or
+        sooner once REFILL_SHARE of the job slots are free while the last poll had filled
+        them all (jobs may be waiting). The first poll waits for nothing."""
+        if self._polled_at is None:
+            return
+        if self._refill is None:
+            self._refill = asyncio.Event()
+        self._refill.clear()
+        if self._refill_due():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(self._polled_at + self._poll_every):
+                await self._refill.wait()
+
+    def _refill_due(self) -> bool:
+        return self._backlog and self.max_jobs - self.job_counter >= self._refill_at
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        """arq's end of a job (its slot given back), which wakes the next poll when it is due
+        (`_next_poll`)."""
+        super()._release_sem_dec_counter_on_complete()
+        if self._refill is not None and self._refill_due():
+            self._refill.set()
 
     async def _reap_then_poll(self) -> None:
         for job_id, task in list(self.tasks.items()):
@@ -288,6 +331,7 @@ class HealingWorker(Worker):
         # lease bookkeeping of one job id (KeyError at the end, a lease left unrenewed, the AI
         # called twice). Kept for a key that lapses anyway (its extension failed).
         offered = [job_id for job_id in map(bytes.decode, job_ids) if not self._runs_here(job_id)]
+        self._backlog = bool(offered) and room <= 0
         if not offered or room <= 0:
             return
         # The room's slots are taken before the pick (never waited for: the semaphore holds
@@ -306,6 +350,7 @@ class HealingWorker(Worker):
             self._give_back(held)
             raise
         self._give_back(held - len(started))  # held elsewhere, finished, or deferred
+        self._backlog = len(started) >= room
         for job_id, score in started.items():
             # arq's run_job takes the score for the job's due time (its log's "delayed=" and
             # ctx["score"]): a fair tag (app/analysis/lanes.py) is no time, and the job was due
