@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -98,6 +99,36 @@ async def test_the_environment_proxy_carries_the_calls(
     assert seen == ([] if bypassed else [b"POST http://ai.invalid:9/v1/analyze HTTP/1.1\r\n"])
 
 
+@contextlib.asynccontextmanager
+async def _answering_500(heads: list[bytes]) -> AsyncIterator[int]:
+    """A raw HTTP server (a service, or a proxy) that keeps each request's head in `heads` and
+    answers 500; yields its port."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def _refused_without_deprecations(client: AIClient, error: type[Exception]) -> None:
+    """A call of `client` raises `error`, and nothing in it warns of a deprecation."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            with pytest.raises(error):
+                await client.analyze(_audio(), "audio/wav", {}, "t1:1", _ignore)
+    finally:
+        await client.aclose()
+
+
 @pytest.mark.parametrize(
     ("service", "request_line", "error"),
     [
@@ -118,28 +149,12 @@ async def test_the_environment_proxys_credentials_are_sent_to_it(
     on the CONNECT for an https one; never in the request line, without aiohttp's deprecated
     BasicAuth (a warning at every call)."""
     heads: list[bytes] = []
-
-    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        heads.append(await reader.readuntil(b"\r\n\r\n"))
-        writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("all_proxy", f"http://us%40er:p%3Ass%C3%A9@127.0.0.1:{port}")
-    client = AIClient(settings.model_copy(update={"ai_service_url": service}))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", DeprecationWarning)
-            with pytest.raises(error):
-                await client.analyze(_audio(), "audio/wav", {}, "t1:1", _ignore)
-    finally:
-        await client.aclose()
-        server.close()
-        await server.wait_closed()
+    async with _answering_500(heads) as port:
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("all_proxy", f"http://us%40er:p%3Ass%C3%A9@127.0.0.1:{port}")
+        client = AIClient(settings.model_copy(update={"ai_service_url": service}))
+        await _refused_without_deprecations(client, error)
     [head] = heads
     assert head.startswith(request_line + b"\r\n"), head
     credentials = base64.b64encode("us@er:p:ssé".encode())
@@ -150,26 +165,12 @@ async def test_a_service_urls_credentials_are_sent_as_basic_auth(settings: Setti
     """Credentials in the service's URL (and no key) are sent as Basic auth (UTF-8, as httpx
     sent them), never in the request line, without aiohttp's deprecated BasicAuth."""
     heads: list[bytes] = []
-
-    async def service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        heads.append(await reader.readuntil(b"\r\n\r\n"))
-        writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(service, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    url = f"http://us%40er:p%C3%A9@127.0.0.1:{port}/prefix"
-    client = AIClient(settings.model_copy(update={"ai_service_url": url, "ai_service_api_key": ""}))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", DeprecationWarning)
-            with pytest.raises(AIServiceError):
-                await client.analyze(_audio(), "audio/wav", {}, "t1:1", _ignore)
-    finally:
-        await client.aclose()
-        server.close()
-        await server.wait_closed()
+    async with _answering_500(heads) as port:
+        url = f"http://us%40er:p%C3%A9@127.0.0.1:{port}/prefix"
+        update = {"ai_service_url": url, "ai_service_api_key": ""}
+        await _refused_without_deprecations(
+            AIClient(settings.model_copy(update=update)), AIServiceError
+        )
     [head] = heads
     assert head.startswith(b"POST /prefix/v1/analyze HTTP/1.1\r\n"), head
     credentials = base64.b64encode("us@er:pé".encode())
