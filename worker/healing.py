@@ -49,6 +49,7 @@ import logging
 import math
 import signal
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from arq.connections import create_pool
@@ -219,7 +220,22 @@ class HealingWorker(Worker):
                 await self._refill.wait()
 
     def _refill_due(self) -> bool:
-        return self._backlog and self.max_jobs - self.job_counter >= self._refill_at
+        """Whether the next poll is due before the poll delay: the last poll filled every
+        free slot, REFILL_SHARE of them are free again, and jobs may be picked (not during a
+        graceful stop: its polls pick nothing, so they would follow each other at once)."""
+        return (
+            self.allow_pick_jobs
+            and self._backlog
+            and self.max_jobs - self.job_counter >= self._refill_at
+        )
+
+    async def heart_beat(self) -> None:
+        """arq's heart beat (the health key, then the cron jobs due within two poll delays,
+        at least a second), its cron window from the poll delay as configured: arq reads it
+        from poll_delay_s, which is 0 here (`_next_poll` waits instead)."""
+        now = datetime.now(tz=self.timezone)
+        await self.record_health()
+        await self.run_cron(now, max(self._poll_every, 0.5))
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         """arq's end of a job (its slot given back), which wakes the next poll when it is due

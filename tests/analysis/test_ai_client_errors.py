@@ -152,7 +152,8 @@ async def test_the_environment_proxys_credentials_are_sent_to_it(
     async with _answering_500(heads) as port:
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "no_proxy"):
             monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("all_proxy", f"http://us%40er:p%3Ass%C3%A9@127.0.0.1:{port}")
+        proxy = f"http://us%40er:p%3Ass%C3%A9@127.0.0.1:{port}"  # pragma: allowlist secret
+        monkeypatch.setenv("all_proxy", proxy)
         client = AIClient(settings.model_copy(update={"ai_service_url": service}))
         await _refused_without_deprecations(client, error)
     [head] = heads
@@ -166,7 +167,7 @@ async def test_a_service_urls_credentials_are_sent_as_basic_auth(settings: Setti
     sent them), never in the request line, without aiohttp's deprecated BasicAuth."""
     heads: list[bytes] = []
     async with _answering_500(heads) as port:
-        url = f"http://us%40er:p%C3%A9@127.0.0.1:{port}/prefix"
+        url = f"http://us%40er:p%C3%A9@127.0.0.1:{port}/prefix"  # pragma: allowlist secret
         update = {"ai_service_url": url, "ai_service_api_key": ""}
         await _refused_without_deprecations(
             AIClient(settings.model_copy(update=update)), AIServiceError
@@ -196,7 +197,8 @@ def test_a_service_url_with_credentials_and_a_key_is_refused_at_start(settings: 
     Authorization header: aiohttp refused every call with a ValueError (each attempt an
     unexpected error); httpx had let the URL's replace the key. A configuration error when
     the client is made, without the password in its words."""
-    update = {"ai_service_url": "http://user:s3cret@ai.invalid", "ai_service_api_key": "k3y"}
+    url = "http://user:s3cret@ai.invalid"  # pragma: allowlist secret
+    update = {"ai_service_url": url, "ai_service_api_key": "k3y"}  # pragma: allowlist secret
     with pytest.raises(ValueError, match="credentials and a bearer key") as refused:
         AIClient(settings.model_copy(update=update))
     assert "s3cret" not in str(refused.value)

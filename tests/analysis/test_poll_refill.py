@@ -10,9 +10,11 @@ import asyncio
 
 import httpx
 
+from app.settings import Settings
 from tests.analysis.conftest import StartWorker, new_task, wait_for_status
 from tests.conftest import ApiUser
 from tests.fake_ai import FakeAI, ok
+from worker.main import healing_worker
 
 TASKS, MAX_JOBS = 6, 2
 POLL_DELAY = 60.0  # seconds: far beyond the test, which ends within WITHIN
@@ -32,3 +34,16 @@ async def test_a_backlog_is_taken_as_slots_free_not_at_the_poll_delay(
     )
     assert [final["status"] for final in finals] == ["success"] * TASKS, finals
     assert fake_ai.call_count() == TASKS
+
+
+def test_no_early_poll_during_a_graceful_stop(worker_settings: Settings) -> None:
+    """arq's graceful stop (SIGTERM) stops picking jobs (`allow_pick_jobs`) while the running
+    ones finish: an early poll would pick nothing and leave the backlog flag as it was, so the
+    polls would follow each other at once, a busy loop for the rest of the grace."""
+    worker = healing_worker(
+        worker_settings.model_copy(update={"worker_max_jobs": MAX_JOBS}), handle_signals=False
+    )
+    worker._backlog = True  # the last poll filled every slot; none is taken now
+    assert worker._refill_due()
+    worker.allow_pick_jobs = False  # as arq's handle_sig_wait_for_completion does
+    assert not worker._refill_due()
