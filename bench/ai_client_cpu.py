@@ -12,28 +12,22 @@ by running this on each, alternately: the machine's speed moves from run to run.
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
-import httpx
 import uvloop
 
 from app.ai_client.client import AIClient
 from app.ai_client.wire import ProgressLine
+from app.embedded import free_port
 from app.settings import Settings
+from bench.harness import Processes, child_env, wait_http
 
 AT_ONCE = 50
 RECORDING = b"\0" * 65536
-START_SECONDS = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def _recording() -> AsyncIterator[bytes]:
@@ -63,26 +57,25 @@ async def _measure(url: str, rounds: int) -> float:
         await client.aclose()
 
 
+async def _run(rounds: int, workdir: Path) -> float:
+    """The fake AI service started (its own process, under `workdir`), then `_measure`."""
+    processes = Processes(workdir)
+    try:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        argv = [sys.executable, "-m", "bench.fake_ai", "--port", str(port)]
+        service = processes.start("fake-ai", argv, child_env({}))
+        await wait_http(f"{url}/healthz", service)
+        return await _measure(url, rounds)
+    finally:
+        processes.stop_all()
+
+
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 40
-    port = _free_port()
-    argv = [sys.executable, "-m", "bench.fake_ai", "--port", str(port)]
-    service = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + START_SECONDS
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz").raise_for_status()
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or service.poll() is not None:
-                    raise
-                time.sleep(0.1)
-        cpu = uvloop.run(_measure(f"http://127.0.0.1:{port}", rounds))
-        print(f"{cpu:.3f} ms of CPU per AI call ({rounds} rounds of {AT_ONCE} at once)")
-    finally:
-        service.terminate()
-        service.wait()
+    with tempfile.TemporaryDirectory(prefix="ai-client-cpu-") as workdir:
+        cpu = uvloop.run(_run(rounds, Path(workdir)))
+    print(f"{cpu:.3f} ms of CPU per AI call ({rounds} rounds of {AT_ONCE} at once)")
 
 
 if __name__ == "__main__":
