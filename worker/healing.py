@@ -161,7 +161,7 @@ class HealingWorker(Worker):
         self._poll_every, self.poll_delay_s = self.poll_delay_s, 0.0
         self._refill_at = max(1, math.ceil(self.max_jobs * REFILL_SHARE))
         self._backlog = False  # the last poll filled every free slot
-        self._refill: asyncio.Event | None = None  # set when `_refill_due` turns true
+        self._refill = asyncio.Event()  # set when `_refill_due` turns true (bound at first use)
         self._polled_at: float | None = None  # when the last poll began (the loop's time)
 
     def _pick_job(self, job_id: str) -> queue.PickedJob:
@@ -210,8 +210,6 @@ class HealingWorker(Worker):
         them all (jobs may be waiting). The first poll waits for nothing."""
         if self._polled_at is None:
             return
-        if self._refill is None:
-            self._refill = asyncio.Event()
         self._refill.clear()
         if self._refill_due():
             return
@@ -241,7 +239,7 @@ class HealingWorker(Worker):
         """arq's end of a job (its slot given back), which wakes the next poll when it is due
         (`_next_poll`)."""
         super()._release_sem_dec_counter_on_complete()
-        if self._refill is not None and self._refill_due():
+        if self._refill_due():
             self._refill.set()
 
     async def _reap_then_poll(self) -> None:
