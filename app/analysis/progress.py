@@ -21,6 +21,7 @@ from app.analysis.eta import Estimator
 from app.analysis.models import TERMINAL_STATUSES
 from app.analysis.schemas import TaskStatusOut
 from app.analysis.status import Row, describe
+from app.redis_batch import ScriptBatch
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ class Publisher:
         self._redis = redis
         self._estimator = estimator
         self._settings = settings or PublishSettings()
-        self._script = redis.register_script(_PUBLISH_LUA)
+        # Concurrent publishes (a worker's tasks, the API's requests) share round trips.
+        self._script = ScriptBatch(redis, _PUBLISH_LUA)
 
     async def publish_rows(self, rows: Sequence[Row]) -> None:
         for row in rows:
@@ -109,13 +111,14 @@ class Publisher:
         if document.practice_session_id is not None:
             topics.append(session_topic(document.practice_session_id))
         await self._script(
-            keys=[stream_key(topic) for topic in topics],
-            args=[payload, self._settings.maxlen, ttl, *(channel(topic) for topic in topics)],
+            [stream_key(topic) for topic in topics],
+            [payload, self._settings.maxlen, ttl, *(channel(topic) for topic in topics)],
         )
 
 
-# One round trip per publish: append, set the expiry, announce the new entry: its id, a space,
-# the document (the hub's notice, app/analysis/hub.py).
+# One EVAL per publish (concurrent ones share a round trip, app/redis_batch.py): append, set the
+# expiry, announce the new entry: its id, a space, the document (the hub's notice,
+# app/analysis/hub.py).
 _PUBLISH_LUA = """
 for i, key in ipairs(KEYS) do
   local id = redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], '*', 'doc', ARGV[1])

@@ -5,7 +5,6 @@ a requested cancel stops only its own attempt."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -127,18 +126,18 @@ async def test_a_lost_task_and_a_cancel_stop_only_their_own_attempt(
         await arq.aclose(close_connection_pool=True)
 
 
-_PUBLISH_SHA = hashlib.sha1(_PUBLISH_LUA.encode()).hexdigest().encode()
+_PUBLISH_SCRIPT = _PUBLISH_LUA.encode()
 
 
 class _PublishHeld(Connection):
-    """A redis-py connection whose status-document publishes (EVALSHA of the publish script)
+    """A redis-py connection whose status-document publishes (EVAL of the publish script)
     wait until `released` is set: the claim's publish, held."""
 
     released: asyncio.Event
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         chunks = command if isinstance(command, list | tuple) else [command]
-        if _PUBLISH_SHA in b"".join(bytes(chunk) for chunk in chunks):
+        if _PUBLISH_SCRIPT in b"".join(bytes(chunk) for chunk in chunks):
             await _PublishHeld.released.wait()
         await super().send_packed_command(command, check_health)
 

@@ -1,0 +1,94 @@
+"""Batched EVALs of one script (app/redis_batch.py) against real Redis: concurrent calls share a
+connection and a round trip, each caller gets its own answer or its own error, order is kept."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from app.embedded import free_port
+from app.redis_batch import ScriptBatch
+from app.settings import Settings
+
+# Appends ARGV[1] to the list KEYS[1] and answers the list's length; ARGV[1] "boom" is a script
+# error.
+_APPEND = """
+if ARGV[1] == 'boom' then return redis.error_reply('boom') end
+return redis.call('RPUSH', KEYS[1], ARGV[1])
+"""
+
+
+async def _reads(redis: Redis) -> int:
+    """How many times the server has read from a client socket (one per round trip)."""
+    return int((await redis.info("stats"))["total_reads_processed"])
+
+
+async def test_concurrent_calls_share_a_round_trip_and_keep_their_order(
+    settings: Settings, redis: Redis
+) -> None:
+    client = Redis.from_url(settings.redis_url)
+    try:
+        batch = ScriptBatch(client, _APPEND)
+        key = f"test:batch:{uuid.uuid4().hex}"
+        await client.ping()  # connected before the count
+        before = await _reads(redis)
+        answers = await asyncio.gather(*(batch([key], [str(i)]) for i in range(50)))
+        reads = await _reads(redis) - before
+        # Each caller has its own answer: the list's length after its own append, in call order.
+        assert answers == list(range(1, 51))
+        assert await redis.lrange(key, 0, -1) == [str(i).encode() for i in range(50)]
+        # One round trip each would be fifty reads (the two INFO calls are two more).
+        assert reads <= 6, reads
+    finally:
+        await client.aclose()
+
+
+async def test_a_script_error_goes_to_its_caller_only(settings: Settings, redis: Redis) -> None:
+    client = Redis.from_url(settings.redis_url)
+    try:
+        batch = ScriptBatch(client, _APPEND)
+        key = f"test:batch:{uuid.uuid4().hex}"
+        answers = await asyncio.gather(
+            batch([key], ["a"]), batch([key], ["boom"]), batch([key], ["b"]), return_exceptions=True
+        )
+        assert answers[0] == 1 and answers[2] == 2
+        assert isinstance(answers[1], ResponseError) and "boom" in str(answers[1])
+    finally:
+        await client.aclose()
+
+
+async def test_a_connection_error_goes_to_every_caller_and_the_next_call_tries_again() -> None:
+    client = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    try:
+        batch = ScriptBatch(client, _APPEND)
+        answers = await asyncio.gather(
+            *(batch(["k"], [str(i)]) for i in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(answer, RedisConnectionError) for answer in answers), answers
+        with pytest.raises(RedisConnectionError):  # a new batch, not a flusher left behind
+            await batch(["k"], ["again"])
+    finally:
+        await client.aclose()
+
+
+async def test_a_cancelled_caller_leaves_the_others_their_answers(
+    settings: Settings, redis: Redis
+) -> None:
+    client = Redis.from_url(settings.redis_url)
+    try:
+        batch = ScriptBatch(client, _APPEND)
+        key = f"test:batch:{uuid.uuid4().hex}"
+        calls = [asyncio.ensure_future(batch([key], [str(i)])) for i in range(5)]
+        await asyncio.sleep(0)  # one turn of the loop: each call has run to its wait
+        calls[2].cancel()
+        done = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(done[2], asyncio.CancelledError)
+        assert [done[i] for i in (0, 1, 3, 4)] == [1, 2, 4, 5]  # the cancelled call was sent
+        assert await redis.llen(key) == 5
+    finally:
+        await client.aclose()
