@@ -315,6 +315,7 @@ class Attempt:
                     f"{record.task_id}:{record.attempt}",
                     self._on_progress,
                     deadline=timeout.when(),
+                    on_result=self._on_result,
                 )
             outcome = "ok"
             return result
@@ -330,6 +331,12 @@ class Attempt:
         self._last_progress = (progress, step.code)
         if self._relay is not None:
             self._relay.report(progress, step.code)
+
+    def _on_result(self) -> None:
+        """The AI service's result has come (the rest of its answer is still read): progress
+        not yet written is dropped, the outcome's write follows."""
+        if self._relay is not None:
+            self._relay.outcome_known()
 
 
 async def _to_the_end(claimed: Claim, work: Awaitable[str]) -> str:

@@ -1,9 +1,11 @@
 """Relays an attempt's progress to its row and its live-progress clients, off the AI service's
 read loop: `report` never waits, so a slow PostgreSQL or Redis can never stretch the AI call
 (nor turn into its timeout). One task writes the newest state (states that come faster than a
-write are coalesced into the newest) and publishes it; what the fenced write says (the task
-was lost, a cancel was requested) goes to the attempt's lease. It stops on an event with a
-bounded wait, never by cancelling a command in flight."""
+write are coalesced into the newest) and publishes it, until the outcome is known: a state
+not yet written then is dropped, since the outcome's write follows (an AI service that
+answers at once sends its progress lines with its result, and they cost no write). What the
+fenced write says (the task was lost, a cancel was requested) goes to the attempt's lease. It
+stops on an event with a bounded wait, never by cancelling a command in flight."""
 
 from __future__ import annotations
 
@@ -34,6 +36,12 @@ class ProgressRelay:
     def report(self, progress: int, step: str) -> None:
         """The attempt's newest progress (percent, step code); returns at once."""
         self._newest = (progress, step)
+        self._wake.set()
+
+    def outcome_known(self) -> None:
+        """The attempt's outcome is known (the AI service's result has come): no state is
+        written from now on; returns at once (`close` still waits for a write in flight)."""
+        self._closing = True
         self._wake.set()
 
     async def close(self) -> None:

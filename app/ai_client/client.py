@@ -123,11 +123,14 @@ class AIClient:
         request_id: str,
         on_progress: ProgressCallback,
         deadline: float | None = None,
+        on_result: Callable[[], None] | None = None,
     ) -> AIResult:
         """The AI service's result for the recording `audio` streams (`content_type`), its
         progress lines handed to `on_progress` as they come. `deadline` (the event loop's
         time): when the caller's own timeout ends, so that reading past the result line never
-        runs into it. Raises an `AnalysisError` subclass: the service's error by its status,
+        runs into it. `on_result`: called as soon as the result line has come, before the
+        rest of the answer is read (the caller may drop progress it has not passed on yet).
+        Raises an `AnalysisError` subclass: the service's error by its status,
         a timeout or a network error."""
         headers = {**self._headers, "Content-Type": content_type, "X-Request-ID": request_id}
         body = _Body(audio)
@@ -142,7 +145,7 @@ class AIClient:
                 **self._proxy,
             ) as response:
                 body.answered(response)
-                return await _read(response, on_progress, deadline, self._limit)
+                return await _read(response, on_progress, deadline, self._limit, on_result)
         except aiohttp.ClientError as exc:
             if body.error is None:
                 raise _transport_error(exc) from exc
@@ -251,9 +254,11 @@ async def _read(
     on_progress: ProgressCallback,
     deadline: float | None,
     limit: int,
+    on_result: Callable[[], None] | None = None,
 ) -> AIResult:
     """The result of an answer whose head has come, none of its parts read past `limit`
-    bytes (AI_MAX_ANSWER_BYTES)."""
+    bytes (AI_MAX_ANSWER_BYTES); `on_result` called when an NDJSON result line has come,
+    before the rest is read."""
     chunks = response.content.iter_chunked(READ_CHUNK_BYTES)
     if response.status >= 400:
         body, whole = await _body(chunks, limit)
@@ -273,6 +278,8 @@ async def _read(
         if isinstance(line, ProgressLine):
             await on_progress(line)
         elif isinstance(line, ResultLine):
+            if on_result is not None:
+                on_result()
             await _read_to_the_end(lines, deadline)
             return line.result
         elif isinstance(line, ErrorLine):
