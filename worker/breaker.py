@@ -30,6 +30,7 @@ their state in process memory or in a synchronous Redis client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable
@@ -128,20 +129,41 @@ class CircuitBreaker:
         self._clean: Decision | None = None  # the last clean read, while it holds
         self._clean_until = 0.0  # time.monotonic() until which it holds
         self._failures_here = 0  # failures this worker counted: a read sent before one is stale
+        # The read in flight and the failures counted when it was sent: concurrent calls share
+        # it (single flight) while no failure was counted since.
+        self._reading: tuple[asyncio.Future[Decision], int] | None = None
 
     async def before_call(self) -> Decision:
         """Whether to call the AI service now: one round trip, none while a clean read holds
-        (`read_every`). Never raises: a breaker whose state cannot be read (Redis down) lets
-        the call through, logged and counted (`vocalborn_breaker_unreadable`): a Redis blip
-        must not turn into a retry of work that has not failed."""
+        (`read_every`), shared by the calls that come while it is in flight. Never raises: a
+        breaker whose state cannot be read (Redis down) lets the call through, logged and
+        counted (`vocalborn_breaker_unreadable`): a Redis blip must not turn into a retry of
+        work that has not failed."""
         if self._clean is not None and time.monotonic() < self._clean_until:
             return self._clean
         try:
-            return await self._decide()
+            return await asyncio.shield(self._read())
         except Exception as exc:
             BREAKER_UNREADABLE.inc()
             log.warning("circuit breaker unreadable (%r); calling the AI service", exc)
             return Decision(True)
+
+    def _read(self) -> asyncio.Future[Decision]:
+        """The read in flight, or a new one when there is none or a failure was counted
+        since it was sent (it may not see that failure)."""
+        if self._reading is not None and self._reading[1] == self._failures_here:
+            return self._reading[0]
+        read = asyncio.ensure_future(self._decide())
+        reading = self._reading = (read, self._failures_here)
+
+        def done(_: asyncio.Future[Decision]) -> None:
+            if self._reading is reading:
+                self._reading = None
+            if not read.cancelled():
+                read.exception()  # retrieved: every caller may have gone
+
+        read.add_done_callback(done)
+        return read
 
     async def _decide(self) -> Decision:
         keys = self.keys

@@ -174,6 +174,28 @@ async def test_a_read_made_before_the_workers_own_failure_does_not_hold(
     assert not (await ours.before_call()).allowed
 
 
+async def test_calls_that_come_while_a_read_is_in_flight_share_it(
+    redis: Redis, clean: None
+) -> None:
+    """Single flight: a worker's calls that come while its read is in flight wait for that
+    read, not one round trip each (all of a worker's tasks read at once when a clean read
+    lapses); a call that comes after this worker counted a failure sends its own."""
+    held = FirstAnswerHeld(connection_pool=redis.connection_pool)
+    ours = CircuitBreaker(held, 1, 60.0)  # read_every 0: a call reads unless one is in flight
+    evals = await _calls(redis, "eval")
+    first = asyncio.create_task(ours.before_call())
+    await held.answered.wait()  # Redis made the read; its answer is on its way
+    joined = [asyncio.create_task(ours.before_call()) for _ in range(5)]
+    await asyncio.sleep(0)  # one turn of the loop: each call has run to its wait
+    await ours.record_failure()  # the threshold: open
+    after = asyncio.create_task(ours.before_call())  # the read in flight was sent before
+    held.release.set()
+    decisions = await asyncio.gather(first, *joined)
+    assert all(decision == decisions[0] and decision.allowed for decision in decisions)
+    assert not (await after).allowed
+    assert await _calls(redis, "eval") == evals + 3  # the shared read, the failure, `after`
+
+
 async def test_a_workers_breakers_hold_their_reads_for_breaker_read_seconds(
     redis: Redis, clean: None, settings: Settings
 ) -> None:
