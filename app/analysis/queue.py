@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import math
 import time
@@ -62,8 +63,10 @@ def job_id_for(task_id: uuid.UUID | str, attempt: int) -> str:
     return f"{task_id}:{attempt}"
 
 
+@functools.lru_cache(maxsize=4096)
 def is_attempt_job(job_id: str) -> bool:
-    """Whether `job_id` names an attempt at a task (`job_id_for`'s shape), not a cron job."""
+    """Whether `job_id` names an attempt at a task (`job_id_for`'s shape), not a cron job.
+    Cached: a worker asks again for each job it holds at every poll."""
     named, colon, attempt = job_id.rpartition(":")
     if not colon or not attempt.isdecimal():
         return False
