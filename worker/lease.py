@@ -17,10 +17,12 @@ A job picked here whose claim has not answered yet (`claiming`) has its in-progr
 extended in the same rounds, beside the rows' renewal (which may wait half a lease for a
 connection): the pick holds it for one lease, and a claim that waited longer (the database
 pool busy under load) let it lapse, so that another worker could pick the job.
-arq's in-progress key of a new attempt is cut to a lease span at once (arq sets it to the job
-timeout), and a closing attempt's key is held for what the attempt still has to do (commit its
-outcome, then its effects) so that arq does not start the job again meanwhile; extensions that
-fail are tried again soon, all of them in one pipeline.
+A new attempt's in-progress key follows its lease from the next round on (the pick made it
+live one lease: more than a round's period), and a closing attempt's key is held for what the
+attempt still has to do (commit its outcome, then its effects) so that arq does not start the
+job again meanwhile, from the next round too (the key lives a lease past it still): an attempt
+that ends before then costs no extension, arq deletes its key. Extensions that fail are tried
+again soon, all of them in one pipeline.
 
 Nothing here is stopped by cancelling a command in flight: the loop checks an event between
 rounds and `Leases.stop()` waits a bounded time for it (redis-py can swallow a cancellation
@@ -33,6 +35,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import time
 from collections.abc import Iterator
 
@@ -159,19 +162,17 @@ class Leases:
 
     def hold(self, claimed: Claim, job_id: str, deadline: float) -> Lease:
         """Renew the lease `claimed` took (ending at `deadline`, time.monotonic()) until the
-        returned Lease is closed; its in-progress key is cut to a lease span at once."""
+        returned Lease is closed; its in-progress key follows the lease from the next round."""
         lease = self._held[job_id] = Lease(self, claimed, job_id, deadline)
         self._keys[job_id] = None
-        self._wake.set()
         return lease
 
     def drop(self, lease: Lease, hold_for: float) -> None:
         """`lease` is closing (Lease.close)."""
         if self._held.get(lease.job_id) is lease:
             del self._held[lease.job_id]
-        if hold_for > 0:
+        if hold_for > 0:  # from the next round: the key lives a lease past it
             self._keys[lease.job_id] = time.monotonic() + hold_for
-            self._wake.set()
         else:
             self._keys.pop(lease.job_id, None)
 
@@ -192,7 +193,8 @@ class Leases:
     # -- the loop -------------------------------------------------------------------------
     async def _renew_until_stopped(self) -> None:
         renewal_due = time.monotonic() + self.lease * RENEW_SHARE
-        keys_due = 0.0  # pending extensions go at once, or this long after a failure
+        # Pending extensions go with the next round, or this soon after a failed one.
+        keys_due = math.inf
         while not self._stopping:
             now = time.monotonic()
             due = min(renewal_due, keys_due) if self._keys else renewal_due
@@ -201,6 +203,7 @@ class Leases:
                 continue
             try:
                 if now >= renewal_due:
+                    keys_due = now  # the keys follow the rows
                     # The claiming jobs' keys beside the rows: their renewal may wait half a lease.
                     _, renewed = await asyncio.gather(self._extend_claiming(), self._renew())
                     await self._renew_slots()  # after the rows: a stuck Redis never delays them
@@ -208,13 +211,13 @@ class Leases:
                     renewal_due = time.monotonic() + self.lease * share
                 if self._keys and time.monotonic() >= keys_due:
                     extended = await self._extend_keys()
-                    keys_due = 0.0 if extended else time.monotonic() + self.lease * RETRY_SHARE
+                    keys_due = math.inf if extended else time.monotonic() + self.lease * RETRY_SHARE
             except Exception:  # a bug must not end every lease of the worker: next round
                 log.exception("lease round failed; trying again")
                 renewal_due = keys_due = time.monotonic() + self.lease * RETRY_SHARE
 
     async def _woken_within(self, seconds: float) -> None:
-        """Wait up to `seconds` for a new key or `stop()`."""
+        """Wait up to `seconds` for `stop()`."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._wake.wait()

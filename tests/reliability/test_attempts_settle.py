@@ -161,9 +161,9 @@ async def test_stopping_the_leases_while_a_redis_command_is_in_flight_never_hang
     try:
         for _ in range(5 if answered else 2):
             await redis.execute_command("CLIENT", "PAUSE", str(pause_ms), "WRITE")
-            leases = Leases(30.0, pg, arq)
+            leases = Leases(1.0, pg, arq)  # its first round (and PEXPIRE) after 0.25 s
             leases.start()
-            lease = leases.hold(claimed, f"{task_id}:0", time.monotonic() + 30)
+            lease = leases.hold(claimed, f"{task_id}:0", time.monotonic() + 1)
             await wait_for(lambda: command_held(redis, "pexpire"), within=5)
             lease.close(hold_for=60.0)  # never waits
             took = await _stopping_time(leases)

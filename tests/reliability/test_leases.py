@@ -24,6 +24,7 @@ from app.analysis.progress import _PUBLISH_LUA
 from app.db import create_pg_pool
 from app.settings import Settings
 from tests.analysis.conftest import StartWorker, new_task, wait_for, wait_for_status
+from tests.analysis.test_enqueue_script import _calls
 from tests.conftest import ApiUser
 from tests.fake_ai import FakeAI, ok
 from worker.lease import Lease, Leases, StopReason
@@ -272,3 +273,69 @@ async def test_a_claiming_jobs_key_is_extended_before_the_rows_renewal_answers(
         await arq.delete(key)
         await arq.aclose(close_connection_pool=True)
         await busy.close()
+
+
+async def _round_trips(redis: Redis) -> None:
+    """Three round trips to Redis, one after the other: what another client sent while the
+    first was on its way has been run when the third is answered."""
+    for _ in range(3):
+        await redis.ping()
+
+
+async def test_an_attempt_that_ends_before_the_next_round_costs_no_key_extension(
+    client: httpx.AsyncClient,
+    alice: ApiUser,
+    pg: asyncpg.Pool,
+    redis: Redis,
+    worker_settings: Settings,
+) -> None:
+    """An attempt's in-progress key follows its lease, and its closing hold is set, from the
+    next round on (the pick made it live one lease): an attempt held, closed and released
+    between two rounds sends no PEXPIRE (it sent two, one at its hold and one at its close,
+    before the next round of every short attempt)."""
+    claimed = await _claimed(client, alice, pg)
+    arq = redis_client.connect(worker_settings.redis_url)
+    leases = Leases(60.0, pg, arq)  # the first round after 15 s
+    job_id = f"{claimed.task_id}:{claimed.attempt}"
+    await arq.ping()  # connected: an extension would go out in the loop's next turn
+    leases.start()
+    try:
+        before = await _calls(redis, "pexpire")
+        lease = leases.hold(claimed, job_id, time.monotonic() + 60)
+        await _round_trips(redis)
+        lease.close(hold_for=90.0)
+        await _round_trips(redis)
+        lease.release()
+        assert await _calls(redis, "pexpire") == before
+    finally:
+        await leases.stop()
+        await arq.aclose(close_connection_pool=True)
+
+
+async def test_a_closing_attempts_key_is_held_from_the_next_round(
+    client: httpx.AsyncClient,
+    alice: ApiUser,
+    pg: asyncpg.Pool,
+    redis: Redis,
+    worker_settings: Settings,
+) -> None:
+    claimed = await _claimed(client, alice, pg)
+    arq = redis_client.connect(worker_settings.redis_url)
+    leases = Leases(LEASE, pg, arq)
+    job_id = f"{claimed.task_id}:{claimed.attempt}"
+    key = in_progress_key_prefix + job_id
+    await arq.set(key, b"token", px=int(LEASE * 1000))  # the pick's: one lease
+    leases.start()
+    try:
+        lease = leases.hold(claimed, job_id, time.monotonic() + LEASE)
+        lease.close(hold_for=30.0)  # its outcome and effects may take that long
+
+        async def held() -> bool:
+            return bool(await arq.pttl(key) > 10_000)
+
+        await wait_for(held, within=5)
+        lease.release()
+    finally:
+        await leases.stop()
+        await arq.delete(key)
+        await arq.aclose(close_connection_pool=True)
