@@ -1,24 +1,24 @@
 """Calls of one Lua script from many coroutines, sent to Redis together: group commit.
 
-The first call finds no batch in flight and starts one (a task that sends every call queued
-so far in one pipeline, as EVALs, one round trip). Calls that come while that pipeline is in
-flight queue up and go out together in the next one, as soon as it returns. A lone call
-waits for nothing but its own round trip; under load, a hundred concurrent calls cost one
-connection checkout and one round trip instead of a hundred of each (redis-py's per-command
+A call that finds nothing in flight is sent at once, on its own (an EVAL: nothing costs more
+than the plain call). Calls that come while one call or batch is in flight queue up, and go
+out together in one pipeline (one round trip) as soon as it has returned; the calls that
+come meanwhile go in the next, and so on. Under load, a hundred concurrent calls cost a few
+connection checkouts and round trips instead of a hundred of each (redis-py's per-command
 cost: its pool's lock, a peek read at checkout, a timeout around each read).
 
 Each caller gets its own script's answer, or its own error: a script error (a Redis error
 reply) goes to its caller only; a connection error goes to every call of that pipeline.
 Order is kept: calls are sent in the order they were made, so two calls of one coroutine
-reach Redis in its order. A cancelled caller's call is still sent (it may be in flight
-already); its answer is dropped.
+reach Redis in its order. A queued caller that is cancelled still has its call sent (it may
+be in flight already); its answer is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -32,6 +32,7 @@ class ScriptBatch:
     def __init__(self, redis: Redis, script: str) -> None:
         self._redis = redis
         self._script = script
+        self._busy = False  # a call or a batch is in flight
         self._queued: list[Call] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -39,26 +40,35 @@ class ScriptBatch:
         """The script's answer for `keys` and `args`; raises what Redis raised for this call
         (a `redis.exceptions.ResponseError` for a script error, a connection or timeout error
         for the pipeline it went in)."""
-        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append((keys, args, answer))
-        if self._flusher is None:
+        if self._busy:
+            answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._queued.append((keys, args, answer))
+            return await answer
+        self._busy = True
+        try:
+            call = self._redis.eval(self._script, len(keys), *keys, *args)
+            return await cast(Awaitable[Any], call)
+        finally:
+            self._next()
+
+    def _next(self) -> None:
+        """What was in flight has returned: the calls queued meanwhile go out, in one batch."""
+        if self._queued:
             self._flusher = asyncio.create_task(self._flush())
-        return await answer
+        else:
+            self._busy, self._flusher = False, None
 
     async def _flush(self) -> None:
-        batch: list[Call] = []
+        batch, self._queued = self._queued, []
         try:
-            while self._queued:
-                batch, self._queued = self._queued, []
-                await self._send(batch)
-                batch = []
+            await self._send(batch)
         except BaseException:  # cancelled (the loop is closing): no caller may wait for ever
             for _, _, answer in batch + self._queued:
                 answer.cancel()
             self._queued = []
             raise
         finally:
-            self._flusher = None
+            self._next()
 
     async def _send(self, batch: list[Call]) -> None:
         try:
