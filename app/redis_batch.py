@@ -8,7 +8,9 @@ connection checkouts and round trips instead of a hundred of each (redis-py's pe
 cost: its pool's lock, a peek read at checkout, a timeout around each read).
 
 Each caller gets its own script's answer, or its own error: a script error (a Redis error
-reply) goes to its caller only; a connection error goes to every call of that pipeline.
+reply) goes to its caller only; a connection error or timeout goes to every call of that
+pipeline and to the calls queued behind it (Redis is unreachable: they would wait out the
+client's retries once more, and their callers decide whether to try again).
 Order is kept: calls are sent in the order they were made, so two calls of one coroutine
 reach Redis in its order. A queued caller that is cancelled still has its call sent (it may
 be in flight already); its answer is dropped.
@@ -21,6 +23,11 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# Errors that say Redis cannot be reached now (the client's own retries are spent).
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 Call = tuple[Sequence[str], Sequence[Any], "asyncio.Future[Any]"]
 
@@ -38,8 +45,8 @@ class ScriptBatch:
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """The script's answer for `keys` and `args`; raises what Redis raised for this call
-        (a `redis.exceptions.ResponseError` for a script error, a connection or timeout error
-        for the pipeline it went in)."""
+        (a `redis.exceptions.ResponseError` for a script error; a connection or timeout error
+        for the pipeline it went in, or for the call or pipeline it queued behind)."""
         if self._busy:
             answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._queued.append((keys, args, answer))
@@ -48,8 +55,17 @@ class ScriptBatch:
         try:
             call = self._redis.eval(self._script, len(keys), *keys, *args)
             return await cast(Awaitable[Any], call)
+        except UNREACHABLE as exc:
+            self._fail_queued(exc)
+            raise
         finally:
             self._next()
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        for _, _, answer in self._queued:
+            if not answer.done():
+                answer.set_exception(exc)
+        self._queued = []
 
     def _next(self) -> None:
         """What was in flight has returned: the calls queued meanwhile go out, in one batch."""
@@ -80,6 +96,8 @@ class ScriptBatch:
             for _, _, answer in batch:
                 if not answer.done():
                     answer.set_exception(exc)
+            if isinstance(exc, UNREACHABLE):
+                self._fail_queued(exc)
             return
         for (_, _, answer), result in zip(batch, answers, strict=True):
             if answer.done():
