@@ -135,24 +135,30 @@ class CircuitBreaker:
 
     async def before_call(self) -> Decision:
         """Whether to call the AI service now: one round trip, none while a clean read holds
-        (`read_every`), shared by the calls that come while it is in flight. Never raises: a
+        (`read_every`), shared by the calls that come while it is in flight (but for a
+        half-open breaker's one probe: the call that sent the read takes it). Never raises: a
         breaker whose state cannot be read (Redis down) lets the call through, logged and
         counted (`vocalborn_breaker_unreadable`): a Redis blip must not turn into a retry of
         work that has not failed."""
         if self._clean is not None and time.monotonic() < self._clean_until:
             return self._clean
         try:
-            return await asyncio.shield(self._read())
+            read, sent_here = self._read()
+            decision = await asyncio.shield(read)
+            if not sent_here and decision.allowed and decision.failures >= self._threshold:
+                # That read won the half-open breaker's one probe, for the call that sent it.
+                decision = await self._decide()
+            return decision
         except Exception as exc:
             BREAKER_UNREADABLE.inc()
             log.warning("circuit breaker unreadable (%r); calling the AI service", exc)
             return Decision(True)
 
-    def _read(self) -> asyncio.Future[Decision]:
+    def _read(self) -> tuple[asyncio.Future[Decision], bool]:
         """The read in flight, or a new one when there is none or a failure was counted
-        since it was sent (it may not see that failure)."""
+        since it was sent (it may not see that failure); and whether it is new."""
         if self._reading is not None and self._reading[1] == self._failures_here:
-            return self._reading[0]
+            return self._reading[0], False
         read = asyncio.ensure_future(self._decide())
         reading = self._reading = (read, self._failures_here)
 
@@ -163,7 +169,7 @@ class CircuitBreaker:
                 read.exception()  # retrieved: every caller may have gone
 
         read.add_done_callback(done)
-        return read
+        return read, True
 
     async def _decide(self) -> Decision:
         keys = self.keys

@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from app.settings import Settings
+from tests.analysis.conftest import wait_for
 from tests.analysis.test_enqueue_script import _calls
 from worker.breaker import FAILURES, OPEN, CircuitBreaker
 from worker.providers import Providers
@@ -194,6 +195,30 @@ async def test_calls_that_come_while_a_read_is_in_flight_share_it(
     assert all(decision == decisions[0] and decision.allowed for decision in decisions)
     assert not (await after).allowed
     assert await _calls(redis, "eval") == evals + 3  # the shared read, the failure, `after`
+
+
+async def test_a_shared_read_that_wins_the_probe_lets_only_its_sender_through(
+    redis: Redis, clean: None
+) -> None:
+    """A half-open breaker lets one probe through. A read that wins it is the call's that
+    sent it: the calls that shared the read ask again (and are refused), or every task of
+    the worker would call a service that may still be down."""
+    theirs = CircuitBreaker(redis, 1, 0.2)
+    await theirs.record_failure()  # the threshold: open for 0.2 s
+
+    async def half_open() -> bool:
+        return not await redis.exists(OPEN)
+
+    await wait_for(half_open, within=5)
+    held = FirstAnswerHeld(connection_pool=redis.connection_pool)
+    ours = CircuitBreaker(held, 1, 60.0)
+    first = asyncio.create_task(ours.before_call())
+    await held.answered.wait()  # the read that wins the probe, its answer on its way
+    joined = [asyncio.create_task(ours.before_call()) for _ in range(3)]
+    await asyncio.sleep(0)  # one turn of the loop: each call has run to its wait
+    held.release.set()
+    assert (await first).allowed
+    assert not any(decision.allowed for decision in await asyncio.gather(*joined))
 
 
 async def test_a_workers_breakers_hold_their_reads_for_breaker_read_seconds(
