@@ -17,12 +17,14 @@ A job picked here whose claim has not answered yet (`claiming`) has its in-progr
 extended in the same rounds, beside the rows' renewal (which may wait half a lease for a
 connection): the pick holds it for one lease, and a claim that waited longer (the database
 pool busy under load) let it lapse, so that another worker could pick the job.
-A new attempt's in-progress key follows its lease from the next round on (the pick made it
-live one lease: more than a round's period), and a closing attempt's key is held for what the
-attempt still has to do (commit its outcome, then its effects) so that arq does not start the
-job again meanwhile, from the next round too (the key lives a lease past it still): an attempt
-that ends before then costs no extension, arq deletes its key. Extensions that fail are tried
-again soon, all of them in one pipeline.
+A new attempt's in-progress key follows its lease from the next round on, and a closing
+attempt's key is held for what the attempt still has to do (commit its outcome, then its
+effects) so that arq does not start the job again meanwhile, from the next round too: both
+extensions go at the round's start, beside the rows' renewal (not after its answer, which may
+wait half a lease), while the key still lives (the pick made it live one lease, an extension a
+lease and a quarter; rounds start about three quarters of a lease apart at most). An attempt that
+ends before the next round costs no extension: arq deletes its key. Extensions that fail are
+tried again soon, all of them in one pipeline.
 
 Nothing here is stopped by cancelling a command in flight: the loop checks an event between
 rounds and `Leases.stop()` waits a bounded time for it (redis-py can swallow a cancellation
@@ -203,13 +205,16 @@ class Leases:
                 continue
             try:
                 if now >= renewal_due:
-                    keys_due = now  # the keys follow the rows
-                    # The claiming jobs' keys beside the rows: their renewal may wait half a lease.
-                    _, renewed = await asyncio.gather(self._extend_claiming(), self._renew())
+                    # The claiming jobs' keys and the pending extensions (new attempts' keys,
+                    # closing holds) beside the rows: their renewal may wait half a lease.
+                    _, renewed, extended = await asyncio.gather(
+                        self._extend_claiming(), self._renew(), self._extend_keys()
+                    )
+                    keys_due = now if extended else now + self.lease * RETRY_SHARE
                     await self._renew_slots()  # after the rows: a stuck Redis never delays them
                     share = RENEW_SHARE if renewed else RETRY_SHARE
                     renewal_due = time.monotonic() + self.lease * share
-                if self._keys and time.monotonic() >= keys_due:
+                if self._keys and time.monotonic() >= keys_due:  # the renewed leases' keys
                     extended = await self._extend_keys()
                     keys_due = math.inf if extended else time.monotonic() + self.lease * RETRY_SHARE
             except Exception:  # a bug must not end every lease of the worker: next round

@@ -33,7 +33,7 @@ LEASE = 2.0  # renewed every 0.5 s
 # twice during the call, the first within 0.5 s of its start: well clear of its end.
 AI_LATENCY = 1.25
 # Calls made by the worker's lease loop on its timer: how many of each every run surely makes
-# (the first renewal, and the in-progress extensions at the start and after it).
+# (the first renewal, and the in-progress extensions beside it and after it).
 TIMED = {"sql:renew": 1, "redis:PEXPIRE": 2}
 OUTAGE = 1.5  # shorter than the lease, longer than a renewal period plus half a lease
 # The statements that write an outcome: a lost answer to each is tried too.
