@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -23,43 +24,44 @@ return redis.call('RPUSH', KEYS[1], ARGV[1])
 """
 
 
+@pytest.fixture
+async def batch(settings: Settings, redis: Redis) -> AsyncIterator[ScriptBatch]:
+    """Batched calls of _APPEND on a client of their own (connected)."""
+    client = Redis.from_url(settings.redis_url)
+    await client.ping()
+    yield ScriptBatch(client, _APPEND)
+    await client.aclose()
+
+
+@pytest.fixture
+def key() -> str:
+    return f"test:batch:{uuid.uuid4().hex}"
+
+
 async def _reads(redis: Redis) -> int:
     """How many times the server has read from a client socket (one per round trip)."""
     return int((await redis.info("stats"))["total_reads_processed"])
 
 
 async def test_concurrent_calls_share_a_round_trip_and_keep_their_order(
-    settings: Settings, redis: Redis
+    batch: ScriptBatch, key: str, redis: Redis
 ) -> None:
-    client = Redis.from_url(settings.redis_url)
-    try:
-        batch = ScriptBatch(client, _APPEND)
-        key = f"test:batch:{uuid.uuid4().hex}"
-        await client.ping()  # connected before the count
-        before = await _reads(redis)
-        answers = await asyncio.gather(*(batch([key], [str(i)]) for i in range(50)))
-        reads = await _reads(redis) - before
-        # Each caller has its own answer: the list's length after its own append, in call order.
-        assert answers == list(range(1, 51))
-        assert await redis.lrange(key, 0, -1) == [str(i).encode() for i in range(50)]
-        # One round trip each would be fifty reads (the two INFO calls are two more).
-        assert reads <= 6, reads
-    finally:
-        await client.aclose()
+    before = await _reads(redis)
+    answers = await asyncio.gather(*(batch([key], [str(i)]) for i in range(50)))
+    reads = await _reads(redis) - before
+    # Each caller has its own answer: the list's length after its own append, in call order.
+    assert answers == list(range(1, 51))
+    assert await redis.lrange(key, 0, -1) == [str(i).encode() for i in range(50)]
+    # One round trip each would be fifty reads (the two INFO calls are two more).
+    assert reads <= 6, reads
 
 
-async def test_a_script_error_goes_to_its_caller_only(settings: Settings, redis: Redis) -> None:
-    client = Redis.from_url(settings.redis_url)
-    try:
-        batch = ScriptBatch(client, _APPEND)
-        key = f"test:batch:{uuid.uuid4().hex}"
-        answers = await asyncio.gather(
-            batch([key], ["a"]), batch([key], ["boom"]), batch([key], ["b"]), return_exceptions=True
-        )
-        assert answers[0] == 1 and answers[2] == 2
-        assert isinstance(answers[1], ResponseError) and "boom" in str(answers[1])
-    finally:
-        await client.aclose()
+async def test_a_script_error_goes_to_its_caller_only(batch: ScriptBatch, key: str) -> None:
+    answers = await asyncio.gather(
+        batch([key], ["a"]), batch([key], ["boom"]), batch([key], ["b"]), return_exceptions=True
+    )
+    assert answers[0] == 1 and answers[2] == 2
+    assert isinstance(answers[1], ResponseError) and "boom" in str(answers[1])
 
 
 async def test_a_connection_error_goes_to_every_caller_and_the_next_call_tries_again() -> None:
@@ -80,18 +82,12 @@ async def test_a_connection_error_goes_to_every_caller_and_the_next_call_tries_a
 
 
 async def test_a_cancelled_caller_leaves_the_others_their_answers(
-    settings: Settings, redis: Redis
+    batch: ScriptBatch, key: str, redis: Redis
 ) -> None:
-    client = Redis.from_url(settings.redis_url)
-    try:
-        batch = ScriptBatch(client, _APPEND)
-        key = f"test:batch:{uuid.uuid4().hex}"
-        calls = [asyncio.ensure_future(batch([key], [str(i)])) for i in range(5)]
-        await asyncio.sleep(0)  # one turn of the loop: each call has run to its wait
-        calls[2].cancel()
-        done = await asyncio.gather(*calls, return_exceptions=True)
-        assert isinstance(done[2], asyncio.CancelledError)
-        assert [done[i] for i in (0, 1, 3, 4)] == [1, 2, 4, 5]  # the cancelled call was sent
-        assert await redis.llen(key) == 5
-    finally:
-        await client.aclose()
+    calls = [asyncio.ensure_future(batch([key], [str(i)])) for i in range(5)]
+    await asyncio.sleep(0)  # one turn of the loop: each call has run to its wait
+    calls[2].cancel()
+    done = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(done[2], asyncio.CancelledError)
+    assert [done[i] for i in (0, 1, 3, 4)] == [1, 2, 4, 5]  # the cancelled call was sent
+    assert await redis.llen(key) == 5
