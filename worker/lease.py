@@ -98,9 +98,9 @@ class Lease:
 
     def close(self, hold_for: float = 0.0) -> None:
         """Stop renewing, at once (a round in flight is not waited for: what it says of this
-        lease is ignored). With `hold_for` (seconds), arq's in-progress key is then made to
-        last that long, tried again soon until it holds or the hold is over (Redis may be
-        down just now), until `release()`."""
+        lease is ignored). With `hold_for` (seconds), arq's in-progress key is made to last
+        that long from the next round (unless `release()` comes first), tried again soon
+        until it holds or the hold is over (Redis may be down just now)."""
         self.closing = True
         self._leases.drop(self, hold_for)
 
