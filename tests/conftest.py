@@ -14,12 +14,13 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from arq.connections import ArqRedis
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from app import migrate
+from app import migrate, redis_client
 from app.auth import issue_access_token
 from app.db import create_pg_pool
 from app.embedded import EmbeddedPostgres, EmbeddedRedis, ensure_database
@@ -160,6 +161,14 @@ async def redis(settings: Settings, clean: None) -> AsyncIterator[Redis]:
     client = Redis.from_url(settings.redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def arq(settings: Settings, clean: None) -> AsyncIterator[ArqRedis]:
+    """arq's client to the tests' Redis, as the service connects it."""
+    client = redis_client.connect(settings.redis_url)
+    yield client
+    await client.aclose(close_connection_pool=True)
 
 
 @pytest.fixture

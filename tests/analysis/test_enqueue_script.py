@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,16 +14,7 @@ from arq.jobs import Job
 from arq.utils import timestamp_ms, to_unix_ms
 from redis.asyncio import Redis
 
-from app import redis_client
 from app.analysis import lanes, queue
-from app.settings import Settings
-
-
-@pytest.fixture
-async def arq(settings: Settings, clean: None) -> AsyncIterator[ArqRedis]:
-    client = redis_client.connect(settings.redis_url)
-    yield client
-    await client.aclose(close_connection_pool=True)
 
 
 async def _calls(redis: Redis, command: str) -> int:

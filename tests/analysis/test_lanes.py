@@ -11,28 +11,17 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 
-from app import redis_client
 from app.analysis import lanes, queue
 from app.analysis.lanes import Flow, Lane, LaneWeights
-from app.settings import Settings
 
 WEIGHTS = LaneWeights(interactive=9, batch=1)
-
-
-@pytest.fixture
-async def arq(settings: Settings, clean: None) -> AsyncIterator[ArqRedis]:
-    client = redis_client.connect(settings.redis_url)
-    yield client
-    await client.aclose(close_connection_pool=True)
 
 
 def flow(lane: Lane, user: str) -> Flow:

@@ -4,32 +4,21 @@ we enqueue again; cron jobs still run once per scheduled time."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, job_key_prefix, result_key_prefix
 from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 
-from app import redis_client
 from app.analysis import queue
-from app.settings import Settings
 from tests.analysis.conftest import StartWorker, new_task, wait_for
 from tests.conftest import ApiUser
 from tests.reliability.test_reconcile import worker_ctx
 from worker import cron
 
 __all__ = ["worker_ctx"]
-
-
-@pytest.fixture
-async def arq(settings: Settings, clean: None) -> AsyncIterator[ArqRedis]:
-    client = redis_client.connect(settings.redis_url)
-    yield client
-    await client.aclose(close_connection_pool=True)
 
 
 async def test_abort_of_a_job_arq_does_not_hold_adds_no_abort_entry(

@@ -11,6 +11,8 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
+from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
@@ -275,6 +277,11 @@ async def test_a_claiming_jobs_key_is_extended_before_the_rows_renewal_answers(
         await busy.close()
 
 
+@pytest.fixture
+async def claimed(client: httpx.AsyncClient, alice: ApiUser, pg: asyncpg.Pool) -> Claim:
+    return await _claimed(client, alice, pg)
+
+
 async def _round_trips(redis: Redis) -> None:
     """Three round trips to Redis, one after the other: what another client sent while the
     first was on its way has been run when the third is answered."""
@@ -283,18 +290,12 @@ async def _round_trips(redis: Redis) -> None:
 
 
 async def test_an_attempt_that_ends_before_the_next_round_costs_no_key_extension(
-    client: httpx.AsyncClient,
-    alice: ApiUser,
-    pg: asyncpg.Pool,
-    redis: Redis,
-    worker_settings: Settings,
+    claimed: Claim, pg: asyncpg.Pool, arq: ArqRedis, redis: Redis
 ) -> None:
     """An attempt's in-progress key follows its lease, and its closing hold is set, from the
     next round on (the pick made it live one lease): an attempt held, closed and released
     between two rounds sends no PEXPIRE (it sent two, one at its hold and one at its close,
     before the next round of every short attempt)."""
-    claimed = await _claimed(client, alice, pg)
-    arq = redis_client.connect(worker_settings.redis_url)
     leases = Leases(60.0, pg, arq)  # the first round after 15 s
     job_id = f"{claimed.task_id}:{claimed.attempt}"
     await arq.ping()  # connected: an extension would go out in the loop's next turn
@@ -309,18 +310,11 @@ async def test_an_attempt_that_ends_before_the_next_round_costs_no_key_extension
         assert await _calls(redis, "pexpire") == before
     finally:
         await leases.stop()
-        await arq.aclose(close_connection_pool=True)
 
 
 async def test_a_closing_attempts_key_is_held_from_the_next_round(
-    client: httpx.AsyncClient,
-    alice: ApiUser,
-    pg: asyncpg.Pool,
-    redis: Redis,
-    worker_settings: Settings,
+    claimed: Claim, pg: asyncpg.Pool, arq: ArqRedis
 ) -> None:
-    claimed = await _claimed(client, alice, pg)
-    arq = redis_client.connect(worker_settings.redis_url)
     leases = Leases(LEASE, pg, arq)
     job_id = f"{claimed.task_id}:{claimed.attempt}"
     key = in_progress_key_prefix + job_id
@@ -338,4 +332,3 @@ async def test_a_closing_attempts_key_is_held_from_the_next_round(
     finally:
         await leases.stop()
         await arq.delete(key)
-        await arq.aclose(close_connection_pool=True)
