@@ -158,9 +158,10 @@ def test_web_page_whole_flow_in_chromium(up: Up) -> None:
             expect(progress).to_have_attribute("data-status", "success", timeout=90 * MS)
             expect(page.locator("#result-section")).to_be_visible(timeout=30 * MS)
 
-            task_id = page.evaluate(
-                "() => document.querySelector('#history-table tbody tr')?.dataset.task"
-            )
+            # the history is reloaded after the result is shown: its row once it has come
+            finished = page.locator("#history-table tbody tr[data-task]")
+            expect(finished).to_have_count(1, timeout=30 * MS)
+            task_id = finished.get_attribute("data-task")
             result = httpx.get(
                 f"{api_url}/api/v1/tasks/analysis/{task_id}/result",
                 headers={"Authorization": f"Bearer {token}"},
