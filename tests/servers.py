@@ -6,9 +6,25 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import uvicorn
 
+from app.client.api import KEEPALIVE_SECONDS
 from app.embedded import free_port
+
+
+def live_client(base_url: str, connections: int = 100, **options: Any) -> httpx.AsyncClient:
+    """An httpx client to a real server on loopback that reuses an idle connection for
+    KEEPALIVE_SECONDS at most, as the CLI does: uvicorn closes one after 5 s
+    (`timeout_keep_alive`), and httpx's own expiry is 5 s too, so a request sent on a
+    connection the server was closing just then failed ("Server disconnected") at random.
+    `connections`: how many at once; `options`: httpx.AsyncClient's."""
+    limits = httpx.Limits(
+        max_connections=connections,
+        max_keepalive_connections=connections,
+        keepalive_expiry=KEEPALIVE_SECONDS,
+    )
+    return httpx.AsyncClient(base_url=base_url, limits=limits, **options)
 
 
 class UvicornThread:

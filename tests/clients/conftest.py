@@ -24,7 +24,7 @@ from app.settings import Settings
 from tests.analysis.conftest import fake_ai, fake_ai_server, stop_worker
 from tests.conftest import ApiUser
 from tests.fake_ai import FakeAI, ok
-from tests.servers import UvicornThread
+from tests.servers import UvicornThread, live_client
 from worker.main import healing_worker
 
 __all__ = ["fake_ai", "fake_ai_server"]  # fixtures of the "held" AI service
@@ -91,7 +91,7 @@ class LiveSystem:
         }
 
     def http(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.api_url, headers=self.user.headers, timeout=30)
+        return live_client(self.api_url, headers=self.user.headers, timeout=30)
 
 
 @pytest.fixture

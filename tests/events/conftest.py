@@ -10,7 +10,7 @@ import pytest
 from app.main import create_app
 from app.settings import Settings
 from tests.analysis.conftest import fake_ai, fake_ai_server, start_worker, worker_settings
-from tests.servers import UvicornThread
+from tests.servers import UvicornThread, live_client
 
 __all__ = ["fake_ai", "fake_ai_server", "start_worker", "worker_settings"]
 
@@ -53,9 +53,7 @@ def live_api(start_live_api: StartApi) -> UvicornThread:
 
 @pytest.fixture
 async def http(live_api: UvicornThread) -> AsyncIterator[httpx.AsyncClient]:
-    limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
-    timeout = httpx.Timeout(30.0)
-    async with httpx.AsyncClient(base_url=live_api.url, limits=limits, timeout=timeout) as client:
+    async with live_client(live_api.url, connections=500, timeout=30.0) as client:
         yield client
 
 

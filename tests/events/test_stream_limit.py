@@ -23,7 +23,7 @@ from app.analysis.stream_auth import StreamLimiter
 from tests.analysis.conftest import new_task, wait_for
 from tests.conftest import ApiUser
 from tests.events.conftest import StartApi, read_events
-from tests.servers import UvicornThread
+from tests.servers import UvicornThread, live_client
 
 LIMIT = 5
 CLIENTS = 100
@@ -36,8 +36,7 @@ def limited_api(start_live_api: StartApi) -> UvicornThread:
 
 @pytest.fixture
 async def http(limited_api: UvicornThread) -> AsyncIterator[httpx.AsyncClient]:
-    limits = httpx.Limits(max_connections=2 * CLIENTS, max_keepalive_connections=2 * CLIENTS)
-    async with httpx.AsyncClient(base_url=limited_api.url, limits=limits, timeout=30) as client:
+    async with live_client(limited_api.url, connections=2 * CLIENTS, timeout=30) as client:
         yield client
 
 
@@ -100,6 +99,9 @@ async def _burst(
         clients = [asyncio.create_task(client(burst)) for _ in range(CLIENTS)]
 
     async def all_answered() -> bool:
+        for opening in clients:  # one that failed says why now, not as a wait run out
+            if opening.done() and opening.exception() is not None:
+                raise AssertionError("an opening failed") from opening.exception()
         answered = burst.streaming + len(burst.refused) == CLIENTS
         return answered or all(c.done() for c in clients)
 

@@ -39,6 +39,7 @@ from tests.audio import make_wav
 from tests.conftest import ApiUser
 from tests.fake_ai import FakeAI
 from tests.reliability.worker_process import ChildProcess, WorkerProcess, worker_env
+from tests.servers import live_client
 
 TERMINAL = ("success", "failure", "cancelled")
 START_WITHIN = 60.0  # seconds a process may take to answer (a loaded 2-core machine)
@@ -134,11 +135,7 @@ class System:
         self.api, self.api_url = child, url
         if self._http is not None:
             await self._http.aclose()
-        self._http = httpx.AsyncClient(
-            base_url=url,
-            timeout=30.0,
-            limits=httpx.Limits(max_connections=SUBMIT_CONCURRENCY * 2),
-        )
+        self._http = live_client(url, connections=SUBMIT_CONCURRENCY * 2, timeout=30.0)
         return child
 
     async def start_worker(self, name: str, **env: str) -> WorkerProcess:
