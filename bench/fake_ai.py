@@ -25,7 +25,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from tests.fake_ai import AI_RESULT, AI_STEPS
+from tests.fake_ai import PROGRESS_LINES, RESULT_LINE
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -33,15 +33,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-def _line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj).encode() + b"\n"
-
-
-PROGRESS_LINES = [
-    _line({"event": "progress", "progress": 100 * index / len(AI_STEPS), "step": step})
-    for index, step in enumerate(AI_STEPS)
-]
-RESULT_LINE = _line({"event": "result", "result": AI_RESULT})
 NDJSON_HEADERS = [(b"content-type", b"application/x-ndjson")]
 JSON_HEADERS = [(b"content-type", b"application/json")]
 

@@ -41,6 +41,19 @@ AI_RESULT: dict[str, Any] = {
 AI_STEPS = ("decoding", "feature_extraction", "syllable_detection", "scoring", "suggestions")
 
 
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj).encode() + b"\n"
+
+
+# The answer's NDJSON lines, as the fake services send them: a progress line per step, then the
+# result.
+PROGRESS_LINES = [
+    _line({"event": "progress", "progress": 100 * index / len(AI_STEPS), "step": step})
+    for index, step in enumerate(AI_STEPS)
+]
+RESULT_LINE = _line({"event": "result", "result": AI_RESULT})
+
+
 @dataclass(frozen=True)
 class Mode:
     kind: str  # ok | status | hang | malformed | truncated | a kind of UNSTORABLE
@@ -186,14 +199,13 @@ class FakeAI:
 
     async def _stream(self, mode: Mode, call: Call) -> AsyncIterator[bytes]:
         try:
-            for index, step in enumerate(AI_STEPS):
-                progress = 100 * index / len(AI_STEPS)
-                yield _line({"event": "progress", "progress": progress, "step": step})
+            for line in PROGRESS_LINES:
+                yield line
                 while mode.kind == "hang":  # blank keep-alive lines reveal a closed client
                     await asyncio.sleep(0.05)
                     yield b"\n"
                 await asyncio.sleep(mode.latency / len(AI_STEPS))
-            yield _line({"event": "result", "result": AI_RESULT})
+            yield RESULT_LINE
             call.finished = True
             call.answered_at = time.monotonic()
         finally:
@@ -208,7 +220,3 @@ class FakeAI:
     def stop(self) -> None:
         """Afterwards the port refuses connections."""
         self._server.stop()
-
-
-def _line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj).encode() + b"\n"

@@ -1,12 +1,11 @@
 """The progress relay (worker/relay.py) against real PostgreSQL, Redis, an in-process worker and
 a real HTTP server as the AI service: progress lines that come with the result cost no write
-and no publish (the outcome's follow at once); progress that comes before is written and
-published."""
+and no publish (the outcome's follow at once). Progress that comes before the result is written
+and published: tests/events/test_sse.py sees every step."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import httpx
 from redis.asyncio import Redis
@@ -16,18 +15,7 @@ from app.analysis.progress import DOC_FIELD, stream_key, task_topic
 from tests.ai_server import serving
 from tests.analysis.conftest import StartWorker, new_task, wait_for_status
 from tests.conftest import ApiUser
-from tests.fake_ai import AI_RESULT, AI_STEPS
-
-
-def _line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj).encode() + b"\n"
-
-
-PROGRESS = b"".join(
-    _line({"event": "progress", "progress": 100 * i / len(AI_STEPS), "step": step})
-    for i, step in enumerate(AI_STEPS)
-)
-RESULT = _line({"event": "result", "result": AI_RESULT})
+from tests.fake_ai import PROGRESS_LINES, RESULT_LINE
 
 
 async def _published(redis: Redis, task_id: str) -> list[tuple[str, str]]:
@@ -43,7 +31,9 @@ async def test_progress_that_comes_with_the_result_is_neither_written_nor_publis
     # The answer's end comes after its lines (as from a server that sends its end on its own):
     # the worker reads on past the result line meanwhile.
     headers = {"Content-Type": NDJSON}
-    async with serving(200, [PROGRESS + RESULT], headers, end_after=0.5) as url:
+    async with serving(
+        200, [b"".join(PROGRESS_LINES) + RESULT_LINE], headers, end_after=0.5
+    ) as url:
         task_id = await new_task(client, alice)
         await start_worker(ai_service_url=url)
         final = await wait_for_status(client, alice, task_id)
