@@ -41,7 +41,7 @@ class ScriptBatch:
         self._script = script
         self._busy = False  # a call or a batch is in flight
         self._queued: list[Call] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None  # held: the loop keeps weak references
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """The script's answer for `keys` and `args`; raises what Redis raised for this call

@@ -312,9 +312,12 @@ async def test_an_attempt_that_ends_before_the_next_round_costs_no_key_extension
         await leases.stop()
 
 
-async def test_a_closing_attempts_key_is_held_from_the_next_round(
+async def test_a_closing_attempts_key_is_held_for_its_outcome(
     claimed: Claim, pg: asyncpg.Pool, arq: ArqRedis
 ) -> None:
+    """A closing attempt's hold is set by the lease loop (from its next round): the key the
+    pick made live one lease then lives as long as the hold, so that arq does not start the
+    job again while the attempt commits its outcome."""
     leases = Leases(LEASE, pg, arq)
     job_id = f"{claimed.task_id}:{claimed.attempt}"
     key = in_progress_key_prefix + job_id
