@@ -27,6 +27,9 @@ changes, each at one of arq's own methods:
   picked attempt is held (its in-progress key) for one lease, extended by the lease loop while
   its claim waits (worker/lease.py `claiming`), not for the job's whole timeout, so that a
   worker killed in between gives it back soon.
+- `finish_job` sends arq's own commands for a job's end in one script through a group commit
+  (app/redis_batch.py): the ends that come while one is in flight share one round trip (arq:
+  a MULTI pipeline per job; 7.6% of a dispatch worker's samples).
 - a stop waits for main to end before on_shutdown (a lost cancel let a start-up finish after
   it), and a stop overdue by STOP_OVERDUE_SECONDS logs where every task waits.
 - at start, Redis is waited for the same way (arq tries once), and a stop runs on_shutdown
@@ -53,7 +56,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from arq.connections import create_pool
-from arq.utils import timestamp_ms
+from arq.utils import timestamp_ms, to_ms
 from arq.worker import Worker
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -64,6 +67,7 @@ from app.analysis.lanes import WALL_FLOOR_MS, LaneWeights
 from app.causes import causes
 from app.db import database_unreachable
 from app.metrics import DEPENDENCY_RETRIES
+from app.redis_batch import ScriptBatch
 from app.settings import Settings, get_settings
 from worker.context import WorkerDeps
 
@@ -163,6 +167,7 @@ class HealingWorker(Worker):
         self._backlog = False  # the last poll filled every free slot
         self._refill = asyncio.Event()  # set when `_refill_due` turns true (bound at first use)
         self._polled_at: float | None = None  # when the last poll began (the loop's time)
+        self._finisher: ScriptBatch | None = None  # finish_job's group commit (bound at first use)
 
     def _pick_job(self, job_id: str) -> queue.PickedJob:
         """The job as a pick offers it, its id parsed once: its in-progress key's life is one
@@ -373,6 +378,32 @@ class HealingWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, due))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq's finish_job, the same commands in one script (`queue.FINISH_JOB`) sent through
+        a group commit: the jobs that end while another's finish is in flight share one round
+        trip (arq: a MULTI pipeline each). Raises what Redis raised, as arq's."""
+        if self._finisher is None:
+            self._finisher = ScriptBatch(self.pool, queue.FINISH_JOB)
+        keys, args = queue.finish_job_call(
+            self.queue_name,
+            job_id,
+            finish=finish,
+            result=result_data,
+            result_life_ms=None if keep_result_forever else to_ms(result_timeout_s),
+            increment=incr_score,
+            keep_in_progress_ms=to_ms(keep_in_progress),
+        )
+        await self._finisher(keys, args)
 
     def _runs_here(self, job_id: str) -> bool:
         """Whether this worker is running `job_id` now (arq's run_job task, not yet done)."""

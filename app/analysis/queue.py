@@ -20,7 +20,13 @@ from datetime import datetime
 from typing import Any, NamedTuple, cast
 
 from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.constants import (
+    abort_jobs_ss,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms, to_unix_ms
 from redis.asyncio import Redis
@@ -285,6 +291,58 @@ async def pick(
     keys = [QUEUE_NAME, V_KEY, SINCE_BATCH_KEY, BATCH_KEY]
     flat = await _run_script(pool, _PICK, keys, args)
     return {flat[i].decode(): float(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+# KEYS: in-progress key, result key, retry key, job key, abort set, queue. ARGV: job id, the
+# in-progress key's life from now (ms; '' deletes it), '1' when the job is done, the result
+# ('' none), the result's life (ms; '' for ever), the queue score's increment ('' none).
+# arq's finish_job, the same commands in one atomic step (arq: a MULTI pipeline).
+FINISH_JOB = """
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if ARGV[3] == '1' then
+    if ARGV[4] ~= '' then
+        if ARGV[5] == '' then redis.call('SET', KEYS[2], ARGV[4])
+        else redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5]) end
+    end
+    redis.call('DEL', KEYS[3], KEYS[4])
+    redis.call('ZREM', KEYS[5], ARGV[1])
+    redis.call('ZREM', KEYS[6], ARGV[1])
+elseif ARGV[6] ~= '' then
+    redis.call('ZINCRBY', KEYS[6], ARGV[6], ARGV[1])
+end
+return 1
+"""
+
+
+def finish_job_call(
+    queue_name: str,
+    job_id: str,
+    *,
+    finish: bool,
+    result: bytes | None,
+    result_life_ms: int | None,
+    increment: int | None,
+    keep_in_progress_ms: int | None,
+) -> tuple[list[str], list[str | bytes]]:
+    """FINISH_JOB's keys and arguments for arq's `Worker.finish_job` of `job_id` in
+    `queue_name`: done (`finish`: its result kept for `result_life_ms`, None for ever; no
+    result when `result` is empty or None) or put back (its score raised by `increment`); its
+    in-progress key deleted, or kept for `keep_in_progress_ms`."""
+    keys = [in_progress_key_prefix + job_id, result_key_prefix + job_id]
+    keys += [retry_key_prefix + job_id, job_key_prefix + job_id, abort_jobs_ss, queue_name]
+    args: list[str | bytes] = [
+        job_id,
+        _or_empty(keep_in_progress_ms),
+        "1" if finish else "",
+        result or b"",
+        _or_empty(result_life_ms),
+        _or_empty(increment or None),
+    ]
+    return keys, args
+
+
+def _or_empty(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 # Whether arq holds a job: its in-progress marker exists (running, or claimed by a worker that
