@@ -302,7 +302,7 @@ class HealingWorker(Worker):
             log.warning("worker stop: health key not deleted (%r); it expires", exc)
         with contextlib.suppress(Exception):
             await self.pool.aclose(close_connection_pool=True)
-        self._pool = None
+        self._pool = self._finisher = None
 
     async def _wait_for_tasks_to_complete(self, signum: signal.Signals) -> None:
         """arq's end of a graceful stop (the grace, then a cancel of the jobs and of main),
@@ -391,7 +391,12 @@ class HealingWorker(Worker):
     ) -> None:
         """arq's finish_job, the same commands in one script (`queue.FINISH_JOB`) sent through
         a group commit: the jobs that end while another's finish is in flight share one round
-        trip (arq: a MULTI pipeline each). Raises what Redis raised, as arq's."""
+        trip (arq: a MULTI pipeline each). Raises what Redis raised for this finish, or, when
+        Redis could not be reached, for the finish it queued behind (app/redis_batch.py; arq
+        would try each on its own): the job then stays held until its in-progress key expires,
+        and runs again, as after arq's own failed finish. A script error (none with this
+        service's values: a result is kept 3600 s or not at all) stops the script where it
+        was, where arq's MULTI would have run the other commands."""
         if self._finisher is None:
             self._finisher = ScriptBatch(self.pool, queue.FINISH_JOB)
         keys, args = queue.finish_job_call(

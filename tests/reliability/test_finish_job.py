@@ -27,15 +27,25 @@ from worker.main import worker_options
 
 _PREFIXES = (in_progress_key_prefix, job_key_prefix, retry_key_prefix, result_key_prefix)
 
-# finish_job's arguments after the job id, as arq's run_job passes them.
+# finish_job's arguments after the job id, as arq's run_job passes them (and the edges).
 CASES: dict[str, dict[str, Any]] = {
     "done, no result kept": dict(finish=True, result_data=None, result_timeout_s=0),
     "done, result kept a while": dict(finish=True, result_data=b"r", result_timeout_s=60),
     "done, result kept for ever": dict(
         finish=True, result_data=b"r", result_timeout_s=None, keep_result_forever=True
     ),
+    "done, for ever over a timeout of 0": dict(
+        finish=True, result_data=b"r", result_timeout_s=0, keep_result_forever=True
+    ),
+    "done, an empty result": dict(finish=True, result_data=b"", result_timeout_s=60),
+    "a cron job done (its result kept, held on)": dict(
+        finish=True, result_data=b"r", result_timeout_s=3600, keep_in_progress=60.0
+    ),
     "put back, score raised": dict(finish=False, result_data=None, incr_score=5000),
+    "put back, a score raised by 0": dict(finish=False, result_data=None, incr_score=0),
+    "put back as it was (cancelled)": dict(finish=False, result_data=None),
     "put back, held on": dict(finish=False, result_data=None, keep_in_progress=30.0),
+    "put back, held on for 0": dict(finish=False, result_data=None, keep_in_progress=0.0),
     "done, held on": dict(finish=True, result_data=None, keep_in_progress=30.0),
 }
 _DEFAULTS: dict[str, Any] = dict(
@@ -57,27 +67,43 @@ async def worker(
     options["redis_pool"] = redis_client.connect(settings.redis_url, connection_class=counting)
     worker = HealingWorker(**options)
     yield worker
-    await worker.pool.aclose()
+    await worker.pool.aclose(close_connection_pool=True)
 
 
 async def _job(redis: Redis, job_id: str) -> None:
-    """A running job as arq leaves it: in the queue and the abort set, its keys set."""
+    """A running job as arq leaves it: in the queue and the abort set, its keys set (their life
+    an hour: longer than any a finish sets)."""
     await redis.zadd(queue.QUEUE_NAME, {job_id: 1000})
     await redis.zadd(abort_jobs_ss, {job_id: 1})
     for prefix in (in_progress_key_prefix, job_key_prefix, retry_key_prefix):
-        await redis.set(prefix + job_id, b"x", px=600_000)
+        await redis.set(prefix + job_id, b"x", px=3_600_000)
 
 
-async def _state(redis: Redis, job_id: str) -> dict[str, object]:
-    """What Redis holds of `job_id`: each key's value and whether it expires, its scores."""
-    state: dict[str, object] = {
+async def _state(redis: Redis, job_id: str) -> dict[str, Any]:
+    """What Redis holds of `job_id`: its scores, each key's value and life (ms; -1 for ever,
+    -2 none)."""
+    state: dict[str, Any] = {
         "queue": await redis.zscore(queue.QUEUE_NAME, job_id),
         "abort": await redis.zscore(abort_jobs_ss, job_id),
     }
     for prefix in _PREFIXES:
-        ttl = await redis.pttl(prefix + job_id)
-        state[prefix] = (await redis.get(prefix + job_id), "expires" if ttl > 0 else ttl)
+        state[prefix] = (await redis.get(prefix + job_id), await redis.pttl(prefix + job_id))
     return state
+
+
+def _same(ours: dict[str, Any], arqs: dict[str, Any]) -> bool:
+    """The same scores and values, and each key's life the same (-1, -2) or, when it expires,
+    within a second of the other's (they are read a few ms apart)."""
+    for name, arq in arqs.items():
+        if name not in _PREFIXES:
+            if ours[name] != arq:
+                return False
+            continue
+        (our_value, our_life), (arq_value, arq_life) = ours[name], arq
+        both_expire = min(our_life, arq_life) > 0 and abs(our_life - arq_life) < 1000
+        if our_value != arq_value or not (our_life == arq_life or both_expire):
+            return False
+    return True
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -89,7 +115,8 @@ async def test_a_finish_leaves_what_arqs_own_leaves(
     await _job(redis, "our-job")
     await Worker.finish_job(worker, "arq-job", **arguments)  # arq's own, on the same pool
     await worker.finish_job("our-job", **arguments)
-    assert await _state(redis, "our-job") == await _state(redis, "arq-job")
+    ours, arqs = await _state(redis, "our-job"), await _state(redis, "arq-job")
+    assert _same(ours, arqs), (ours, arqs)
 
 
 async def test_concurrent_finishes_share_round_trips(
