@@ -141,7 +141,7 @@ async def test_a_pick_that_fails_gives_its_job_slots_back(
         assert worker.job_counter == 0
         assert not worker.sem.locked()  # both slots free
     finally:
-        await worker.pool.aclose()
+        await worker.pool.aclose(close_connection_pool=True)
 
 
 async def test_a_claim_refused_gives_its_slot_back_once(
@@ -165,7 +165,7 @@ async def test_a_claim_refused_gives_its_slot_back_once(
             await worker.sem.acquire()
         assert worker.sem.locked()
     finally:
-        await worker.pool.aclose()
+        await worker.pool.aclose(close_connection_pool=True)
 
 
 async def test_worker_started_before_redis_waits_for_it_and_stops_cleanly_while_it_is_down(
@@ -307,7 +307,7 @@ async def test_a_picked_job_is_held_for_one_lease_until_its_claim(
         for running in worker.tasks.values():
             running.cancel()
         await asyncio.wait(worker.tasks.values(), timeout=10)
-        await worker.pool.aclose()
+        await worker.pool.aclose(close_connection_pool=True)
 
 
 async def test_a_poll_after_the_stop_ends_main_even_if_its_cancel_was_lost(
@@ -367,4 +367,4 @@ async def test_a_job_this_worker_runs_is_not_started_beside_itself(
         for task in worker.tasks.values():
             task.cancel()
         await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
-        await worker.pool.aclose()
+        await worker.pool.aclose(close_connection_pool=True)
