@@ -10,13 +10,14 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 from arq.connections import ArqRedis
 from fastapi import FastAPI
-from redis.asyncio import Redis
+from redis.asyncio import Connection, Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -161,6 +162,23 @@ async def redis(settings: Settings, clean: None) -> AsyncIterator[Redis]:
     client = Redis.from_url(settings.redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def counting() -> type[Connection]:
+    """A redis-py connection class of the test's own whose `sent` counts what its connections
+    send: one per command, one per pipeline (each a round trip), handshakes included. Counted
+    on the client's side: the other clients of the suite's Redis never count, as they would in
+    the server's `total_reads_processed`."""
+
+    class Counting(Connection):
+        sent = 0
+
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            type(self).sent += 1
+            await super().send_packed_command(command, check_health)
+
+    return Counting
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from redis.exceptions import ResponseError
 from app.embedded import free_port
 from app.redis_batch import ScriptBatch
 from app.settings import Settings
-from tests.round_trips import counting_connection
 
 # Appends ARGV[1] to the list KEYS[1] and answers the list's length; ARGV[1] "boom" is a script
 # error.
@@ -23,12 +22,6 @@ _APPEND = """
 if ARGV[1] == 'boom' then return redis.error_reply('boom') end
 return redis.call('RPUSH', KEYS[1], ARGV[1])
 """
-
-
-@pytest.fixture
-def counting() -> type[Connection]:
-    """The connection class of the batch's client: `counting.sent` is its round trips."""
-    return counting_connection()
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from redis.asyncio import Connection, Redis
 from app import redis_client
 from app.analysis import queue
 from app.settings import Settings
-from tests.round_trips import counting_connection
 from worker.healing import HealingWorker
 from worker.main import worker_options
 
@@ -51,12 +50,6 @@ CASES: dict[str, dict[str, Any]] = {
 _DEFAULTS: dict[str, Any] = dict(
     result_timeout_s=None, keep_result_forever=False, incr_score=None, keep_in_progress=None
 )
-
-
-@pytest.fixture
-def counting() -> type[Connection]:
-    """The connection class of the worker's pool: `counting.sent` is its round trips."""
-    return counting_connection()
 
 
 @pytest.fixture
