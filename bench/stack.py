@@ -135,6 +135,12 @@ class Stack:
                 # Each load-generating client submits far more than a person would: the
                 # limiter still runs (its Redis round trip is measured), it never refuses.
                 "SUBMIT_RATE_LIMIT": "1000000/second",
+                # The scenarios seed pending rows and enqueue their jobs themselves (deferred,
+                # then released at once). A worker's reconciler adopts pending rows older than
+                # this grace (5 s by default): a worker that took longer than that to start on
+                # a loaded machine enqueued a seeded batch first, and the scenario's own
+                # enqueue was refused (the memory scenario crashed so in a CI run).
+                "RECONCILE_PENDING_GRACE_SECONDS": "3600",
             }
             | self.extra_env
             | overrides
