@@ -28,9 +28,10 @@ SERVICE_DB, CELERY_BROKER_DB, CELERY_BACKEND_DB = 0, 2, 3
 # database at the release (bench/celery_baseline/control.py).
 CELERY_STAGING_DB = 4
 # PostgreSQL databases (one server, the same schema): ours, and the Celery baseline's own. Our
-# worker's reconciler adopts every pending row older than its grace (5 s) in the database it
-# serves; on a shared database it took the Celery batch's rows still waiting for Celery and ran
-# them itself (2026-11-30), so each system under test gets its own, as each deployment would.
+# worker's reconciler adopts every pending row older than its grace in the database it serves
+# (5 s then; an hour now, `service_env`); on a shared database it took the Celery batch's rows
+# still waiting for Celery and ran them itself (2026-11-30), so each system under test gets its
+# own, as each deployment would.
 SERVICE_DATABASE, CELERY_DATABASE = "vocalborn_bench", "vocalborn_bench_celery"
 SERVER_START_SECONDS = 60.0
 TABLES = "ai_analysis_results, ai_analysis_tasks, practice_records, practice_sessions, users"
