@@ -54,6 +54,7 @@ STATEMENTS = {
     "adopt": lifecycle.ADOPT,
     "read": lifecycle.OWN,
     "progress": lifecycle.PROGRESS,
+    "progress-many": lifecycle.PROGRESS_MANY,  # a worker's progress writes, grouped
     "renew": lifecycle.RENEW,
     "success": lifecycle.SUCCEED,
     "retry": lifecycle.RETRY,

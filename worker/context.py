@@ -11,12 +11,18 @@ import asyncpg
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.analysis.lifecycle import Reported
 from app.analysis.progress import Publisher
+from app.analysis.status import Row
+from app.group_commit import GroupCommit
 from app.settings import Settings
 from app.storage import Storage
 from worker.lease import Leases
 from worker.providers import Providers
 from worker.retry import RetryPolicy
+
+# A worker's progress writes, grouped (worker/relay.py `progress_writes`).
+ProgressWrites = GroupCommit[Reported, Row | None]
 
 
 @dataclass
@@ -31,6 +37,7 @@ class WorkerDeps:
     publisher: Publisher
     worker_name: str
     leases: Leases
+    progress: ProgressWrites
 
 
 def default_worker_name() -> str:

@@ -25,6 +25,7 @@ from worker.healing import HealingWorker
 from worker.jobs import analyze_recording
 from worker.lease import Leases
 from worker.providers import Providers
+from worker.relay import progress_writes
 from worker.retry import RetryPolicy
 from worker.slots import Slots
 
@@ -76,6 +77,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         publisher=Publisher(arq, estimator, publish_settings(settings)),
         worker_name=settings.worker_name or default_worker_name(),
         leases=Leases(settings.lease_seconds, pg, arq, slots),
+        progress=progress_writes(pg),
     )
     deps.leases.start()
     ctx["deps"] = deps

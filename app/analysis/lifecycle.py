@@ -113,6 +113,34 @@ PROGRESS = text(
     """
 )
 
+# The progress of many attempts in one statement (a worker's relays, grouped: worker/relay.py),
+# fenced per attempt as PROGRESS. The rows are locked in task id order first, so two such
+# statements never deadlock each other. One that meets a statement locking several of its rows
+# in another order (the reconciler's) may deadlock; PostgreSQL then fails one of the two: a
+# progress write is best effort, and the reconciler's next tick is its retry.
+PROGRESS_MANY = text(
+    f"""
+    WITH reported AS (
+        SELECT * FROM unnest(CAST(:task_ids AS uuid[]), CAST(:attempts AS integer[]),
+                             CAST(:progress AS integer[]), CAST(:steps AS text[]))
+            AS rep(task_id, attempt, progress, step)
+    ), locked AS (
+        SELECT t.task_id FROM ai_analysis_tasks t
+        JOIN reported rep ON t.task_id = rep.task_id AND t.attempt = rep.attempt
+        WHERE t.status = 'processing'
+        ORDER BY t.task_id
+        FOR UPDATE OF t
+    )
+    UPDATE ai_analysis_tasks t
+    SET progress = GREATEST(t.progress, rep.progress), current_step = rep.step,
+        updated_at = clock_timestamp()
+    FROM reported rep, locked l
+    WHERE t.task_id = rep.task_id AND t.attempt = rep.attempt AND t.status = 'processing'
+      AND l.task_id = t.task_id
+    RETURNING {status_columns("t")}
+    """
+)
+
 # One worker's leases, renewed together (worker/lease.py). A row locked by another transaction
 # is skipped, never waited on: one stuck row must not hold up the others' renewals. Per held
 # (task id, attempt), which may hold two attempts of one task: cancel_requested (NULL: not
@@ -257,13 +285,26 @@ class Claim:
 
 
 # Each statement compiled once for asyncpg (the worker's pg pool, app.db.create_pg_pool).
-_CLAIM, _ADOPT, _OWN, _PROGRESS, _RENEW, _SUCCEED, _RETRY, _FAIL, _CANCELLED, _INTERRUPT = (
+(
+    _CLAIM,
+    _ADOPT,
+    _OWN,
+    _PROGRESS,
+    _PROGRESS_MANY,
+    _RENEW,
+    _SUCCEED,
+    _RETRY,
+    _FAIL,
+    _CANCELLED,
+    _INTERRUPT,
+) = (
     for_asyncpg(statement)
     for statement in (
         CLAIM,
         ADOPT,
         OWN,
         PROGRESS,
+        PROGRESS_MANY,
         RENEW,
         SUCCEED,
         RETRY,
@@ -274,10 +315,18 @@ _CLAIM, _ADOPT, _OWN, _PROGRESS, _RENEW, _SUCCEED, _RETRY, _FAIL, _CANCELLED, _I
 )
 
 
-async def _one(pg: asyncpg.Pool, statement: Positional, params: dict[str, Any]) -> Row | None:
+async def _one(
+    pg: asyncpg.Pool,
+    statement: Positional,
+    params: dict[str, Any],
+    statement_timeout: float | None = None,
+) -> Row | None:
     """The statement's row on a connection of `pg` (autocommit: each transition is one
-    statement); raises what asyncpg raises (the caller decides whether to try again)."""
-    row: asyncpg.Record | None = await pg.fetchrow(statement.sql, *statement.args(params))
+    statement); raises what asyncpg raises (the caller decides whether to try again), a
+    TimeoutError after `statement_timeout` seconds (asyncpg cancels the statement; None: no
+    bound)."""
+    sql, args = statement.sql, statement.args(params)
+    row: asyncpg.Record | None = await pg.fetchrow(sql, *args, timeout=statement_timeout)
     return row
 
 
@@ -316,9 +365,46 @@ async def own_row(pg: asyncpg.Pool, claimed: Claim) -> Row | None:
     return await _one(pg, _OWN, claimed.fence)
 
 
-async def report_progress(pg: asyncpg.Pool, claimed: Claim, progress: int, step: str) -> Row | None:
-    """None: this attempt lost the task."""
-    return await _one(pg, _PROGRESS, claimed.fence | {"progress": progress, "step": step})
+async def report_progress(
+    pg: asyncpg.Pool,
+    claimed: Claim,
+    progress: int,
+    step: str,
+    statement_timeout: float | None = None,
+) -> Row | None:
+    """Write the attempt's progress (percent 0..100, never lowered) and step code; the task's
+    status columns, None when this attempt lost the task. Raises what `_one` raises."""
+    params = claimed.fence | {"progress": progress, "step": step}
+    return await _one(pg, _PROGRESS, params, statement_timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """An attempt's progress to write: percent (0..100) and step code."""
+
+    claimed: Claim
+    progress: int
+    step: str
+
+
+async def report_progress_many(
+    pg: asyncpg.Pool, reports: Sequence[Reported], statement_timeout: float | None = None
+) -> list[Row | None]:
+    """Write every report in one statement, as `report_progress` each; per report, in order,
+    the task's status columns, None when its attempt lost the task. An attempt belongs in
+    `reports` once: twice, its row would be written from one of the two (either), and both
+    would get that row. Raises what `_one` raises, for all of them."""
+    params = {
+        "task_ids": [report.claimed.task_id for report in reports],
+        "attempts": [report.claimed.attempt for report in reports],
+        "progress": [report.progress for report in reports],
+        "steps": [report.step for report in reports],
+    }
+    rows = await pg.fetch(
+        _PROGRESS_MANY.sql, *_PROGRESS_MANY.args(params), timeout=statement_timeout
+    )
+    written = {(row["task_id"], row["attempt"]): row for row in rows}
+    return [written.get((report.claimed.task_id, report.claimed.attempt)) for report in reports]
 
 
 async def renew_leases(
