@@ -268,11 +268,19 @@ async def wait_healthy(port: int, process: subprocess.Popen[bytes]) -> None:
 
 
 async def stream_paths(port: int, slots: list[TaskSlot], clients: int) -> list[str]:
-    """One stream token per client, from the API (bearer auth), as a browser would."""
+    """One stream token per client, from the API (bearer auth), as a browser would. An idle
+    connection is reused for KEEPALIVE_SECONDS at most, as the CLI does: uvicorn closes one
+    after 5 s, httpx's default expiry is 5 s too, and this process's loop, busy publishing,
+    can leave a connection idle that long; a request sent on a connection the server was
+    closing failed (httpx.ReadError, 2 full runs of 5 on 2026-11-30)."""
     import httpx
 
+    from app.client.api import KEEPALIVE_SECONDS
+
     gate = asyncio.Semaphore(16)
-    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    limits = httpx.Limits(
+        max_connections=16, max_keepalive_connections=16, keepalive_expiry=KEEPALIVE_SECONDS
+    )
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{port}", timeout=30.0, limits=limits
     ) as http:
